@@ -1,0 +1,1 @@
+"""Export (needs the train extra)."""

@@ -1,0 +1,279 @@
+"""Trajectory files: loading, validation, the chapter's data set and the chapter's split (numpy only)."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import InputError
+from ._io import atomic_output, sha256_file
+
+__all__ = [
+    "N_BEADS",
+    "DMOL_URL",
+    "DMOL_SHA256",
+    "MAX_TRAJECTORY_BYTES",
+    "load_trajectory",
+    "save_trajectory",
+    "validate_frames",
+    "dmol_path",
+    "Split",
+    "split_pairs",
+]
+
+#: The polymer has 12 beads; every model and bundle is built for exactly this graph.
+N_BEADS = 12
+
+#: The dmol-book chapter's trajectory (2048 frames, (2048, 12, 2) float64, key ``arr``).
+DMOL_URL = "https://github.com/whitead/dmol-book/raw/main/data/paths.npz"
+DMOL_SHA256 = "502d6085c40c3e5a0edaad076a54f418d12cf13a4eb00387fdba30de9b7aec3e"
+
+#: Largest array a trajectory file may declare (checked from the header, before anything is read).
+MAX_TRAJECTORY_BYTES = 1 << 30
+
+
+def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{name}: not a valid .npy array ({_short(exc)}); save frames with numpy.save or numpy.savez") from None
+    return shape, dtype
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes: int) -> None:
+    if dtype.hasobject:
+        raise InputError(f"{name}: holds Python objects (dtype {dtype}), which are never unpickled; save a float array")
+    if dtype.kind not in "fiu":
+        raise InputError(f"{name}: dtype {dtype} is not numeric; expected float positions of shape (T, 12, 2|3)")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    if nbytes > max_bytes:
+        raise InputError(
+            f"{name}: header declares shape {tuple(shape)} ({nbytes} bytes), over the {max_bytes}-byte limit; "
+            "split the trajectory or raise the limit"
+        )
+
+
+def load_trajectory(path: str | os.PathLike, *, min_frames: int = 1, max_bytes: int = MAX_TRAJECTORY_BYTES) -> np.ndarray:
+    """Load and validate a trajectory file.
+
+    Accepts the dmol-book format (``.npz`` with key ``arr``), an ``.npz`` with a single array, or an ``.npy``.
+    2D coordinates are lifted to 3D with z = 0 as in the chapter. Nothing is unpickled.
+
+    Shapes: file ``(T, 12, 2|3)`` or one frame ``(12, 2|3)`` -> returned ``(T, 12, 3)`` float64.
+
+    Raises:
+        InputError: one line naming the file, what was found and what is expected.
+    """
+    p = Path(path)
+    name = str(path)
+    if not p.exists():
+        raise InputError(f"{name}: file not found; pass a trajectory .npz/.npy (or --data sim / --data dmol)")
+    if p.is_dir():
+        raise InputError(f"{name}: is a folder; pass a trajectory .npz/.npy file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{name}: file is empty; expected an .npz with key 'arr' of shape (T, 12, 2|3)")
+    with open(p, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"PK"):
+        arr = _load_npz(p, name, max_bytes)
+    elif head.startswith(b"\x93NUMPY"):
+        with open(p, "rb") as fh:
+            shape, dtype = _read_npy_header(fh, name)
+            _check_header(name, shape, dtype, max_bytes)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{name}: could not read the array ({_short(exc)}); the file may be truncated") from None
+    else:
+        raise InputError(f"{name}: not an .npz or .npy file; expected the dmol-book format (.npz with key 'arr')")
+    return validate_frames(arr, name, min_frames=min_frames)
+
+
+def _load_npz(p: Path, name: str, max_bytes: int) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            members = [m for m in zf.namelist() if m.endswith(".npy")]
+            if not members:
+                raise InputError(f"{name}: the .npz holds no arrays; expected key 'arr' of shape (T, 12, 2|3)")
+            keys = [m[: -len(".npy")] for m in members]
+            if "arr" in keys:
+                key = "arr"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise InputError(f"{name}: no key 'arr' among {sorted(keys)}; save the trajectory under key 'arr'")
+            with zf.open(key + ".npy") as fh:
+                shape, dtype = _read_npy_header(fh, f"{name}[{key}]")
+            _check_header(f"{name}[{key}]", shape, dtype, max_bytes)
+        with np.load(p, allow_pickle=False) as npz:
+            return npz[key]
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise InputError(f"{name}: could not read the .npz ({_short(exc)}); the file may be truncated or corrupt") from None
+
+
+def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.ndarray:
+    """Validate positions and return them as ``(T, 12, 3)`` float64 (2D lifted with z = 0).
+
+    Shapes: ``(T, 12, 2|3)`` or ``(12, 2|3)`` -> ``(T, 12, 3)``.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.hasobject or arr.dtype.kind not in "fiu":
+        raise InputError(f"{name}: dtype {arr.dtype} is not numeric; expected float positions of shape (T, 12, 2|3)")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"{name}: array has rank {arr.ndim} (shape {arr.shape}); expected (T, 12, 2|3) or one frame (12, 2|3)")
+    if arr.shape[1] != N_BEADS:
+        raise InputError(f"{name}: {arr.shape[1]} beads per frame (shape {arr.shape}); the models are built for {N_BEADS}")
+    if arr.shape[2] not in (2, 3):
+        raise InputError(f"{name}: {arr.shape[2]} coordinates per bead (shape {arr.shape}); expected 2 (lifted to z = 0) or 3")
+    if arr.shape[0] < min_frames:
+        raise InputError(f"{name}: {arr.shape[0]} frame(s); at least {min_frames} are needed here")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise InputError(f"{name}: non-finite value (NaN or Inf) at frame {bad[0]}, bead {bad[1]}; clean or cut the trajectory")
+    if arr.shape[2] == 2:
+        arr = np.concatenate([arr, np.zeros(arr.shape[:2] + (1,))], axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+def save_trajectory(path: str | os.PathLike, frames: np.ndarray, **extra: np.ndarray) -> Path:
+    """Write frames in the dmol-book format (``.npz``, key ``arr``) atomically; extra arrays go beside it."""
+    out = Path(path)
+    with atomic_output(out, suffix=".npz") as tmp:
+        np.savez(tmp, arr=np.asarray(frames), **{k: np.asarray(v) for k, v in extra.items()})
+    return out
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "e3traj"
+
+
+def _candidates() -> list[Path]:
+    out = []
+    env = os.environ.get("E3TRAJ_DATA")
+    if env:
+        e = Path(env)
+        out.append(e / "paths.npz" if e.is_dir() else e)
+    out.append(_cache_dir() / "paths.npz")
+    # a source checkout keeps the team's shared copy beside the project root
+    root = Path(__file__).resolve().parents[1]
+    out.append(root.parent / "shared" / "data" / "paths.npz")
+    out.append(Path.cwd().parent / "shared" / "data" / "paths.npz")
+    return out
+
+
+def dmol_path(*, download: bool = True, timeout: float = 30.0) -> Path:
+    """Return a verified local copy of the chapter's ``paths.npz``, downloading it to the cache if needed.
+
+    Looks in ``$E3TRAJ_DATA`` (a file or a folder), the user cache (``~/.cache/e3traj``), and the shared data
+    folder beside a source checkout; every copy is checked against :data:`DMOL_SHA256`.
+
+    Raises:
+        InputError: a copy with the wrong checksum, or no copy and no network (says where to put the file).
+    """
+    for cand in _candidates():
+        if cand.is_file():
+            digest = sha256_file(cand)
+            if digest != DMOL_SHA256:
+                raise InputError(
+                    f"{cand}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; delete it or fix E3TRAJ_DATA"
+                )
+            return cand
+    target = _cache_dir() / "paths.npz"
+    if not download:
+        raise InputError(f"{target}: the chapter's data is not here; download {DMOL_URL} there or set E3TRAJ_DATA")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(DMOL_URL, timeout=timeout) as resp, atomic_output(target, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                while block := resp.read(1 << 16):
+                    fh.write(block)
+            digest = sha256_file(tmp)
+            if digest != DMOL_SHA256:
+                raise InputError(f"{DMOL_URL}: downloaded file has sha256 {digest[:12]}..., expected {DMOL_SHA256[:12]}...")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise InputError(
+            f"{target}: cannot download the chapter's data (offline? {_short(exc)}); "
+            f"put paths.npz (sha256 {DMOL_SHA256[:12]}...) there, or set E3TRAJ_DATA=/path/to/paths.npz"
+        ) from None
+    return target
+
+
+@dataclass(frozen=True)
+class Split:
+    """The chapter's split of a trajectory into (frame, next frame) pairs, 80:20, without shuffling.
+
+    Shapes: ``train_x``, ``train_y`` ``(n_train, 12, 3)``; ``val_x``, ``val_y`` ``(n_val, 12, 3)``;
+    ``val_prev`` ``(n_val, 12, 3)`` is the frame before each validation input (for constant velocity).
+    """
+
+    frames: np.ndarray
+    n_train: int
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.frames[:-1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frames[1:]
+
+    @property
+    def train_x(self) -> np.ndarray:
+        return self.frames[: self.n_train]
+
+    @property
+    def train_y(self) -> np.ndarray:
+        return self.frames[1 : self.n_train + 1]
+
+    @property
+    def val_x(self) -> np.ndarray:
+        return self.frames[self.n_train : -1]
+
+    @property
+    def val_y(self) -> np.ndarray:
+        return self.frames[self.n_train + 1 :]
+
+    @property
+    def val_prev(self) -> np.ndarray:
+        return self.frames[self.n_train - 1 : -2]
+
+    @property
+    def val_start(self) -> int:
+        """Index (in ``frames``) of the first validation input frame."""
+        return self.n_train
+
+
+def split_pairs(frames: np.ndarray, train_fraction: float = 0.8) -> Split:
+    """Split frames as the chapter does: features = frames[:-1], labels = frames[1:], first 80% of pairs train.
+
+    For 2048 frames: 2047 pairs, 1637 for training, 410 for validation.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction!r}")
+    frames = np.asarray(frames)
+    n_pairs = len(frames) - 1
+    n_train = int(train_fraction * n_pairs)
+    if n_train < 1 or n_pairs - n_train < 1:
+        raise InputError(f"trajectory: {len(frames)} frames give {n_pairs} pairs, too few to split {train_fraction:.0%}:rest")
+    return Split(frames=frames, n_train=n_train)

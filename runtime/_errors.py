@@ -1,0 +1,54 @@
+"""Errors that the command line turns into one line and a distinct exit code (never a traceback)."""
+
+__all__ = [
+    "E3TrajError",
+    "UsageError",
+    "InputError",
+    "CheckFailed",
+    "RolloutIncomplete",
+    "MissingExtra",
+    "EXIT_USAGE",
+    "EXIT_INPUT",
+    "EXIT_CHECK",
+    "EXIT_INCOMPLETE",
+]
+
+#: Exit codes. 2 is also what click uses for bad options.
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_CHECK = 4
+EXIT_INCOMPLETE = 5
+
+
+class E3TrajError(Exception):
+    """Base class: a user-facing error whose message is one line that names the file, the problem and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(E3TrajError, ValueError):
+    """The command was called wrongly (bad option value, missing extra, output equal to input...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingExtra(UsageError):
+    """A command needs an optional dependency group (e.g. ``pip install 'e3traj[train]'``)."""
+
+
+class InputError(E3TrajError, ValueError):
+    """An input file (trajectory, checkpoint, bundle) is missing, malformed or fails verification."""
+
+    exit_code = EXIT_INPUT
+
+
+class CheckFailed(E3TrajError):
+    """A verification (equivariance, parity, example re-check) ran and did not pass."""
+
+    exit_code = EXIT_CHECK
+
+
+class RolloutIncomplete(E3TrajError):
+    """A rollout stopped early (non-finite or out-of-bounds frame); the frames before it were kept."""
+
+    exit_code = EXIT_INCOMPLETE
