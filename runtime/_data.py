@@ -46,7 +46,9 @@ def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], np.dtype]:
         else:
             shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{name}: not a valid .npy array ({_short(exc)}); save frames with numpy.save or numpy.savez") from None
+        raise InputError(
+            f"{name}: not a valid .npy array ({_short(exc)}); save frames with numpy.save or numpy.savez"
+        ) from None
     return shape, dtype
 
 
@@ -68,7 +70,9 @@ def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes:
         )
 
 
-def load_trajectory(path: str | os.PathLike, *, min_frames: int = 1, max_bytes: int = MAX_TRAJECTORY_BYTES) -> np.ndarray:
+def load_trajectory(
+    path: str | os.PathLike, *, min_frames: int = 1, max_bytes: int = MAX_TRAJECTORY_BYTES
+) -> np.ndarray:
     """Load and validate a trajectory file.
 
     Accepts the dmol-book format (``.npz`` with key ``arr``), an ``.npz`` with a single array, or an ``.npy``.
@@ -125,7 +129,9 @@ def _load_npz(p: Path, name: str, max_bytes: int) -> np.ndarray:
     except InputError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise InputError(f"{name}: could not read the .npz ({_short(exc)}); the file may be truncated or corrupt") from None
+        raise InputError(
+            f"{name}: could not read the .npz ({_short(exc)}); the file may be truncated or corrupt"
+        ) from None
 
 
 def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.ndarray:
@@ -139,17 +145,25 @@ def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.nda
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise InputError(f"{name}: array has rank {arr.ndim} (shape {arr.shape}); expected (T, 12, 2|3) or one frame (12, 2|3)")
+        raise InputError(
+            f"{name}: array has rank {arr.ndim} (shape {arr.shape}); expected (T, 12, 2|3) or one frame (12, 2|3)"
+        )
     if arr.shape[1] != N_BEADS:
-        raise InputError(f"{name}: {arr.shape[1]} beads per frame (shape {arr.shape}); the models are built for {N_BEADS}")
+        raise InputError(
+            f"{name}: {arr.shape[1]} beads per frame (shape {arr.shape}); the models are built for {N_BEADS}"
+        )
     if arr.shape[2] not in (2, 3):
-        raise InputError(f"{name}: {arr.shape[2]} coordinates per bead (shape {arr.shape}); expected 2 (lifted to z = 0) or 3")
+        raise InputError(
+            f"{name}: {arr.shape[2]} coordinates per bead (shape {arr.shape}); expected 2 (lifted to z = 0) or 3"
+        )
     if arr.shape[0] < min_frames:
         raise InputError(f"{name}: {arr.shape[0]} frame(s); at least {min_frames} are needed here")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"{name}: non-finite value (NaN or Inf) at frame {bad[0]}, bead {bad[1]}; clean or cut the trajectory")
+        raise InputError(
+            f"{name}: non-finite value (NaN or Inf) at frame {bad[0]}, bead {bad[1]}; clean or cut the trajectory"
+        )
     if arr.shape[2] == 2:
         arr = np.concatenate([arr, np.zeros(arr.shape[:2] + (1,))], axis=-1)
     return np.ascontiguousarray(arr)
@@ -196,7 +210,8 @@ def dmol_path(*, download: bool = True, timeout: float = 30.0) -> Path:
             digest = sha256_file(cand)
             if digest != DMOL_SHA256:
                 raise InputError(
-                    f"{cand}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; delete it or fix E3TRAJ_DATA"
+                    f"{cand}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; "
+                    "delete it or fix E3TRAJ_DATA"
                 )
             return cand
     target = _cache_dir() / "paths.npz"
@@ -210,7 +225,9 @@ def dmol_path(*, download: bool = True, timeout: float = 30.0) -> Path:
                     fh.write(block)
             digest = sha256_file(tmp)
             if digest != DMOL_SHA256:
-                raise InputError(f"{DMOL_URL}: downloaded file has sha256 {digest[:12]}..., expected {DMOL_SHA256[:12]}...")
+                raise InputError(
+                    f"{DMOL_URL}: downloaded file has sha256 {digest[:12]}..., expected {DMOL_SHA256[:12]}..."
+                )
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise InputError(
             f"{target}: cannot download the chapter's data (offline? {_short(exc)}); "
@@ -275,5 +292,50 @@ def split_pairs(frames: np.ndarray, train_fraction: float = 0.8) -> Split:
     n_pairs = len(frames) - 1
     n_train = int(train_fraction * n_pairs)
     if n_train < 1 or n_pairs - n_train < 1:
-        raise InputError(f"trajectory: {len(frames)} frames give {n_pairs} pairs, too few to split {train_fraction:.0%}:rest")
+        raise InputError(
+            f"trajectory: {len(frames)} frames give {n_pairs} pairs, too few to split {train_fraction:.0%}:rest"
+        )
     return Split(frames=frames, n_train=n_train)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A loaded trajectory and where it came from.
+
+    ``sha256`` is the digest of the canonical array (float64, C order, shape ``(T, 12, 3)``), so the same
+    frames give the same digest whichever file format carried them; ``file_sha256`` is the file's own.
+    """
+
+    frames: np.ndarray
+    source: str
+    sha256: str
+    path: str | None = None
+    file_sha256: str | None = None
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    """sha256 of the canonical float64 C-order bytes of a ``(T, 12, 3)`` array."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.float64).tobytes()).hexdigest()
+
+
+def resolve_data(spec: str, *, sim_frames: int = 2048, sim_seed: int = 0, min_frames: int = 3) -> DataSource:
+    """Turn ``--data`` into frames: ``sim`` (the embedded simulator), ``dmol`` (the chapter's data) or a path.
+
+    Shapes: returns frames ``(T, 12, 3)`` float64.
+    """
+    if spec == "sim":
+        from ._simulate import simulate
+
+        frames = validate_frames(simulate(frames=sim_frames, seed=sim_seed), "sim", min_frames=min_frames)
+        return DataSource(frames, f"sim(frames={sim_frames},seed={sim_seed})", frames_sha256(frames))
+    if spec == "dmol":
+        path = dmol_path()
+        frames = load_trajectory(path, min_frames=min_frames)
+        return DataSource(frames, "dmol", frames_sha256(frames), str(path), DMOL_SHA256)
+    frames = load_trajectory(spec, min_frames=min_frames)
+    return DataSource(frames, "file", frames_sha256(frames), str(spec), sha256_file(spec))
+
+
+__all__ += ["DataSource", "frames_sha256", "resolve_data"]

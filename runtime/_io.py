@@ -24,7 +24,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, force: bool = True) -> Path:
+def check_output_path(
+    output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, force: bool = True
+) -> Path:
     """Refuse an output path that is one of the inputs, sits in a missing or unwritable folder, or exists without force.
 
     Returns the output as a :class:`~pathlib.Path`. Raises :class:`UsageError` with a one-line message.
@@ -38,7 +40,9 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
         except OSError:
             same = False
         if same:
-            raise UsageError(f"{out}: the output path is also an input; choose another output path (inputs are never overwritten)")
+            raise UsageError(
+                f"{out}: the output path is also an input; choose another output path (inputs are never overwritten)"
+            )
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"{out}: folder {parent} does not exist; create it or choose another output path")
@@ -57,7 +61,9 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     final = Path(path)
     parent = final.parent if str(final.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix, dir=parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix, dir=parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -37,9 +37,17 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def _installed(module: str) -> bool:
+    """True if ``module`` can be found (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _require_extra(extra: str, command: str) -> None:
     modules, hint = EXTRAS[extra]
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not _installed(m)]
     if missing:
         raise MissingExtra(f"'e3traj {command}' needs the {extra} extra ({', '.join(missing)} not installed): {hint}")
 
@@ -54,12 +62,15 @@ class _LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, extra, short = COMMANDS[name]
-        if extra is not None and importlib.util.find_spec(EXTRAS[extra][0][0]) is None:
+        if extra is not None and not all(_installed(m) for m in EXTRAS[extra][0]):
             return _missing_extra_command(name, extra, short)
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][3] if name in COMMANDS else self.commands[name].get_short_help_str()) for name in self.list_commands(ctx)]
+        rows = [
+            (name, COMMANDS[name][3] if name in COMMANDS else self.commands[name].get_short_help_str())
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

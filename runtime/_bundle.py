@@ -1,0 +1,874 @@
+"""Bundles: write the manifest (export side), verify every byte before parsing a model, and run it (host side).
+
+Only numpy and onnxruntime are used here; the ONNX file is inspected by walking its protobuf wire format,
+never with the ``onnx`` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._data import N_BEADS
+from ._errors import CheckFailed, InputError, UsageError
+from ._io import atomic_output, sha256_file
+from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
+
+__all__ = [
+    "Bundle",
+    "verify_bundle",
+    "write_manifest",
+    "manifest_sha256",
+    "INPUT_MEANINGS",
+    "OUTPUT_MEANINGS",
+    "MANIFEST_NAME",
+]
+
+MANIFEST_NAME = "manifest.json"
+
+#: What each model input carries.
+INPUT_MEANINGS = ("positions", "previous_displacement")
+
+#: How the next frame follows from a model output (see artifacts/README.md).
+OUTPUT_MEANINGS = ("displacement", "next_positions", "velocity_correction")
+
+_MAX_MANIFEST_BYTES = 16 << 20
+_MAX_EXAMPLE_BYTES = 256 << 20
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+#: Rows per onnxruntime call; larger batches are split (keeps memory flat for thousands of starts).
+CHUNK = 4096
+
+
+# --------------------------------------------------------------------------------------------- manifest writing
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"manifest value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> dict:
+    """Fill ``manifest["files"]`` from the folder and write ``manifest.json`` (sorted keys, indent 2), atomically.
+
+    Every regular file of ``bundle_dir`` except ``manifest.json`` is listed with its sha256 and size;
+    ``format``/``format_version`` are added when missing. The dict is updated in place and returned.
+
+    Raises:
+        InputError: the folder is missing or holds a subfolder, a symlink or a special file (a bundle may not).
+    """
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; write the bundle files into a folder first")
+    files: dict[str, dict[str, Any]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name == MANIFEST_NAME:
+            continue
+        where = root / entry.name
+        if entry.is_symlink():
+            raise InputError(f"{where}: is a symlink; a bundle holds only regular files, copy the file instead")
+        if entry.is_dir(follow_symlinks=False):
+            raise InputError(f"{where}: is a folder; a bundle holds no subfolders, remove it")
+        if not entry.is_file(follow_symlinks=False):
+            raise InputError(f"{where}: is not a regular file; remove it from the bundle folder")
+        files[entry.name] = {"sha256": sha256_file(where), "size": entry.stat(follow_symlinks=False).st_size}
+    manifest.setdefault("format", BUNDLE_FORMAT)
+    manifest.setdefault("format_version", BUNDLE_FORMAT_VERSION)
+    manifest["files"] = files
+    text = json.dumps(manifest, sort_keys=True, indent=2, default=_json_default) + "\n"
+    with atomic_output(root / MANIFEST_NAME, suffix=".tmp") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return manifest
+
+
+def manifest_sha256(bundle_dir: str | os.PathLike) -> str:
+    """sha256 of ``manifest.json``; it pins every file of the bundle, so it identifies the bundle."""
+    return sha256_file(Path(bundle_dir) / MANIFEST_NAME)
+
+
+# --------------------------------------------------------------------------------------------- ONNX wire format
+
+
+class _ProtoError(Exception):
+    pass
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _ProtoError("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """Yield ``(field, wire_type, value)``; value is an int for varints, ``(start, end)`` for length-delimited."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise _ProtoError("field number 0")
+        if wire == 0:
+            val, pos = _varint(buf, pos, end)
+            yield field, wire, val
+        elif wire == 1:
+            pos += 8
+            if pos > end:
+                raise _ProtoError("truncated fixed64")
+        elif wire == 2:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise _ProtoError("length runs past the end")
+            yield field, wire, (pos, pos + n)
+            pos += n
+        elif wire == 5:
+            pos += 4
+            if pos > end:
+                raise _ProtoError("truncated fixed32")
+        else:
+            raise _ProtoError(f"unsupported wire type {wire}")
+
+
+class _OnnxScan:
+    """Walk ModelProto -> graphs -> initializers / node attributes / functions and look for external tensors."""
+
+    _MAX_DEPTH = 64
+
+    def __init__(self, data: bytes):
+        self.buf = memoryview(data)
+        self.ir_version: int | None = None
+        self.opsets: dict[str, int] = {}
+        self.external: str | None = None  # name of the first externally stored tensor
+        self.has_graph = False
+
+    def _sub(self, wire: int, val, what: str):
+        if wire != 2:
+            raise _ProtoError(f"{what} has the wrong wire type")
+        return val
+
+    def model(self) -> None:
+        buf = self.buf
+        for field, wire, val in _fields(buf, 0, len(buf)):
+            if field == 1 and wire == 0:
+                self.ir_version = val
+            elif field == 7:
+                self.has_graph = True
+                self.graph(*self._sub(wire, val, "graph"), 1)
+            elif field == 8:
+                domain, version = "", None
+                for f2, w2, v2 in _fields(buf, *self._sub(wire, val, "opset_import")):
+                    if f2 == 1 and w2 == 2:
+                        domain = bytes(buf[v2[0] : v2[1]]).decode("utf-8", "replace")
+                    elif f2 == 2 and w2 == 0:
+                        version = v2
+                if version is not None:
+                    self.opsets[domain] = version
+            elif field == 20:  # training_info: initialization (1), algorithm (2) graphs
+                for f2, w2, v2 in _fields(buf, *self._sub(wire, val, "training_info")):
+                    if f2 in (1, 2):
+                        self.graph(*self._sub(w2, v2, "training graph"), 1)
+            elif field == 25:  # functions: node (7)
+                for f2, w2, v2 in _fields(buf, *self._sub(wire, val, "function")):
+                    if f2 == 7:
+                        self.node(*self._sub(w2, v2, "function node"), 1)
+
+    def graph(self, start: int, end: int, depth: int) -> None:
+        if depth > self._MAX_DEPTH:
+            raise _ProtoError("graphs nested too deeply")
+        for field, wire, val in _fields(self.buf, start, end):
+            if field == 1:
+                self.node(*self._sub(wire, val, "node"), depth)
+            elif field == 5:
+                self.tensor(*self._sub(wire, val, "initializer"))
+            elif field == 15:
+                self.sparse(*self._sub(wire, val, "sparse_initializer"))
+
+    def node(self, start: int, end: int, depth: int) -> None:
+        for field, wire, val in _fields(self.buf, start, end):
+            if field == 5:
+                self.attribute(*self._sub(wire, val, "attribute"), depth)
+
+    def attribute(self, start: int, end: int, depth: int) -> None:
+        for field, wire, val in _fields(self.buf, start, end):
+            if field in (5, 10):
+                self.tensor(*self._sub(wire, val, "attribute tensor"))
+            elif field in (6, 11):
+                self.graph(*self._sub(wire, val, "attribute graph"), depth + 1)
+            elif field in (22, 23):
+                self.sparse(*self._sub(wire, val, "attribute sparse tensor"))
+
+    def sparse(self, start: int, end: int) -> None:
+        for field, wire, val in _fields(self.buf, start, end):
+            if field in (1, 2):
+                self.tensor(*self._sub(wire, val, "sparse values"))
+
+    def tensor(self, start: int, end: int) -> None:
+        name = ""
+        external = False
+        for field, wire, val in _fields(self.buf, start, end):
+            if field == 8 and wire == 2:
+                name = bytes(self.buf[val[0] : val[1]]).decode("utf-8", "replace")
+            elif field == 13:
+                external = True
+            elif field == 14 and wire == 0 and val == 1:
+                external = True
+        if external and self.external is None:
+            self.external = name or "<unnamed>"
+
+
+def scan_onnx(data: bytes) -> _OnnxScan:
+    """Parse the parts of an ONNX ModelProto the host needs. Raises ``_ProtoError`` on malformed bytes."""
+    scan = _OnnxScan(data)
+    scan.model()
+    return scan
+
+
+# --------------------------------------------------------------------------------------------- verification
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).split("."):
+        m = re.match(r"\d+", piece)
+        if not m:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MANIFEST_NAME)
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+    )
+
+
+def _read_manifest(root: Path, label: str) -> tuple[dict, str]:
+    mpath = root / MANIFEST_NAME
+    where = f"{label}/{MANIFEST_NAME}"
+    try:
+        st = mpath.lstat()
+    except FileNotFoundError:
+        raise InputError(
+            f"{where}: not found; pass a bundle folder made by 'e3traj export' (or a .tar.gz from 'e3traj pack')"
+        ) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"{where}: is a symlink; a bundle holds only regular files, re-export the bundle")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{where}: is not a regular file; re-export the bundle")
+    if st.st_size > _MAX_MANIFEST_BYTES:
+        raise InputError(
+            f"{where}: {st.st_size} bytes, over the {_MAX_MANIFEST_BYTES}-byte limit; re-export the bundle"
+        )
+    raw = mpath.read_bytes()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{where}: holds a JSON {type(manifest).__name__}, not an object; re-export the bundle")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def _check_manifest(manifest: dict, where: str) -> None:
+    fmt = manifest.get("format")
+    if fmt != BUNDLE_FORMAT:
+        raise InputError(f"{where}: format is {fmt!r}, not {BUNDLE_FORMAT!r}; this is not an e3traj bundle")
+    ver = manifest.get("format_version")
+    if not _is_int(ver) or ver < 1:
+        raise InputError(f"{where}: format_version is {ver!r}, not a positive integer; re-export the bundle")
+    if ver > BUNDLE_FORMAT_VERSION:
+        raise InputError(
+            f"{where}: bundle format version {ver} is newer than the {BUNDLE_FORMAT_VERSION} this e3traj reads; "
+            "upgrade e3traj (pip install -U e3traj)"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise InputError(f"{where}: field 'files' is missing or not an object; re-export the bundle")
+    for name, entry in files.items():
+        if not _plain_name(name):
+            raise InputError(f"{where}: files lists {name!r}, which is not a plain file name; re-export the bundle")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not _SHA_RE.match(entry["sha256"])
+            or not _is_int(entry.get("size"))
+            or entry["size"] < 0
+        ):
+            raise InputError(
+                f"{where}: files[{name!r}] needs a hex 'sha256' and an integer 'size'; re-export the bundle"
+            )
+    for key in ("inputs", "outputs"):
+        items = manifest.get(key)
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            raise InputError(f"{where}: field '{key}' is missing or not a list of objects; re-export the bundle")
+        names = [i.get("name") for i in items]
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise InputError(f"{where}: {key} need unique non-empty 'name's (got {names}); re-export the bundle")
+        for i in items:
+            dtype = i.get("dtype", "float32")
+            if dtype not in _DTYPES:
+                raise InputError(f"{where}: {key} '{i['name']}' has dtype {dtype!r}; expected float32 or float64")
+    meanings = [i.get("meaning") for i in manifest["inputs"]]
+    for m in meanings:
+        if m not in INPUT_MEANINGS:
+            raise InputError(f"{where}: input meaning {m!r} is not one of {list(INPUT_MEANINGS)}; upgrade e3traj")
+    if meanings.count("positions") != 1 or meanings.count("previous_displacement") > 1:
+        raise InputError(f"{where}: inputs {meanings} need exactly one 'positions' input; re-export the bundle")
+    out_meaning = manifest["outputs"][0].get("meaning")
+    if out_meaning not in OUTPUT_MEANINGS:
+        raise InputError(
+            f"{where}: outputs[0].meaning {out_meaning!r} is not one of {list(OUTPUT_MEANINGS)}; upgrade e3traj"
+        )
+    for section in ("onnx", "example"):
+        sec = manifest.get(section)
+        if not isinstance(sec, dict) or not isinstance(sec.get("file"), str):
+            raise InputError(f"{where}: field '{section}.file' is missing; re-export the bundle")
+        if sec["file"] not in files:
+            raise InputError(f"{where}: {section}.file {sec['file']!r} is not listed in 'files'; re-export the bundle")
+    ts = manifest.get("torchscript")
+    if isinstance(ts, dict) and isinstance(ts.get("file"), str) and ts["file"] not in files:
+        raise InputError(f"{where}: torchscript.file {ts['file']!r} is not listed in 'files'; re-export the bundle")
+    atol = manifest["example"].get("atol", 1e-5)
+    if not isinstance(atol, int | float) or isinstance(atol, bool) or not math.isfinite(atol) or atol < 0:
+        raise InputError(f"{where}: example.atol is {atol!r}; expected a non-negative number")
+    onnx = manifest["onnx"]
+    for key in ("opset", "ir_version"):
+        if key in onnx and (not _is_int(onnx[key]) or onnx[key] < 1):
+            raise InputError(f"{where}: onnx.{key} is {onnx[key]!r}; expected a positive integer")
+    model = manifest.get("model", {})
+    if not isinstance(model, dict):
+        raise InputError(f"{where}: field 'model' is not an object; re-export the bundle")
+
+
+def _check_files(root: Path, manifest: dict, label: str) -> None:
+    files = manifest["files"]
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"{label}: cannot list the bundle folder ({exc.strerror}); check its permissions") from None
+    for entry in entries:
+        where = f"{label}/{entry.name}"
+        if entry.is_symlink():
+            raise InputError(
+                f"{where}: is a symlink; a bundle holds only regular files, re-export or re-pack the bundle"
+            )
+        if entry.is_dir(follow_symlinks=False):
+            raise InputError(f"{where}: is a subfolder; a bundle holds none, remove it or re-export the bundle")
+        if not entry.is_file(follow_symlinks=False):
+            raise InputError(f"{where}: is not a regular file; remove it from the bundle folder")
+        if entry.name != MANIFEST_NAME and entry.name not in files:
+            raise InputError(
+                f"{where}: file not listed in {MANIFEST_NAME}; remove it (a bundle holds only listed files)"
+            )
+    for name, entry in sorted(files.items()):
+        where = f"{label}/{name}"
+        p = root / name
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            raise InputError(
+                f"{where}: listed in {MANIFEST_NAME} but missing; re-export or re-copy the bundle"
+            ) from None
+        if st.st_size != entry["size"]:
+            raise InputError(
+                f"{where}: size {st.st_size} bytes, the manifest says {entry['size']}; the file is truncated or "
+                "modified, re-copy the bundle"
+            )
+        digest = sha256_file(p)
+        if digest != entry["sha256"]:
+            raise InputError(
+                f"{where}: sha256 {digest[:12]}... does not match the manifest's {entry['sha256'][:12]}...; "
+                "the file is corrupt or modified, re-copy the bundle"
+            )
+
+
+def _check_onnx_bytes(data: bytes, manifest: dict, where: str) -> _OnnxScan:
+    try:
+        scan = scan_onnx(data)
+    except _ProtoError as exc:
+        raise InputError(f"{where}: not a valid ONNX model ({exc}); re-export the bundle") from None
+    if not scan.has_graph or scan.ir_version is None:
+        raise InputError(f"{where}: not a valid ONNX model (no graph or IR version); re-export the bundle")
+    if scan.external is not None:
+        raise InputError(
+            f"{where}: tensor {scan.external!r} is stored as external data, which bundles forbid; "
+            "re-export with the weights inside model.onnx"
+        )
+    onnx = manifest["onnx"]
+    if "ir_version" in onnx and onnx["ir_version"] != scan.ir_version:
+        raise InputError(
+            f"{where}: IR version {scan.ir_version} but the manifest says onnx.ir_version {onnx['ir_version']}; "
+            "re-export the bundle"
+        )
+    opset = scan.opsets.get("", scan.opsets.get("ai.onnx"))
+    if "opset" in onnx and opset is not None and onnx["opset"] != opset:
+        raise InputError(
+            f"{where}: opset {opset} but the manifest says onnx.opset {onnx['opset']}; re-export the bundle"
+        )
+    return scan
+
+
+def _check_runtime(manifest: dict, where: str) -> None:
+    need = manifest["onnx"].get("min_onnxruntime")
+    if need is None:
+        return
+    have = _ort_version()
+    if _version_tuple(have) < _version_tuple(str(need)):
+        raise InputError(
+            f"{where}: needs onnxruntime >= {need}, this host has {have}; upgrade it (pip install -U onnxruntime)"
+        )
+
+
+def _verify_dir(root: Path, label: str) -> tuple[dict, str]:
+    """Verify a bundle folder; return the manifest and the sha256 of manifest.json."""
+    if not root.is_dir():
+        raise InputError(f"{label}: not a folder; pass a bundle folder or a .tar.gz made by 'e3traj pack'")
+    manifest, digest = _read_manifest(root, label)
+    _check_manifest(manifest, f"{label}/{MANIFEST_NAME}")
+    _check_files(root, manifest, label)
+    onnx_file = manifest["onnx"]["file"]
+    _check_onnx_bytes((root / onnx_file).read_bytes(), manifest, f"{label}/{onnx_file}")
+    _check_runtime(manifest, f"{label}/{MANIFEST_NAME}")
+    return manifest, digest
+
+
+def _is_archive(p: Path) -> bool:
+    if not p.is_file():
+        return False
+    with open(p, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _missing_or_wrong(p: Path) -> None:
+    if not p.exists() and not p.is_symlink():
+        raise InputError(f"{p}: not found; pass a bundle folder (with manifest.json) or a .tar.gz from 'e3traj pack'")
+    if p.is_file() and not _is_archive(p):
+        raise InputError(
+            f"{p}: is neither a bundle folder nor a .tar.gz archive; pass the folder that holds manifest.json"
+        )
+
+
+def verify_bundle(path: str | os.PathLike) -> dict:
+    """Check a bundle before any model is parsed and return its manifest.
+
+    Checks the manifest (format, version, required keys), that the folder holds exactly the listed files (no
+    extra file, symlink or subfolder) with the listed sizes and sha256, that ``model.onnx`` keeps no tensor in
+    external data, and that the installed onnxruntime is at least ``onnx.min_onnxruntime``. ``path`` may be a
+    folder or a ``.tar.gz`` made by :func:`~e3traj.runtime.pack_bundle` (unpacked to a temporary folder).
+
+    Raises:
+        InputError: one line naming the file, what is wrong and what to do.
+    """
+    p = Path(path)
+    _missing_or_wrong(p)
+    if p.is_dir():
+        return _verify_dir(p, str(p))[0]
+    from ._pack import _unpack
+
+    with tempfile.TemporaryDirectory(prefix="e3traj-verify-") as tmp:
+        root, top = _unpack(p, Path(tmp))
+        return _verify_dir(root, f"{p}:{top}")[0]
+
+
+# --------------------------------------------------------------------------------------------- safe example.npz
+
+
+def _load_example(path: Path, where: str) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with zf.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                if dtype.hasobject or dtype.kind not in "fiu":
+                    raise InputError(f"{where}[{member[:-4]}]: dtype {dtype} is not numeric; re-export the bundle")
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if nbytes > _MAX_EXAMPLE_BYTES:
+                    raise InputError(f"{where}[{member[:-4]}]: declares {nbytes} bytes, over the limit; re-export")
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                arrays[key] = npz[key]
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        text = str(exc).strip().splitlines()
+        raise InputError(f"{where}: cannot read the example arrays ({text[0] if text else exc!r}); re-export") from None
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------- the runtime model
+
+
+def _clean_ort_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    if len(text) > 160:
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+        for s in reversed(sentences):
+            if 10 < len(s) <= 200:
+                return s
+        return text[-160:]
+    return text
+
+
+class Bundle:
+    """A verified bundle with an onnxruntime session. Open with :meth:`Bundle.open`; use as a context manager.
+
+    Shapes: every input and output is ``(B, 12, 3)``; ``predict`` and ``step`` return float64.
+    """
+
+    def __init__(self, *, path: Path, root: Path, manifest: dict, sha256: str, session, tmp=None):
+        self._path = path
+        self._root = root
+        self._manifest = manifest
+        self._sha256 = sha256
+        self._session = session
+        self._tmp = tmp
+        self._example: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        inputs = manifest["inputs"]
+        self._input_meanings = {i["name"]: i["meaning"] for i in inputs}
+        self._input_dtypes = {i["name"]: _DTYPES[i.get("dtype", "float32")] for i in inputs}
+        self._output_name = manifest["outputs"][0]["name"]
+
+    # ---- construction
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, threads: int | None = None) -> Bundle:
+        """Verify a bundle folder or ``.tar.gz`` and create a CPU onnxruntime session for it.
+
+        Args:
+            path: bundle folder, or an archive from :func:`~e3traj.runtime.pack_bundle` (unpacked to a temporary
+                folder owned by the Bundle and removed on :meth:`close`).
+            threads: onnxruntime intra-op threads (``None``: onnxruntime's default).
+
+        Raises:
+            InputError: the bundle fails verification or onnxruntime cannot load the model.
+            UsageError: ``threads`` < 1.
+        """
+        if threads is not None and (not _is_int(threads) or threads < 1):
+            raise UsageError(f"--threads: got {threads!r}; pass a positive integer")
+        p = Path(path)
+        _missing_or_wrong(p)
+        tmp = None
+        if p.is_dir():
+            root, label = p, str(p)
+        else:
+            from ._pack import _unpack
+
+            tmp = tempfile.TemporaryDirectory(prefix="e3traj-bundle-")
+            try:
+                root, top = _unpack(p, Path(tmp.name))
+            except BaseException:
+                tmp.cleanup()
+                raise
+            label = f"{p}:{top}"
+        try:
+            manifest, digest = _verify_dir(root, label)
+            session = cls._make_session(root, manifest, label, threads)
+        except BaseException:
+            if tmp is not None:
+                tmp.cleanup()
+            raise
+        return cls(path=p, root=root, manifest=manifest, sha256=digest, session=session, tmp=tmp)
+
+    @staticmethod
+    def _make_session(root: Path, manifest: dict, label: str, threads: int | None):
+        import onnxruntime as ort
+
+        onnx_file = manifest["onnx"]["file"]
+        where = f"{label}/{onnx_file}"
+        data = (root / onnx_file).read_bytes()
+        # hash the very bytes handed to onnxruntime (the file could change between verification and loading)
+        if hashlib.sha256(data).hexdigest() != manifest["files"][onnx_file]["sha256"]:
+            raise InputError(f"{where}: changed while the bundle was being opened; re-copy the bundle")
+        _check_onnx_bytes(data, manifest, where)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+            onnx = manifest["onnx"]
+            raise InputError(
+                f"{where}: onnxruntime {ort.__version__} cannot load it (opset {onnx.get('opset', '?')}, IR "
+                f"{onnx.get('ir_version', '?')}): {_clean_ort_error(exc)}; upgrade onnxruntime or re-export"
+            ) from None
+        sess_inputs = {i.name: i for i in session.get_inputs()}
+        sess_outputs = [o.name for o in session.get_outputs()]
+        names = [i["name"] for i in manifest["inputs"]]
+        if set(sess_inputs) != set(names):
+            raise InputError(
+                f"{where}: model inputs {sorted(sess_inputs)} differ from the manifest's {sorted(names)}; re-export"
+            )
+        out_name = manifest["outputs"][0]["name"]
+        if out_name not in sess_outputs:
+            raise InputError(f"{where}: model outputs {sess_outputs} lack the manifest's {out_name!r}; re-export")
+        for spec in manifest["inputs"]:
+            info = sess_inputs[spec["name"]]
+            shape = list(info.shape)
+            want = spec.get("dtype", "float32")
+            if _ORT_TYPES.get(info.type) != want:
+                raise InputError(f"{where}: input {info.name!r} has type {info.type}, the manifest says {want}")
+            if len(shape) != 3 or shape[1] != N_BEADS or shape[2] != 3:
+                raise InputError(f"{where}: input {info.name!r} has shape {shape}; expected (batch, 12, 3)")
+            if _is_int(shape[0]):
+                raise InputError(
+                    f"{where}: input {info.name!r} has a fixed batch size {shape[0]}; re-export with a dynamic batch"
+                )
+        return session
+
+    def close(self) -> None:
+        """Release the session and remove the temporary folder of an unpacked archive."""
+        self._session = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - exercised by garbage collection
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self._path)!r}, kind={self.kind!r}, sha256={self._sha256[:12]}...)"
+
+    # ---- properties
+
+    @property
+    def manifest(self) -> dict:
+        """The parsed ``manifest.json``."""
+        return self._manifest
+
+    @property
+    def path(self) -> Path:
+        """The path the bundle was opened from (a folder or an archive)."""
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        """The folder that holds the bundle files (a temporary one for an archive)."""
+        return self._root
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of ``manifest.json`` (which pins every file of the bundle)."""
+        return self._sha256
+
+    @property
+    def kind(self) -> str:
+        """``model.kind`` from the manifest (``e3nn``, ``baseline``, ``e3nn-velocity``...)."""
+        return str(self._manifest.get("model", {}).get("kind", "unknown"))
+
+    @property
+    def equivariant(self) -> bool:
+        """``model.equivariant`` from the manifest (False: its equivariance check is expected to fail)."""
+        return bool(self._manifest.get("model", {}).get("equivariant", False))
+
+    @property
+    def inputs(self) -> list[dict]:
+        """The manifest's input specifications (name, dtype, shape, meaning)."""
+        return list(self._manifest["inputs"])
+
+    @property
+    def input_meanings(self) -> dict[str, str]:
+        """Input name -> ``positions`` | ``previous_displacement``."""
+        return dict(self._input_meanings)
+
+    @property
+    def output_meaning(self) -> str:
+        """``displacement`` | ``next_positions`` | ``velocity_correction``."""
+        return self._manifest["outputs"][0]["meaning"]
+
+    @property
+    def needs_previous(self) -> bool:
+        """True when :meth:`step` needs the previous frame (velocity-aware bundles)."""
+        return self.output_meaning == "velocity_correction" or "previous_displacement" in self._input_meanings.values()
+
+    @property
+    def example_atol(self) -> float:
+        """The tolerance of the example re-check (``example.atol``)."""
+        return float(self._manifest["example"].get("atol", 1e-5))
+
+    # ---- running
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run the model on a batch.
+
+        Shapes: each input ``(B, 12, 3)`` -> output ``(B, 12, 3)`` float64. Inputs are cast to the bundle dtype;
+        batches larger than 4096 are split across onnxruntime calls.
+
+        Raises:
+            UsageError: an input is missing/unknown or the shapes disagree.
+            InputError: an input holds NaN or Inf.
+        """
+        if self._session is None:
+            raise UsageError(f"{self._path}: bundle is closed; open it again")
+        names = list(self._input_meanings)
+        missing = [n for n in names if n not in inputs]
+        extra = [n for n in inputs if n not in self._input_meanings]
+        if missing or extra:
+            raise UsageError(f"{self._path}: inputs {sorted(inputs)} do not match the model's {names}")
+        arrays = {}
+        batch = None
+        for n in names:
+            a = np.asarray(inputs[n])
+            if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3):
+                raise UsageError(f"input {n!r}: shape {a.shape}; expected (B, {N_BEADS}, 3)")
+            if batch is None:
+                batch = a.shape[0]
+            elif a.shape[0] != batch:
+                raise UsageError(f"input {n!r}: batch {a.shape[0]} differs from the other inputs' {batch}")
+            if a.dtype.kind not in "fiu":
+                raise UsageError(f"input {n!r}: dtype {a.dtype} is not numeric")
+            if not np.all(np.isfinite(a)):
+                raise InputError(f"input {n!r}: holds NaN or Inf; pass finite positions")
+            arrays[n] = a
+        out = np.empty((batch, N_BEADS, 3), dtype=np.float64)
+        with np.errstate(over="ignore"):
+            for lo in range(0, batch, CHUNK):
+                hi = min(lo + CHUNK, batch)
+                feed = {n: np.ascontiguousarray(a[lo:hi], dtype=self._input_dtypes[n]) for n, a in arrays.items()}
+                y = self._session.run([self._output_name], feed)[0]
+                if y.shape != (hi - lo, N_BEADS, 3):
+                    raise InputError(f"{self._path}: model returned shape {y.shape}; expected ({hi - lo}, 12, 3)")
+                out[lo:hi] = y
+        return out
+
+    def model_inputs(self, positions: np.ndarray, previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Build the model's inputs for frames ``positions`` (and the frames before them, if needed).
+
+        Shapes: ``positions``, ``previous`` ``(B, 12, 3)``.
+        """
+        x = np.asarray(positions, dtype=np.float64)
+        if self.needs_previous and previous is None:
+            raise UsageError(
+                f"{self._path}: this {self.kind} bundle needs the previous frame too "
+                "(its output is a velocity correction); pass previous="
+            )
+        feed = {}
+        for name, meaning in self._input_meanings.items():
+            if meaning == "positions":
+                feed[name] = x
+            else:
+                p = np.asarray(previous, dtype=np.float64)
+                if p.shape != x.shape:
+                    raise UsageError(f"previous: shape {p.shape} differs from the positions' {x.shape}")
+                feed[name] = x - p
+        return feed
+
+    def step(self, positions: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+        """Next frames according to ``outputs[0].meaning``, in float64.
+
+        ``displacement``: x + y; ``next_positions``: y; ``velocity_correction``: x + (x - previous) + y.
+
+        Shapes: ``positions``, ``previous`` ``(B, 12, 3)`` -> ``(B, 12, 3)`` float64.
+        """
+        x = np.asarray(positions, dtype=np.float64)
+        y = self.predict(self.model_inputs(x, previous))
+        meaning = self.output_meaning
+        with np.errstate(all="ignore"):
+            if meaning == "displacement":
+                return x + y
+            if meaning == "next_positions":
+                return y
+            return x + (x - np.asarray(previous, dtype=np.float64)) + y
+
+    # ---- the stored example
+
+    def load_example(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The example inputs (float64, by input name) and the reference output stored at export.
+
+        Shapes: each input ``(B, 12, 3)``; reference ``(B, 12, 3)``.
+        """
+        if self._example is None:
+            ex_file = self._manifest["example"]["file"]
+            where = f"{self._path}:{ex_file}" if self._tmp is not None else str(self._root / ex_file)
+            arrays = _load_example(self._root / ex_file, where)
+            names = list(self._input_meanings) + [self._output_name]
+            missing = [n for n in names if n not in arrays]
+            if missing:
+                raise InputError(f"{where}: arrays {missing} missing (has {sorted(arrays)}); re-export the bundle")
+            shapes = {arrays[n].shape for n in names}
+            if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[1:] != (N_BEADS, 3):
+                raise InputError(f"{where}: example arrays have shapes {sorted(shapes)}; expected (B, 12, 3)")
+            inputs = {n: arrays[n].astype(np.float64) for n in self._input_meanings}
+            self._example = (inputs, arrays[self._output_name].astype(np.float64))
+        inputs, ref = self._example
+        return {k: v.copy() for k, v in inputs.items()}, ref.copy()
+
+    def example_error(self) -> tuple[float, float]:
+        """Max abs and max relative error of the model on the example vs the stored reference outputs."""
+        inputs, ref = self.load_example()
+        got = self.predict(inputs)
+        err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+        return err, err / max(scale, 1e-12)
+
+    def recheck_example(self, atol: float | None = None) -> float:
+        """Re-run the stored example and return the max abs error vs the reference outputs.
+
+        Raises:
+            CheckFailed: the error exceeds ``atol`` (default: the manifest's ``example.atol``).
+        """
+        tol = self.example_atol if atol is None else float(atol)
+        err, _ = self.example_error()
+        if not err <= tol:
+            raise CheckFailed(
+                f"{self._path}: example outputs differ from the export's reference by {err:.3g} (> atol {tol:g}); "
+                "this onnxruntime does not reproduce the exported model"
+            )
+        return err

@@ -1,0 +1,234 @@
+"""Check a predictor's symmetry: rotations, inversions, mirrors, translations, bead permutations, planarity.
+
+Used by ``e3traj check``, by the export (before a bundle is written) and by the tests. Errors are computed in
+float64 against what an E(3)- and permutation-equivariant model must output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ._bundle import INPUT_MEANINGS, OUTPUT_MEANINGS
+from ._data import N_BEADS
+
+__all__ = ["CaseResult", "EquivarianceReport", "check_equivariance", "check_bundle", "random_rotation", "CASES"]
+
+#: The cases :func:`check_equivariance` runs, in order.
+CASES = ("rotation", "improper", "mirror_z", "translation", "permutation", "planar")
+
+_MIRROR_Z = np.diag([1.0, 1.0, -1.0])
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One row of the report: the worst error over the trials of one case."""
+
+    case: str
+    max_abs_error: float
+    max_rel_error: float
+    passed: bool
+    trials: int
+    threshold: float
+    criterion: str = "relative"  # "relative" (equivariance) or "absolute" (the example re-check)
+
+
+@dataclass
+class EquivarianceReport:
+    """All cases of one check. ``passed`` is True when every case passed."""
+
+    cases: list[CaseResult]
+    tolerance: float
+    trials: int
+    seed: int
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.cases)
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the cases that failed."""
+        return [c.case for c in self.cases if not c.passed]
+
+    def case(self, name: str) -> CaseResult:
+        """The row named ``name`` (KeyError if absent)."""
+        for c in self.cases:
+            if c.case == name:
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "tolerance": self.tolerance,
+            "trials": self.trials,
+            "seed": self.seed,
+            "cases": [asdict(c) for c in self.cases],
+        }
+
+    def table(self) -> str:
+        """Fixed-width text: case, max abs err, max rel err, PASS/FAIL."""
+        lines = [f"{'case':<12} {'max abs err':>12} {'max rel err':>12}  result", "-" * 46]
+        for c in self.cases:
+            verdict = "PASS" if c.passed else "FAIL"
+            note = f"  (abs <= {c.threshold:g})" if c.criterion == "absolute" else ""
+            lines.append(f"{c.case:<12} {c.max_abs_error:>12.3e} {c.max_rel_error:>12.3e}  {verdict}{note}")
+        lines.append(
+            f"{'all' if self.passed else 'some'} cases {'PASS' if self.passed else 'FAIL'} "
+            f"(relative tolerance {self.tolerance:g}, {self.trials} trial(s), seed {self.seed})"
+        )
+        return "\n".join(lines)
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A random proper rotation (det +1), Haar-distributed: QR of a Gaussian matrix with the sign fix."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _transform(
+    frames: Mapping[str, np.ndarray],
+    meanings: Mapping[str, str],
+    g: np.ndarray,
+    t: np.ndarray,
+    perm: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    out = {}
+    for name, arr in frames.items():
+        v = arr @ g.T
+        if meanings[name] == "positions":
+            v = v + t
+        if perm is not None:
+            v = v[:, perm]
+        out[name] = v
+    return out
+
+
+def _expected(y: np.ndarray, output_meaning: str, g: np.ndarray, t: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
+    e = y @ g.T
+    if output_meaning == "next_positions":
+        e = e + t
+    if perm is not None:
+        e = e[:, perm]
+    return e
+
+
+def _errors(pred: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    pred = np.asarray(pred, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(pred - expected)
+    abs_err = float(np.max(diff)) if diff.size else 0.0
+    if not np.all(np.isfinite(diff)):
+        abs_err = float("inf")
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    return abs_err, abs_err / max(scale, 1e-12)
+
+
+def check_equivariance(
+    predict: Callable[[dict[str, np.ndarray]], np.ndarray],
+    input_meanings: Mapping[str, str],
+    output_meaning: str,
+    frames: Mapping[str, np.ndarray],
+    *,
+    trials: int = 3,
+    seed: int = 0,
+    tolerance: float = 1e-4,
+    translation_scale: float = 5.0,
+) -> EquivarianceReport:
+    """Check that ``predict`` transforms as an E(3)- and permutation-equivariant model must.
+
+    Cases (each over ``trials`` seeded draws; ``mirror_z`` and ``planar`` are deterministic and run once):
+    ``rotation`` (random proper rotation), ``improper`` (rotation x inversion), ``mirror_z`` (z -> -z),
+    ``translation`` (random vector of norm up to ``translation_scale``), ``permutation`` (random bead order)
+    and ``planar`` (frames with z = 0 must give outputs with z = 0; the base frames are projected onto
+    z = 0 when they are not planar already). Positions map to g x + t, previous displacements to g v; the
+    expected output is g y (+ t for ``next_positions``). A case passes when
+    max |pred - expected| / max(max |expected|, 1e-12) <= ``tolerance``.
+
+    Args:
+        predict: maps inputs by name, each ``(B, 12, 3)`` float64, to the output ``(B, 12, 3)``.
+        input_meanings: input name -> ``positions`` | ``previous_displacement``.
+        output_meaning: ``displacement`` | ``next_positions`` | ``velocity_correction``.
+        frames: base inputs by name. Shapes: ``(B, 12, 3)``.
+    """
+    if output_meaning not in OUTPUT_MEANINGS:
+        raise ValueError(f"output_meaning must be one of {OUTPUT_MEANINGS}, got {output_meaning!r}")
+    if set(input_meanings) != set(frames):
+        raise ValueError(f"frames have inputs {sorted(frames)}, input_meanings name {sorted(input_meanings)}")
+    for name, meaning in input_meanings.items():
+        if meaning not in INPUT_MEANINGS:
+            raise ValueError(f"input meaning must be one of {INPUT_MEANINGS}, got {meaning!r} for {name!r}")
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials!r}")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    base = {}
+    for name, arr in frames.items():
+        a = np.asarray(arr, dtype=np.float64)
+        if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3):
+            raise ValueError(f"frames[{name!r}] has shape {a.shape}, expected (B, 12, 3)")
+        base[name] = a
+    rng = np.random.default_rng(seed)
+    y0 = np.asarray(predict({k: v.copy() for k, v in base.items()}), dtype=np.float64)
+    eye = np.eye(3)
+    zero = np.zeros(3)
+
+    def run_case(name: str, draws: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> CaseResult:
+        worst_abs, worst_rel = 0.0, 0.0
+        for g, t, perm in draws:
+            pred = predict(_transform(base, input_meanings, g, t, perm))
+            a, r = _errors(pred, _expected(y0, output_meaning, g, t, perm))
+            worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+        ok = bool(np.isfinite(worst_rel) and worst_rel <= tolerance)
+        return CaseResult(name, worst_abs, worst_rel, ok, len(draws), tolerance)
+
+    def translation() -> np.ndarray:
+        d = rng.standard_normal(3)
+        return d / np.linalg.norm(d) * rng.uniform(0.2 * translation_scale, translation_scale)
+
+    cases = [
+        run_case("rotation", [(random_rotation(rng), zero, None) for _ in range(trials)]),
+        run_case("improper", [(-random_rotation(rng), zero, None) for _ in range(trials)]),
+        run_case("mirror_z", [(_MIRROR_Z, zero, None)]),
+        run_case("translation", [(eye, translation(), None) for _ in range(trials)]),
+        run_case("permutation", [(eye, zero, rng.permutation(N_BEADS)) for _ in range(trials)]),
+    ]
+    # planar: z = 0 in, z = 0 out (for every meaning: displacement-like outputs and next positions alike)
+    flat = {k: v * np.array([1.0, 1.0, 0.0]) for k, v in base.items()}
+    yf = np.asarray(predict(flat), dtype=np.float64)
+    scale = float(np.max(np.abs(yf))) if yf.size else 0.0
+    with np.errstate(invalid="ignore"):
+        abs_z = float(np.max(np.abs(yf[..., 2]))) if yf.size else 0.0
+    if not np.all(np.isfinite(yf)):
+        abs_z = float("inf")
+    rel_z = abs_z / max(scale, 1e-12)
+    cases.append(CaseResult("planar", abs_z, rel_z, bool(np.isfinite(rel_z) and rel_z <= tolerance), 1, tolerance))
+    return EquivarianceReport(cases=cases, tolerance=tolerance, trials=trials, seed=seed)
+
+
+def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4) -> EquivarianceReport:
+    """Check a :class:`~e3traj.runtime.Bundle` on its example inputs and add the ``example`` re-check row.
+
+    The ``example`` row compares the model's outputs on ``example.npz`` with the stored reference and passes
+    when the max abs error is <= the manifest's ``example.atol``.
+    """
+    inputs, _ref = bundle.load_example()
+    report = check_equivariance(
+        bundle.predict,
+        bundle.input_meanings,
+        bundle.output_meaning,
+        inputs,
+        trials=trials,
+        seed=seed,
+        tolerance=tolerance,
+    )
+    err, rel = bundle.example_error()
+    atol = bundle.example_atol
+    report.cases.append(CaseResult("example", err, rel, bool(err <= atol), 1, atol, criterion="absolute"))
+    return report

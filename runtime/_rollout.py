@@ -1,0 +1,193 @@
+"""Roll a bundle forward from many starting frames at once, stopping cleanly at the first diverging step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._data import N_BEADS
+from ._errors import InputError, UsageError
+from ._io import atomic_output
+
+__all__ = ["RolloutResult", "rollout", "save_rollout", "write_xyz", "MAX_ROLLOUT_BYTES"]
+
+#: Largest trajectory array (float64) a rollout may allocate; ask for fewer steps or starts beyond it.
+MAX_ROLLOUT_BYTES = 8 << 30
+
+
+@dataclass
+class RolloutResult:
+    """What a rollout produced.
+
+    Shapes: ``traj`` ``(steps_done + 1, B, 12, 3)`` float64 (frame 0 is the starting frame);
+    ``failed_starts`` ``(k,)`` indices of batch rows that diverged at ``failed_step``.
+    """
+
+    traj: np.ndarray
+    steps_requested: int
+    steps_done: int
+    complete: bool
+    failed_step: int | None = None
+    failed_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    reason: str = ""
+
+
+def _frames(arr, name: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3) or a.shape[0] < 1:
+        raise UsageError(f"{name}: shape {a.shape}; expected (B, {N_BEADS}, 3) with B >= 1")
+    if a.dtype.kind not in "fiu":
+        raise UsageError(f"{name}: dtype {a.dtype} is not numeric")
+    a = a.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.argwhere(~np.isfinite(a))[0][0])
+        raise InputError(f"{name}: non-finite value (NaN or Inf) in row {bad}; start from finite frames")
+    return a
+
+
+def rollout(
+    bundle,
+    init: np.ndarray,
+    steps: int,
+    *,
+    previous: np.ndarray | None = None,
+    max_distance: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    max_bytes: int = MAX_ROLLOUT_BYTES,
+) -> RolloutResult:
+    """Extrapolate ``steps`` frames from each starting frame, all starts in one batch.
+
+    Positions accumulate in float64 (each step's model input is cast to the bundle dtype). The rollout stops
+    at the first step where any frame is non-finite or (with ``max_distance``) any bead lies farther than
+    ``max_distance`` from its starting frame's centroid; the frames before that step are kept.
+
+    Args:
+        bundle: a :class:`~e3traj.runtime.Bundle` (anything with ``step(x, previous)`` and ``needs_previous``).
+        init: starting frames. Shapes: ``(B, 12, 3)``.
+        steps: number of steps (>= 1).
+        previous: the frame before each start, needed by velocity-aware bundles. Shapes: ``(B, 12, 3)``.
+        max_distance: optional bound on the distance of any bead from its start's centroid.
+        progress: called with 1 after every step (e.g. a progress bar's ``update``).
+        max_bytes: refuse to allocate a trajectory larger than this.
+
+    Returns:
+        :class:`RolloutResult` with ``traj`` ``(steps_done + 1, B, 12, 3)``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise UsageError(f"--steps: got {steps!r}; pass a positive number of steps")
+    steps = int(steps)
+    if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
+        raise UsageError(f"--max-distance: got {max_distance!r}; pass a positive distance")
+    x0 = _frames(init, "init")
+    batch = x0.shape[0]
+    needs_prev = bool(getattr(bundle, "needs_previous", False))
+    prev = None
+    if needs_prev:
+        if previous is None:
+            raise UsageError("previous: this bundle is velocity-aware and needs the frame before each start")
+        prev = _frames(previous, "previous")
+        if prev.shape != x0.shape:
+            raise UsageError(f"previous: shape {prev.shape} differs from init's {x0.shape}")
+    nbytes = (steps + 1) * batch * N_BEADS * 3 * 8
+    if nbytes > max_bytes:
+        raise UsageError(
+            f"--steps {steps} x {batch} starts need {nbytes / 2**30:.1f} GiB for the trajectory (limit "
+            f"{max_bytes / 2**30:.1f} GiB); roll out fewer steps or starts per call"
+        )
+    traj = np.empty((steps + 1, batch, N_BEADS, 3), dtype=np.float64)
+    traj[0] = x0
+    centroid = x0.mean(axis=1, keepdims=True)
+    for k in range(1, steps + 1):
+        x = traj[k - 1]
+        with np.errstate(all="ignore"):
+            nxt = bundle.step(x, prev) if needs_prev else bundle.step(x)
+            bad = ~np.isfinite(nxt).all(axis=(1, 2))
+            reason = "became non-finite (NaN or Inf)"
+            if max_distance is not None:
+                far = np.linalg.norm(nxt - centroid, axis=-1).max(axis=1) > max_distance
+                if far.any() and not bad.any():
+                    reason = f"moved farther than {max_distance:g} from the starting centroid"
+                bad |= far
+        if bad.any():
+            return RolloutResult(
+                traj=traj[:k],
+                steps_requested=steps,
+                steps_done=k - 1,
+                complete=False,
+                failed_step=k,
+                failed_starts=np.flatnonzero(bad).astype(np.int64),
+                reason=reason,
+            )
+        traj[k] = nxt
+        if needs_prev:
+            prev = x
+        if progress is not None:
+            progress(1)
+    return RolloutResult(traj=traj, steps_requested=steps, steps_done=steps, complete=True)
+
+
+def save_rollout(
+    path: str | os.PathLike,
+    result: RolloutResult,
+    *,
+    starts: Sequence[int] | np.ndarray,
+    bundle_sha256: str,
+    source: str,
+) -> Path:
+    """Write a rollout as ``.npz`` atomically.
+
+    Arrays: ``traj`` ``(steps_done + 1, B, 12, 3)``, ``starts`` ``(B,)`` (frame indices in the source),
+    ``steps_done``, ``steps_requested``, ``complete`` (bool), ``bundle_sha256``, ``failed_step`` (-1 if none),
+    ``failed_starts`` (batch rows that diverged), ``source``. Loadable with ``allow_pickle=False``.
+    """
+    out = Path(path)
+    starts_arr = np.asarray(starts, dtype=np.int64)
+    if starts_arr.shape != (result.traj.shape[1],):
+        raise UsageError(f"starts: {starts_arr.shape[0]} entries for {result.traj.shape[1]} trajectories")
+    with atomic_output(out, suffix=".tmp") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                traj=result.traj,
+                starts=starts_arr,
+                steps_done=np.int64(result.steps_done),
+                steps_requested=np.int64(result.steps_requested),
+                complete=np.bool_(result.complete),
+                bundle_sha256=np.str_(bundle_sha256),
+                failed_step=np.int64(-1 if result.failed_step is None else result.failed_step),
+                failed_starts=np.asarray(result.failed_starts, dtype=np.int64),
+                source=np.str_(source),
+            )
+    return out
+
+
+def write_xyz(
+    path: str | os.PathLike, traj: np.ndarray, starts: Sequence[int] | np.ndarray, species: str = "C"
+) -> Path:
+    """Write trajectories as extended XYZ (readable by ASE), atomically.
+
+    One block per start and frame (all frames of the first start, then the next start...), each with the
+    header ``Properties=species:S:1:pos:R:3 frame=F start=S`` and no lattice.
+
+    Shapes: ``traj`` ``(T, B, 12, 3)``; ``starts`` ``(B,)``.
+    """
+    traj = np.asarray(traj, dtype=np.float64)
+    if traj.ndim != 4 or traj.shape[2:] != (N_BEADS, 3):
+        raise UsageError(f"traj: shape {traj.shape}; expected (T, B, {N_BEADS}, 3)")
+    starts_arr = np.asarray(starts, dtype=np.int64)
+    if starts_arr.shape != (traj.shape[1],):
+        raise UsageError(f"starts: {starts_arr.shape} entries for {traj.shape[1]} trajectories")
+    out = Path(path)
+    atom = f"{species} %.10f %.10f %.10f\n"
+    body = atom * N_BEADS
+    with atomic_output(out, suffix=".tmp") as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
+        for b, start in enumerate(starts_arr):
+            rows = traj[:, b].reshape(traj.shape[0], N_BEADS * 3)
+            for t in range(traj.shape[0]):
+                fh.write(f'{N_BEADS}\nProperties=species:S:1:pos:R:3 frame={t} start={int(start)} pbc="F F F"\n')
+                fh.write(body % tuple(rows[t]))
+    return out

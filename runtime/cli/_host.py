@@ -1,0 +1,270 @@
+"""Host commands: ``e3traj rollout``, ``check``, ``inspect`` and ``pack`` (numpy, onnxruntime and click only)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .._errors import CheckFailed, InputError, RolloutIncomplete, UsageError
+from .._io import check_output_path
+
+__all__ = ["rollout", "check", "inspect", "pack", "parse_frames"]
+
+#: Show a progress bar when steps x starts reaches this.
+PROGRESS_THRESHOLD = 200_000
+
+_BUNDLE_ARG = click.argument("bundle", type=click.Path(path_type=Path))
+
+
+def parse_frames(spec: str | None, n_frames: int) -> list[int]:
+    """Parse ``--frames``: ``all``, or a comma list of indices and inclusive ranges (``0,5,10-20,-1``).
+
+    Negative indices count from the end as in Python. Default (``None``): the last frame.
+
+    Raises:
+        UsageError: a malformed item or an index outside ``-n_frames .. n_frames-1``.
+    """
+    if spec is None:
+        return [n_frames - 1]
+    text = spec.strip()
+    if text.lower() == "all":
+        return list(range(n_frames))
+    out: list[int] = []
+
+    def norm(i: int) -> int:
+        if not -n_frames <= i < n_frames:
+            raise UsageError(
+                f"--frames: frame {i} is out of range for a trajectory of {n_frames} frame(s) "
+                f"(valid {-n_frames}..{n_frames - 1})"
+            )
+        return i % n_frames
+
+    for item in text.split(","):
+        item = item.strip()
+        m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(-?\d+))?", item)
+        if not m:
+            raise UsageError(f"--frames: cannot read {item!r} in {spec!r}; use e.g. 0,5,10-20 or -1 or all")
+        lo = norm(int(m.group(1)))
+        if m.group(2) is None:
+            out.append(lo)
+            continue
+        hi = norm(int(m.group(2)))
+        if hi < lo:
+            raise UsageError(f"--frames: range {item!r} runs backwards; write it as low-high")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise UsageError(f"--frames: {spec!r} selects no frame")
+    return out
+
+
+def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
+    """Refuse an output inside a bundle folder (it would add an unlisted file) or equal to the archive."""
+    if bundle.is_dir():
+        try:
+            out.resolve().relative_to(bundle.resolve())
+        except ValueError:
+            return
+        raise UsageError(f"{out}: is inside the bundle folder {bundle}; write outputs somewhere else")
+
+
+def _positive(name: str, value, kind=int):
+    if value is not None and not value > 0:
+        raise UsageError(f"{name}: got {value}; pass a positive {'integer' if kind is int else 'number'}")
+
+
+@click.command()
+@_BUNDLE_ARG
+@click.argument("init", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz.")
+@click.option("--steps", required=True, type=int, help="Steps to extrapolate from each starting frame (>= 1).")
+@click.option("--frames", "frames_spec", default=None, help="Starting frames: 0,5,10-20, -1 or all [default: last].")
+@click.option("--xyz", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write extended XYZ.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: onnxruntime's].")
+@click.option("--max-distance", type=float, default=None, help="Stop when a bead strays this far from its start.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, force):
+    """Extrapolate trajectories from frames of INIT with BUNDLE (a folder or a .tar.gz).
+
+    INIT is a trajectory (T, 12, 2|3) in the dmol-book format or one frame. All starting frames roll out
+    together in one batch; OUT.npz holds traj (steps+1, B, 12, 3) and the start indices. If a frame becomes
+    non-finite (or strays beyond --max-distance), the frames before it are written with complete=False and
+    the command exits with code 5.
+    """
+    from .._bundle import Bundle
+    from .._data import load_trajectory
+    from .._rollout import rollout as run
+    from .._rollout import save_rollout, write_xyz
+
+    if steps < 1:
+        raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
+    _positive("--threads", threads)
+    if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
+        raise UsageError(f"--max-distance: got {max_distance}; pass a positive distance")
+    outputs = [output] + ([xyz] if xyz is not None else [])
+    for out in outputs:
+        _bundle_outputs_guard(bundle, out)
+        check_output_path(out, [init, bundle], force=force)
+    if xyz is not None and xyz.resolve() == output.resolve():
+        raise UsageError(f"{xyz}: --xyz and -o name the same file; choose two paths")
+
+    frames = load_trajectory(init)
+    starts = parse_frames(frames_spec, len(frames))
+    with Bundle.open(bundle, threads=threads) as b:
+        previous = None
+        if b.needs_previous:
+            if len(frames) < 2:
+                raise InputError(f"{init}: has one frame; this velocity-aware bundle needs the frame before each start")
+            if 0 in starts:
+                raise UsageError(
+                    "--frames: frame 0 has no previous frame, which this velocity-aware bundle needs; "
+                    "start at 1 or later"
+                )
+            previous = frames[np.asarray(starts) - 1]
+        init_frames = frames[np.asarray(starts)]
+        total = steps * len(starts)
+        t0 = time.perf_counter()
+        if total >= PROGRESS_THRESHOLD:
+            with click.progressbar(length=steps, label="rollout", file=sys.stderr) as bar:
+                result = run(b, init_frames, steps, previous=previous, max_distance=max_distance, progress=bar.update)
+        else:
+            result = run(b, init_frames, steps, previous=previous, max_distance=max_distance)
+        elapsed = time.perf_counter() - t0
+        save_rollout(output, result, starts=starts, bundle_sha256=b.sha256, source=str(init))
+        if xyz is not None:
+            write_xyz(xyz, result.traj, starts)
+    written = f"{output}" + (f" and {xyz}" if xyz is not None else "")
+    if not result.complete:
+        bad = [starts[i] for i in result.failed_starts]
+        shown = ", ".join(str(s) for s in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise RolloutIncomplete(
+            f"rollout stopped at step {result.failed_step} of {steps}: starting frame(s) {shown} {result.reason}; "
+            f"wrote the {result.steps_done + 1} frames before it to {written} (complete=False)"
+        )
+    click.echo(
+        f"wrote {written}: traj {tuple(result.traj.shape)} from {len(starts)} starting frame(s), "
+        f"{steps} steps in {elapsed:.2f} s"
+    )
+
+
+@click.command()
+@_BUNDLE_ARG
+@click.option("--trials", default=3, show_default=True, type=int, help="Random draws per symmetry case.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random transformations.")
+@click.option("--tolerance", default=1e-4, show_default=True, type=float, help="Largest relative error that passes.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(bundle, trials, seed, tolerance, threads, as_json):
+    """Check BUNDLE's equivariance (rotations, inversion, mirror, translation, bead permutation, planarity)
+    on its example frames and re-run its example against the stored reference outputs.
+
+    Exits 0 when every case passes, 4 otherwise. A bundle whose manifest says equivariant: false (the
+    baseline) is expected to FAIL.
+    """
+    from .._bundle import Bundle
+    from .._equivariance import check_bundle
+
+    _positive("--trials", trials)
+    if not (np.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance: got {tolerance}; pass a non-negative number")
+    _positive("--threads", threads)
+    with Bundle.open(bundle, threads=threads) as b:
+        report = check_bundle(b, trials=trials, seed=seed, tolerance=tolerance)
+        kind, equivariant, sha = b.kind, b.equivariant, b.sha256
+    if as_json:
+        data = report.to_dict()
+        data.update({"bundle": str(bundle), "bundle_sha256": sha, "kind": kind, "equivariant": equivariant})
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"bundle {bundle} (kind {kind}, sha256 {sha[:12]}...)")
+        click.echo(report.table())
+        if not equivariant:
+            click.echo(
+                f"note: this {kind} model is not equivariant by design (manifest model.equivariant: false); "
+                "FAIL rows are expected for it"
+            )
+    if not report.passed:
+        expected = " (expected for this non-equivariant model)" if not equivariant else ""
+        raise CheckFailed(f"{bundle}: check failed for {', '.join(report.failed)}{expected}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _section(title: str, data) -> list[str]:
+    if not isinstance(data, dict) or not data:
+        return []
+    lines = [f"{title}:"]
+    for key in sorted(data):
+        lines.append(f"  {key:<24} {_fmt(data[key])}")
+    return lines
+
+
+def _io_line(spec: dict) -> str:
+    shape = ", ".join(str(s) for s in spec.get("shape", []))
+    return f"  {spec.get('name', '?'):<24} {spec.get('dtype', '?')} ({shape})  meaning {spec.get('meaning', '?')}"
+
+
+@click.command()
+@_BUNDLE_ARG
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect(bundle, as_json):
+    """Verify BUNDLE's files against its manifest and show what the model is and how it was made."""
+    from .._bundle import _ort_version, verify_bundle
+
+    manifest = verify_bundle(bundle)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    model = manifest.get("model", {}) if isinstance(manifest.get("model"), dict) else {}
+    onnx = manifest["onnx"]
+    lines = [
+        f"bundle      {bundle}",
+        f"format      {manifest['format']} v{manifest['format_version']} "
+        f"(e3traj {manifest.get('e3traj_version', '?')}, created {manifest.get('created_utc', '?')})",
+        f"model       kind {model.get('kind', '?')}, equivariant {model.get('equivariant', '?')}, "
+        f"dtype {model.get('dtype', '?')}, nodes {model.get('num_nodes', '?')}, "
+        f"target_scale {_fmt(model.get('target_scale', '?'))}",
+        f"onnx        {onnx['file']} opset {onnx.get('opset', '?')}, IR {onnx.get('ir_version', '?')}, "
+        f"needs onnxruntime >= {onnx.get('min_onnxruntime', '?')} (this host: {_ort_version()})",
+        f"example     {manifest['example']['file']} (atol {manifest['example'].get('atol', 1e-5):g})",
+        "inputs:",
+        *[_io_line(s) for s in manifest["inputs"]],
+        "outputs:",
+        *[_io_line(s) for s in manifest["outputs"]],
+    ]
+    lines += _section("hyperparameters", model.get("hyperparameters"))
+    training = manifest.get("training") if isinstance(manifest.get("training"), dict) else {}
+    lines += _section("training", {k: v for k, v in training.items() if k != "metrics"})
+    lines += _section("training metrics", training.get("metrics"))
+    lines += _section("versions", manifest.get("versions"))
+    lines += _section("verification", manifest.get("verification"))
+    lines.append("files:")
+    total = 0
+    for name, entry in sorted(manifest["files"].items()):
+        total += entry["size"]
+        lines.append(f"  {name:<24} {entry['size']:>12,d} bytes  sha256 {entry['sha256'][:16]}...")
+    lines.append(f"verified    {len(manifest['files'])} file(s), {total:,d} bytes: sizes and sha256 match the manifest")
+    click.echo("\n".join(lines))
+
+
+@click.command()
+@_BUNDLE_ARG
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="NAME.tar.gz")
+@click.option("--force", is_flag=True, help="Replace an existing archive.")
+def pack(bundle, output, force):
+    """Verify the bundle folder BUNDLE and pack it into one .tar.gz (a single top-level folder) for shipping."""
+    from .._pack import pack_bundle
+
+    out = pack_bundle(bundle, output, force=force)
+    click.echo(f"wrote {out} ({out.stat().st_size:,d} bytes)")
