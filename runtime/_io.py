@@ -15,6 +15,12 @@ from ._errors import UsageError
 __all__ = ["atomic_output", "atomic_output_dir", "check_output_path", "sha256_file"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
@@ -66,6 +72,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -86,6 +93,7 @@ def atomic_output_dir(path: str | os.PathLike, *, force: bool = False) -> Iterat
     if final.exists() and not force:
         raise UsageError(f"{final}: already exists; pass --force to replace it or choose another output path")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if final.exists():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from e3traj.runtime._bundle import write_manifest
 
 # onnx is imported inside the builders only, so merely collecting these tests does not load it

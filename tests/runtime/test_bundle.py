@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from e3traj.runtime import Bundle, verify_bundle, write_manifest
 from e3traj.runtime._bundle import CHUNK, _ProtoError, scan_onnx
 from e3traj.runtime._errors import CheckFailed, InputError, UsageError

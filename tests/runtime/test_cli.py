@@ -5,6 +5,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+
 from e3traj.runtime import __version__
 from e3traj.runtime.cli import COMMANDS, main
 

@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from e3traj.runtime import pack_bundle
 from e3traj.runtime._bundle import write_manifest
 from e3traj.runtime._errors import UsageError

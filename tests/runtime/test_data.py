@@ -4,6 +4,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from e3traj.runtime._data import (
     DMOL_SHA256,
     InputError,
@@ -166,3 +167,20 @@ def test_real_data_checksum_and_split(shared_paths):
     cv = np.mean((s.val_y - (2 * s.val_x - s.val_prev)) ** 2)
     assert pers == pytest.approx(2.43e-5, rel=0.01)
     assert cv == pytest.approx(1.65e-7, rel=0.01)
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    from e3traj.runtime._io import atomic_output, atomic_output_dir
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_output_dir(tmp_path / "d") as d:
+            (d / "a").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from e3traj.runtime import Bundle, EquivarianceReport, check_bundle, check_equivariance
 from e3traj.runtime._equivariance import CASES, random_rotation
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from e3traj.runtime import Bundle, _pack, pack_bundle, unpack_bundle, verify_bundle
 from e3traj.runtime._errors import InputError, UsageError
 

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from e3traj.runtime import Bundle, RolloutResult, rollout, save_rollout, write_xyz
 from e3traj.runtime._errors import InputError, UsageError
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from e3traj.runtime._data import load_trajectory, validate_frames
 from e3traj.runtime._simulate import SimParams, _Forces, _initial_chain, simulate, trajectory_stats
 from e3traj.runtime.cli import main
