@@ -245,7 +245,10 @@ def inspect(bundle, as_json):
     ]
     lines += _section("hyperparameters", model.get("hyperparameters"))
     training = manifest.get("training") if isinstance(manifest.get("training"), dict) else {}
-    lines += _section("training", {k: v for k, v in training.items() if k != "metrics"})
+    summary = {k: v for k, v in training.items() if k not in ("metrics", "history")}
+    if isinstance(training.get("history"), list) and training["history"]:
+        summary["history"] = f"{len(training['history'])} epochs recorded (e3traj plot training)"
+    lines += _section("training", summary)
     lines += _section("training metrics", training.get("metrics"))
     lines += _section("versions", manifest.get("versions"))
     lines += _section("verification", manifest.get("verification"))

@@ -1,0 +1,355 @@
+"""Export a checkpoint to a bundle: ONNX (and TorchScript on request) over the fixed 12-node graph.
+
+Nothing is written unless every check passes: exported vs eager parity on training and random frames,
+the ONNX graph's shape (no NonZero, weights inside, ``onnx.checker`` full check), equivariance of the
+exported model through the runtime's own checker (e3nn models), and a final re-open of the finished bundle
+with the runtime, the way a host will open it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from e3traj.runtime._bundle import Bundle, write_manifest
+from e3traj.runtime._equivariance import check_equivariance
+from e3traj.runtime._errors import CheckFailed, InputError, UsageError
+from e3traj.runtime._io import atomic_output_dir
+from e3traj.runtime._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
+from e3traj.train._checkpoint import build_model, load_checkpoint
+
+__all__ = ["export_checkpoint", "ExportSettings", "DEFAULT_OPSET", "MIN_ONNXRUNTIME"]
+
+DEFAULT_OPSET = 18
+#: the oldest onnxruntime the bundles declare (IR version 10 / opset 18 need >= 1.17)
+MIN_ONNXRUNTIME = "1.17.0"
+INPUT = "positions"
+OUTPUT = "prediction"
+MEANING = {"e3nn": "displacement", "baseline": "next_positions"}
+FORBIDDEN_OPS = {"NonZero", "Loop", "If", "Scan"}
+
+
+class ExportSettings:
+    """Options of :func:`export_checkpoint`."""
+
+    def __init__(
+        self,
+        formats: tuple[str, ...] = ("onnx",),
+        opset: int = DEFAULT_OPSET,
+        exporter: str = "auto",
+        parity_tol: float = 1e-5,
+        equivariance_tol: float = 1e-4,
+        n_random: int = 16,
+        seed: int = 0,
+        force: bool = False,
+    ) -> None:
+        if exporter not in ("auto", "torchscript", "dynamo"):
+            raise UsageError(f"exporter {exporter!r} is unknown; use auto, torchscript or dynamo")
+        if not 17 <= opset <= 21:
+            raise UsageError(f"opset {opset!r} is outside 17..21")
+        self.formats = formats
+        self.opset = opset
+        self.exporter = exporter
+        self.parity_tol = parity_tol
+        self.equivariance_tol = equivariance_tol
+        self.n_random = n_random
+        self.seed = seed
+        self.force = force
+
+
+def _example_frames(ckpt: dict[str, Any], n_random: int, seed: int) -> np.ndarray:
+    """Training frames carried by the checkpoint plus random frames around them. Shapes: -> ``(N, 12, 3)``."""
+    rng = np.random.default_rng(seed)
+    sample = ckpt.get("sample_frames")
+    if isinstance(sample, torch.Tensor) and sample.ndim == 3 and sample.shape[1:] == (12, 3):
+        real = sample.double().numpy()
+    else:
+        real = np.zeros((0, 12, 3))
+    center = real.mean(axis=(0, 1)) if len(real) else np.zeros(3)
+    spread = float(real.std()) if len(real) else 1.0
+    rand = center + rng.normal(scale=max(spread, 0.3), size=(n_random, 12, 3))
+    # planar random frames too: the chapter's data is planar and the check verifies planar stays planar
+    rand[: n_random // 2, :, 2] = center[2]
+    return np.concatenate([real, rand]).astype(np.float32)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _parity(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ref: np.ndarray) -> float:
+    """Max abs error over the whole batch and over single frames (batch 1)."""
+    err = float(np.max(np.abs(run(x).astype(np.float64) - ref)))
+    for i in range(min(4, len(x))):
+        err = max(err, float(np.max(np.abs(run(x[i : i + 1]).astype(np.float64) - ref[i : i + 1]))))
+    return err
+
+
+def _torch_export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        prog = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+        prog.save(str(path), external_data=False)
+    else:
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+
+
+def _finish_onnx(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """Inline any external data, refuse forbidden ops, run the full checker, add metadata_props."""
+    model = onnx.load(str(path), load_external_data=True)
+    ops = {n.op_type for n in model.graph.node}
+    bad = sorted(ops & FORBIDDEN_OPS)
+    if bad:
+        raise CheckFailed(f"{path.name}: the exported graph contains {', '.join(bad)} (data-dependent); not written")
+    del model.metadata_props[:]
+    for k, v in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    for extra in path.parent.glob(path.name + "*.data"):
+        extra.unlink()
+    for f in path.parent.iterdir():
+        if f.suffix == ".data":
+            f.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    onnx.checker.check_model(str(path), full_check=True)
+    return {
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "ir_version": int(model.ir_version),
+        "nodes": len(model.graph.node),
+        "op_types": sorted(ops),
+    }
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    settings: ExportSettings | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export ``checkpoint`` to the bundle directory ``output``; return the manifest.
+
+    Raises:
+        InputError: unreadable checkpoint or NaN/Inf weights.
+        UsageError: ``output`` exists (without ``force``) or is the checkpoint itself.
+        CheckFailed: parity or equivariance out of tolerance; nothing is written then.
+    """
+    s = settings or ExportSettings()
+    say = log or (lambda msg: None)
+    ckpt_path, out = Path(checkpoint), Path(output)
+    if out.resolve() == ckpt_path.resolve():
+        raise UsageError(f"{out}: the bundle path is the checkpoint itself; choose another output folder")
+    if out.exists() and not s.force:
+        raise UsageError(f"{out}: already exists; pass --force to replace it or choose another output folder")
+    if not out.parent.is_dir() and str(out.parent):
+        raise UsageError(f"{out}: folder {out.parent} does not exist; create it or choose another output folder")
+    ckpt = load_checkpoint(ckpt_path)
+    kind = ckpt["kind"]
+    model = build_model(ckpt, name=str(ckpt_path))
+    frames = _example_frames(ckpt, s.n_random, s.seed)
+    xt = torch.from_numpy(frames)
+    with torch.no_grad():
+        ref = model(xt).double().numpy()
+    if not np.all(np.isfinite(ref)):
+        raise InputError(f"{ckpt_path}: the model gives non-finite outputs on training frames; retrain it")
+
+    timings: dict[str, float] = {}
+    with atomic_output_dir(out, force=s.force) as tmp:
+        onnx_path = tmp / "model.onnx"
+        tried: list[str] = []
+        exporters = ["torchscript", "dynamo"] if s.exporter == "auto" else [s.exporter]
+        parity = float("inf")
+        used = None
+        for name in exporters:
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as work:
+                raw = Path(work) / "model.onnx"
+                with torch.no_grad(), _quiet():
+                    _torch_export(model, xt[:2], raw, s.opset, dynamo=(name == "dynamo"))
+                graph = _finish_onnx(raw, {})
+                candidate = _session(raw)
+                parity = _parity(lambda x, c=candidate: _run(c, x), frames, ref)
+                timings[f"export_{name}_s"] = time.perf_counter() - t0
+                tried.append(f"{name}: parity {parity:.3g}")
+                say(f"{name} exporter: {timings[f'export_{name}_s']:.1f} s, parity {parity:.3g}")
+                if parity <= s.parity_tol:
+                    os.replace(raw, onnx_path)
+                    used = name
+                    break
+        if used is None:
+            raise CheckFailed(
+                f"{out}: no exporter matched PyTorch within {s.parity_tol:g} ({'; '.join(tried)}); bundle not written"
+            )
+        manifest = _manifest(ckpt, kind, graph, used, s, parity, len(frames))
+        _finish_onnx(onnx_path, _metadata_props(manifest))
+        sess = _session(onnx_path)
+        parity = _parity(lambda x: _run(sess, x), frames, ref)
+        if parity > s.parity_tol:
+            raise CheckFailed(f"{out}: ONNX parity {parity:.3g} > {s.parity_tol:g} after adding metadata; not written")
+        manifest["verification"]["parity_max_abs"] = parity
+
+        report = check_equivariance(
+            lambda inp: _run(sess, inp[INPUT]).astype(np.float64),
+            {INPUT: "positions"},
+            MEANING[kind],
+            {INPUT: frames.astype(np.float64)},
+            trials=3,
+            seed=s.seed,
+            tolerance=s.equivariance_tol,
+        )
+        manifest["verification"]["equivariance"] = report.to_dict()
+        if kind == "e3nn" and not report.passed:
+            raise CheckFailed(f"{out}: the exported model is not equivariant:\n{report.table()}")
+        say("equivariance PASS" if report.passed else "equivariance FAIL (expected for the baseline)")
+
+        if "torchscript" in s.formats:
+            ts_path = tmp / "model.torchscript.pt"
+            with torch.no_grad(), _quiet():
+                traced = torch.jit.trace(model, xt[:2], check_trace=False)
+                buf = io.BytesIO()
+                torch.jit.save(traced, buf)
+                ts_path.write_bytes(buf.getvalue())
+                loaded = torch.jit.load(str(ts_path))
+            ts_parity = _parity(lambda x: loaded(torch.from_numpy(x)).detach().numpy(), frames, ref)
+            if ts_parity > s.parity_tol:
+                raise CheckFailed(f"{out}: TorchScript parity {ts_parity:.3g} > {s.parity_tol:g}; bundle not written")
+            manifest["torchscript"] = {"file": ts_path.name, "parity_max_abs": ts_parity}
+            manifest["verification"]["torchscript_parity_max_abs"] = ts_parity
+
+        np.savez(tmp / "example.npz", **{INPUT: frames, OUTPUT: ref.astype(np.float32)})
+        manifest["verification"]["timings"] = timings
+        write_manifest(tmp, manifest)
+        # open the finished bundle the way a host will, and re-check its example
+        with Bundle.open(tmp) as bundle:
+            bundle.recheck_example()
+    say(f"wrote {out}")
+    return json.loads((out / "manifest.json").read_text())
+
+
+class _quiet:
+    """Silence torch.onnx's warnings and progress chatter on stdout/stderr during export."""
+
+    def __enter__(self):
+        import contextlib
+        import warnings
+
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+        return False
+
+
+def _versions() -> dict[str, str]:
+    import e3nn
+
+    return {
+        "torch": torch.__version__,
+        "e3nn": e3nn.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _manifest(ckpt, kind, graph, exporter, s: ExportSettings, parity: float, n_frames: int) -> dict[str, Any]:
+    metrics = ckpt.get("metrics", {})
+    hyper = dict(ckpt.get("config") or {})
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "e3traj_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "kind": kind,
+            "equivariant": kind != "baseline",
+            "hyperparameters": hyper,
+            "max_radius": hyper.get("max_radius"),
+            "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
+            "num_nodes": 12,
+            "target_scale": float(ckpt.get("scale", 1.0)),
+            "dtype": "float32",
+        },
+        "inputs": [{"name": INPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": "positions"}],
+        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": MEANING[kind]}],
+        "onnx": {
+            "file": "model.onnx",
+            "opset": graph["opset"],
+            "ir_version": graph["ir_version"],
+            "min_onnxruntime": MIN_ONNXRUNTIME,
+            "exporter": f"torch.onnx ({exporter})",
+            "nodes": graph["nodes"],
+            "op_types": graph["op_types"],
+        },
+        "example": {"file": "example.npz", "atol": s.parity_tol, "frames": n_frames},
+        "training": {
+            "data_sha256": ckpt.get("data", {}).get("sha256"),
+            "data_file_sha256": ckpt.get("data", {}).get("file_sha256"),
+            "data_source": ckpt.get("data", {}).get("source"),
+            "metrics": {
+                k: metrics.get(k)
+                for k in ("val_mse", "val_rmse", "persistence_mse", "constant_velocity_mse", "skill", "best_epoch")
+            },
+            "stopped_because": ckpt.get("stopped_because"),
+            "history": ckpt.get("history", []),
+        },
+        "versions": _versions(),
+        "verification": {"parity_max_abs": parity, "parity_frames": n_frames, "parity_tolerance": s.parity_tol},
+    }
+
+
+def _metadata_props(manifest: dict[str, Any]) -> dict[str, str]:
+    """Key manifest fields mirrored into the ONNX file, for Netron and other ONNX tools."""
+    m = manifest["model"]
+    return {
+        "e3traj.format": f"{manifest['format']}/{manifest['format_version']}",
+        "e3traj.version": manifest["e3traj_version"],
+        "e3traj.kind": m["kind"],
+        "e3traj.equivariant": str(m["equivariant"]).lower(),
+        "e3traj.output_meaning": manifest["outputs"][0]["meaning"],
+        "e3traj.num_nodes": "12",
+        "e3traj.hyperparameters": json.dumps(m["hyperparameters"], sort_keys=True),
+        "e3traj.training_data_sha256": str(manifest["training"]["data_sha256"]),
+    }

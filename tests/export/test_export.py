@@ -1,0 +1,151 @@
+"""Export: verified bundles for both model kinds and both formats; refusals leave nothing behind."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from e3traj.export import ExportSettings, export_checkpoint
+from e3traj.export import _export as ex
+from e3traj.runtime._bundle import Bundle, verify_bundle
+from e3traj.runtime._data import resolve_data, save_trajectory
+from e3traj.runtime._errors import CheckFailed, InputError, UsageError
+from e3traj.runtime._simulate import simulate
+from e3traj.runtime.cli import main
+from e3traj.train._checkpoint import load_checkpoint
+from e3traj.train._train import TrainConfig, train_model
+
+TINY = {"irreps_hidden": "3x0e + 2x0o + 2x1e + 3x1o", "layers": 2, "radial_neurons": 16}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    save_trajectory(d / "sim.npz", simulate(frames=120, seed=2))
+    data = resolve_data(str(d / "sim.npz"))
+    train_model(
+        data, TrainConfig(model="e3nn", epochs=1, batch_size=16, e3nn=TINY), output=d / "e3nn.pt", progress=False
+    )
+    train_model(data, TrainConfig(model="baseline", epochs=2), output=d / "baseline.pt", progress=False)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["e3nn", "baseline"])
+def test_export_both_formats_parity(ckpts, tmp_path, kind):
+    out = tmp_path / f"{kind}-bundle"
+    manifest = export_checkpoint(ckpts / f"{kind}.pt", out, ExportSettings(formats=("onnx", "torchscript")))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "example.npz",
+        "manifest.json",
+        "model.onnx",
+        "model.torchscript.pt",
+    ]
+    v = manifest["verification"]
+    assert v["parity_max_abs"] <= 1e-5 and v["torchscript_parity_max_abs"] <= 1e-5
+    assert manifest["outputs"][0]["meaning"] == ("displacement" if kind == "e3nn" else "next_positions")
+    assert manifest["model"]["equivariant"] is (kind == "e3nn")
+    assert v["equivariance"]["passed"] is (kind == "e3nn")
+    verify_bundle(out)
+    # self-contained ONNX: no NonZero, weights inside, metadata mirrored, dynamic batch
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    onnx.checker.check_model(model, full_check=True)
+    assert "NonZero" not in {n.op_type for n in model.graph.node}
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert (
+        meta["e3traj.kind"] == kind
+        and json.loads(meta["e3traj.hyperparameters"]) == manifest["model"]["hyperparameters"]
+    )
+    assert manifest["onnx"]["opset"] >= 17
+    with Bundle.open(out) as b:
+        assert b.recheck_example() <= 1e-5
+        x = np.random.default_rng(0).normal(size=(7, 12, 3))
+        assert b.predict({"positions": x}).shape == (7, 12, 3)
+    # the TorchScript file matches eager too (dev machines only; hosts never load it)
+    ts = torch.jit.load(str(out / "model.torchscript.pt"))
+    ck = load_checkpoint(ckpts / f"{kind}.pt")
+    from e3traj.train._checkpoint import build_model
+
+    eager = build_model(ck)
+    xt = torch.randn(5, 12, 3)
+    torch.testing.assert_close(ts(xt), eager(xt), atol=1e-5, rtol=0)
+
+
+def test_wrong_graph_is_refused(ckpts, tmp_path, monkeypatch):
+    """Negative control: an exporter that writes a subtly different graph must not produce a bundle."""
+    real = ex._torch_export
+
+    def wrong(model, x, path, opset, dynamo):
+        class Off(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, pos):
+                return self.m(pos) * 1.01
+
+        real(Off(model), x, path, opset, dynamo)
+
+    monkeypatch.setattr(ex, "_torch_export", wrong)
+    out = tmp_path / "b"
+    with pytest.raises(CheckFailed, match="parity"):
+        export_checkpoint(ckpts / "e3nn.pt", out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_non_equivariant_e3nn_graph_is_refused(ckpts, tmp_path, monkeypatch):
+    """If the exported e3nn model were not equivariant, export refuses (the checker is the runtime's)."""
+    real = ex._torch_export
+
+    class Broken(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pos):
+            return self.m(pos) + 1e-3 * pos[..., :1]  # breaks rotation and translation
+
+    monkeypatch.setattr(ex, "build_model", lambda ck, name="": Broken(ex_build(ck)))
+    from e3traj.train._checkpoint import build_model as ex_build
+
+    monkeypatch.setattr(ex, "_torch_export", real)
+    with pytest.raises(CheckFailed, match="not equivariant"):
+        export_checkpoint(ckpts / "e3nn.pt", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_refusals(ckpts, tmp_path):
+    ck = torch.load(ckpts / "e3nn.pt", weights_only=True)
+    name = next(k for k, v in ck["state_dict"].items() if v.is_floating_point())
+    ck["state_dict"][name] = ck["state_dict"][name].clone().fill_(float("nan"))
+    torch.save(ck, tmp_path / "nan.pt")
+    with pytest.raises(InputError, match="NaN"):
+        export_checkpoint(tmp_path / "nan.pt", tmp_path / "nan-bundle")
+    assert not (tmp_path / "nan-bundle").exists()
+    ck = torch.load(ckpts / "e3nn.pt", weights_only=True)
+    ck["format_version"] = 7
+    torch.save(ck, tmp_path / "new.pt")
+    with pytest.raises(InputError, match="newer"):
+        export_checkpoint(tmp_path / "new.pt", tmp_path / "x")
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep").write_text("mine")
+    with pytest.raises(UsageError, match="--force"):
+        export_checkpoint(ckpts / "e3nn.pt", tmp_path / "exists")
+    assert (tmp_path / "exists" / "keep").read_text() == "mine"
+
+
+def test_cli_export_force_replaces_only_when_complete(ckpts, tmp_path):
+    out = tmp_path / "bundle"
+    r = CliRunner().invoke(main, ["export", str(ckpts / "baseline.pt"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "parity" in r.output
+    r = CliRunner().invoke(main, ["export", str(ckpts / "baseline.pt"), "-o", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = CliRunner().invoke(main, ["export", str(ckpts / "baseline.pt"), "-o", str(out), "--force"])
+    assert r.exit_code == 0, r.output
+    verify_bundle(out)
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 3 and "not found" in r.output and "Traceback" not in r.output

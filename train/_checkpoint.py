@@ -1,0 +1,104 @@
+"""Checkpoints: weights + full config + training-data sha256 + metrics, written atomically, read safely."""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e3traj.runtime._errors import InputError
+from e3traj.runtime._io import atomic_output
+from e3traj.runtime._version import CHECKPOINT_FORMAT_VERSION, __version__
+
+__all__ = ["CHECKPOINT_FORMAT", "MODEL_KINDS", "save_checkpoint", "load_checkpoint", "build_model"]
+
+CHECKPOINT_FORMAT = "e3traj-checkpoint"
+MODEL_KINDS = ("baseline", "e3nn")
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (temp file + rename). ``ckpt`` gets the format fields added."""
+    ckpt = dict(ckpt)
+    ckpt["format"] = CHECKPOINT_FORMAT
+    ckpt["format_version"] = CHECKPOINT_FORMAT_VERSION
+    ckpt["e3traj_version"] = __version__
+    out = Path(path)
+    with atomic_output(out, suffix=".pt") as tmp:
+        torch.save(ckpt, tmp)
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and validate its format, kind and weights.
+
+    Raises:
+        InputError: missing, corrupt, not a checkpoint, newer format, unknown kind, or non-finite weights.
+    """
+    name = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{name}: checkpoint not found; pass a file written by 'e3traj train -o'")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{name}: not a readable checkpoint ({first[:160]}); retrain or restore the file") from None
+    except Exception as exc:  # weights_only refusal of unknown globals raises UnpicklingError
+        raise InputError(
+            f"{name}: refused to load ({type(exc).__name__}); only checkpoints from 'e3traj train' load"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"{name}: not an e3traj checkpoint (no format '{CHECKPOINT_FORMAT}'); pass a file from 'e3traj train'"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise InputError(
+            f"{name}: checkpoint format_version {version!r} is newer than this e3traj reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade e3traj"
+        )
+    kind = ckpt.get("kind")
+    if kind not in MODEL_KINDS:
+        raise InputError(f"{name}: field 'kind' is {kind!r}, expected one of {', '.join(MODEL_KINDS)}")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{name}: field 'state_dict' is missing or empty; retrain the model")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{name}: weight {key!r} is not a tensor; retrain the model")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{name}: weight {key!r} holds NaN or Inf; retrain or pick an earlier checkpoint")
+    scale = ckpt.get("scale", 1.0)
+    if not isinstance(scale, float) or not math.isfinite(scale) or scale <= 0:
+        raise InputError(f"{name}: field 'scale' is {scale!r}, expected a positive finite float; retrain the model")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (strict)."""
+    kind = ckpt["kind"]
+    if kind == "baseline":
+        from ._baseline import LinearBaseline
+
+        model = LinearBaseline()
+    else:
+        from ._model import DisplacementModel, E3nnConfig
+
+        try:
+            config = E3nnConfig.from_dict(ckpt["config"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise InputError(f"{name}: field 'config' is invalid ({exc}); retrain the model") from None
+        model = DisplacementModel(config, scale=float(ckpt["scale"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(
+            f"{name}: weights do not fit a {kind} model ({first[:160]}); was it written by another version?"
+        ) from None
+    model.eval()
+    return model

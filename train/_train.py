@@ -1,0 +1,285 @@
+"""Batched, seeded, time-budgeted training with early stopping on validation, and honest metrics."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e3traj.runtime._data import DataSource, Split, split_pairs
+from e3traj.runtime._errors import InputError, UsageError
+from e3traj.runtime._metrics import evaluate_predictor, one_step_metrics
+
+from ._baseline import LinearBaseline
+from ._checkpoint import MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
+
+__all__ = ["TrainConfig", "TrainResult", "train_model", "step_function", "evaluate_checkpoint"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. ``epochs`` and ``max_time`` (seconds) are budgets: whichever ends first stops."""
+
+    model: str = "e3nn"
+    epochs: int = 200
+    max_time: float | None = 120.0
+    batch_size: int = 32
+    lr: float | None = None  # default: 3e-3 (e3nn), 1e-2 (baseline)
+    lr_factor: float = 0.5  # ReduceLROnPlateau on validation MSE
+    lr_patience: int = 3
+    min_lr: float = 1e-5
+    patience: int = 10  # early stopping: epochs without a better validation MSE
+    seed: int = 0
+    train_fraction: float = 0.8
+    threads: int | None = None
+    e3nn: dict[str, Any] = field(default_factory=dict)  # overrides of E3nnConfig fields
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise UsageError(f"model kind {self.model!r} is unknown; use one of {', '.join(MODEL_KINDS)}")
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs!r}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise UsageError(f"max_time must be > 0 seconds, got {self.max_time!r}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (3e-3 if self.model == "e3nn" else 1e-2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    checkpoint: dict[str, Any]
+    path: Path | None
+    stopped_because: str
+
+
+def _build(cfg: TrainConfig, scale: float) -> torch.nn.Module:
+    if cfg.model == "baseline":
+        return LinearBaseline(seed=cfg.seed)
+    from ._model import DisplacementModel, E3nnConfig
+
+    try:
+        config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **cfg.e3nn})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"e3nn hyperparameters: {exc}") from None
+    return DisplacementModel(config, scale=scale)
+
+
+def _predict_next(model: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """Next positions in data units from float32 positions."""
+    out = model(x)
+    return out if kind == "baseline" else x + out
+
+
+def step_function(model: torch.nn.Module, kind: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A numpy ``step(positions, previous) -> next positions`` for metrics; positions kept in float64."""
+
+    def step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
+        return out if kind == "baseline" else np.asarray(x, dtype=np.float64) + out
+
+    return step
+
+
+def _val_mse(model, kind, vx, vy) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = _predict_next(model, kind, vx)
+        # errors on the displacement, in float64, so positions far from the origin lose nothing
+        err = (pred.double() - vx.double()) - (vy - vx.double())
+    model.train()
+    return float((err * err).mean())
+
+
+def train_model(
+    data: DataSource,
+    cfg: TrainConfig,
+    *,
+    output: str | os.PathLike | None = None,
+    resume: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train one model on the chapter's split of ``data``; write the best weights to ``output``.
+
+    The e3nn model regresses the displacement divided by one scalar (the RMS training displacement), which keeps
+    equivariance; the baseline regresses the next positions directly, as in the chapter.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    split: Split = split_pairs(data.frames, cfg.train_fraction)
+    tx = torch.as_tensor(split.train_x, dtype=torch.float32)
+    ty = torch.as_tensor(split.train_y, dtype=torch.float64)
+    vx = torch.as_tensor(split.val_x, dtype=torch.float32)
+    vy = torch.as_tensor(split.val_y, dtype=torch.float64)
+    target = (ty - tx.double()).float()  # displacement
+    scale = float(torch.sqrt((target.double() ** 2).mean()))
+    if not math.isfinite(scale) or scale <= 0:
+        raise InputError(
+            f"{data.path or data.source}: training frames do not move (RMS displacement {scale}); check the data"
+        )
+    if resume is not None:
+        if resume["kind"] != cfg.model:
+            raise UsageError(f"cannot resume a {resume['kind']} checkpoint as --model {cfg.model}")
+        if resume.get("data", {}).get("sha256") != data.sha256:
+            raise UsageError("the resumed checkpoint was trained on other data (sha256 differs); pass the same --data")
+        scale = float(resume["scale"])
+
+    torch.manual_seed(cfg.seed)
+    model = _build(cfg, scale)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+    )
+    history: list[dict[str, float]] = []
+    start_epoch, elapsed0 = 0, 0.0
+    best_val, best_epoch, bad_epochs = math.inf, -1, 0
+    best_state = copy.deepcopy(model.state_dict())
+    if resume is not None:
+        r = resume["resume"]
+        model.load_state_dict(r["last_state_dict"])
+        opt.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+        start_epoch, elapsed0 = int(r["epoch"]), float(r["elapsed"])
+        best_val, best_epoch, bad_epochs = float(r["best_val"]), int(r["best_epoch"]), int(r["bad_epochs"])
+        best_state = resume["state_dict"]
+        history = list(resume.get("history", []))
+
+    kind = cfg.model
+    n = len(tx)
+    if kind == "e3nn":
+        labels = target / scale
+    else:
+        labels = ty.float()
+    t0 = time.perf_counter()
+    stopped = "epochs"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {kind}", unit="epoch", leave=True)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=g)
+            total, count = 0.0, 0
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                xb = tx[idx]
+                out = model.net(xb) if kind == "e3nn" else model(xb)
+                loss = torch.mean((out - labels[idx]) ** 2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+                if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+                    break
+            val = _val_mse(model, kind, vx, vy)
+            sched.step(val)
+            elapsed = elapsed0 + time.perf_counter() - t0
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "time": elapsed,
+                    "train_loss": total / max(count, 1),
+                    "val_mse": val,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+            )
+            if not math.isfinite(val):
+                stopped = "diverged (non-finite validation MSE); kept the best epoch"
+                break
+            if val < best_val:
+                best_val, best_epoch, bad_epochs = val, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{total / max(count, 1):.3g}", val_mse=f"{val:.3g}", best=f"{best_val:.3g}")
+                bar.update(1)
+            if log is not None:
+                log(f"epoch {epoch + 1}: loss {total / max(count, 1):.4g} val_mse {val:.4g}")
+            if bad_epochs >= cfg.patience:
+                stopped = f"early stopping (no better validation MSE for {cfg.patience} epochs)"
+                break
+            if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+                stopped = f"time budget ({cfg.max_time:g} s)"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    last_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.eval()
+    metrics = one_step_metrics(step_function(model, kind), split)
+    metrics["best_epoch"] = best_epoch
+    metrics["train_seconds"] = history[-1]["time"] if history else 0.0
+    config = {} if kind == "baseline" else model.net.config.to_dict()
+    ckpt = {
+        "kind": kind,
+        "config": config,
+        "state_dict": best_state,
+        "scale": scale,
+        "train": cfg.to_dict(),
+        "data": {
+            "source": data.source,
+            "sha256": data.sha256,
+            "file_sha256": data.file_sha256,
+            "n_frames": int(len(data.frames)),
+            "n_train": int(split.n_train),
+            "n_val": int(len(split.val_x)),
+            "train_fraction": cfg.train_fraction,
+        },
+        "metrics": metrics,
+        # a few training inputs travel with the checkpoint so that export can check parity on real frames
+        "sample_frames": torch.as_tensor(split.train_x[np.linspace(0, split.n_train - 1, 16).astype(int)]),
+        "history": history,
+        "stopped_because": stopped,
+        "resume": {
+            "last_state_dict": last_state,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": history[-1]["epoch"] if history else start_epoch,
+            "elapsed": history[-1]["time"] if history else elapsed0,
+            "best_val": best_val,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+        },
+        "versions": {"torch": str(torch.__version__)},
+    }
+    path = save_checkpoint(output, ckpt) if output is not None else None
+    return TrainResult(checkpoint=ckpt, path=path, stopped_because=stopped)
+
+
+def evaluate_checkpoint(ckpt: dict[str, Any], data: DataSource, *, train_fraction: float | None = None, **kw):
+    """Metrics of a checkpoint's model on ``data`` (see :func:`e3traj.runtime._metrics.evaluate_predictor`)."""
+    model = build_model(ckpt)
+    frac = train_fraction if train_fraction is not None else ckpt.get("train", {}).get("train_fraction", 0.8)
+    split = split_pairs(data.frames, frac)
+    return evaluate_predictor(step_function(model, ckpt["kind"]), split, **kw)
+
+
+__all__ += ["load_checkpoint"]

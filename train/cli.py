@@ -1,0 +1,195 @@
+"""``e3traj train`` and ``e3traj evaluate``: thin wrappers over :mod:`e3traj.train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from e3traj.runtime._data import resolve_data
+from e3traj.runtime._io import check_output_path
+
+__all__ = ["train", "evaluate", "format_evaluation"]
+
+_DATA_HELP = "sim (embedded simulator, 2048 frames, seed 0), dmol (the chapter's paths.npz) or a trajectory file."
+
+
+@click.command()
+@click.option("--model", "kind", type=click.Choice(["baseline", "e3nn"]), default="e3nn", show_default=True)
+@click.option("--data", default="sim", show_default=True, help=_DATA_HELP)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="Epoch budget.")
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Wall-time budget in seconds.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Adam learning rate [default: 3e-3 e3nn, 1e-2 baseline].",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Early stopping: epochs without a better validation MSE.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
+@click.option("--irreps-hidden", default=None, help="e3nn hidden irreps [default: 5x0e + 5x0o + 5x1e + 5x1o].")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="e3nn gate layers [default: 3].")
+@click.option("--lmax", type=click.IntRange(min=1), default=None, help="Spherical harmonics degree [default: 3].")
+@click.option("--max-radius", type=click.FloatRange(min=0, min_open=True), default=None, help="Cutoff [default: 3.5].")
+@click.option("--radial-neurons", type=click.IntRange(min=1), default=None, help="Radial MLP width [default: 128].")
+@click.option(
+    "--resume",
+    "resume_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Continue from a checkpoint (same model and data); --epochs counts from its start.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(
+    kind,
+    data,
+    output,
+    epochs,
+    max_time,
+    batch_size,
+    lr,
+    patience,
+    seed,
+    threads,
+    irreps_hidden,
+    layers,
+    lmax,
+    max_radius,
+    radial_neurons,
+    resume_path,
+    force,
+    quiet,
+):
+    """Train the linear baseline or the e3nn gate network on the chapter's 80:20 split.
+
+    Prints the best validation MSE next to persistence ("copy the frame") and constant velocity.
+    """
+    from ._checkpoint import load_checkpoint
+    from ._train import TrainConfig, train_model
+
+    inputs = [resume_path] + ([data] if data not in ("sim", "dmol") else [])
+    out = check_output_path(
+        output, inputs, force=force or (resume_path is not None and Path(resume_path) != Path(output))
+    )
+    overrides = {
+        k: v
+        for k, v in {
+            "irreps_hidden": irreps_hidden,
+            "layers": layers,
+            "lmax": lmax,
+            "max_radius": max_radius,
+            "radial_neurons": radial_neurons,
+        }.items()
+        if v is not None
+    }
+    if kind == "baseline" and overrides:
+        raise click.UsageError(f"e3nn options ({', '.join(overrides)}) do not apply to --model baseline")
+    resume = load_checkpoint(resume_path) if resume_path else None
+    cfg = TrainConfig(
+        model=kind,
+        epochs=epochs,
+        max_time=max_time,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        threads=threads,
+        e3nn=overrides,
+    )
+    if resume is not None and resume.get("config"):
+        cfg.e3nn = {**resume["config"], **overrides}
+    src = resolve_data(data)
+    result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
+    m = result.checkpoint["metrics"]
+    click.echo(f"stopped: {result.stopped_because}; best epoch {m['best_epoch']} after {m['train_seconds']:.1f} s")
+    click.echo(
+        f"validation MSE {m['val_mse']:.4g} (RMSE {m['val_rmse']:.4g}); persistence {m['persistence_mse']:.4g}; "
+        f"constant velocity {m['constant_velocity_mse']:.4g}; skill vs persistence {m['skill']:+.4f}"
+    )
+    click.echo(f"wrote {out}")
+
+
+def format_evaluation(name: str, report: dict) -> str:
+    """Human-readable table of :func:`e3traj.runtime._metrics.evaluate_predictor` output."""
+    one = report["one_step"]
+    lines = [
+        f"{name}: {one['n_val_pairs']} validation pairs",
+        "one-step validation MSE:",
+        f"  model              {one['val_mse']:.4g}   (RMSE {one['val_rmse']:.4g})",
+        f"  persistence        {one['persistence_mse']:.4g}",
+        f"  constant velocity  {one['constant_velocity_mse']:.4g}",
+        f"  skill vs persistence {one['skill']:+.4f}; vs constant velocity {one['skill_vs_constant_velocity']:+.4f}",
+    ]
+    roll = report["rollout_rmsd"]
+    ks = list(next(iter(roll.values())).keys()) if roll else []
+    if ks:
+        lines.append(f"rollout RMSD from {len(report['rollout_starts'])} validation starts:")
+        lines.append("  " + " " * 19 + "".join(f"{k:>12}" for k in ks))
+        for label, key in (
+            ("model", "model"),
+            ("persistence", "persistence"),
+            ("constant velocity", "constant_velocity"),
+        ):
+            lines.append(f"  {label:<19}" + "".join(f"{roll[key][k]:>12.4g}" for k in ks))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=False))
+@click.option("--data", default="sim", show_default=True, help=_DATA_HELP)
+@click.option(
+    "--starts",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Starting frames in the validation part for k-step rollouts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def evaluate(model_path, data, starts, as_json):
+    """Score a checkpoint (or an exported bundle) on the validation part of DATA.
+
+    One-step validation MSE, persistence MSE, constant-velocity MSE, skill, and the RMSD of k-step rollouts
+    (k = 1, 10, 100) for the model and the two trivial predictors.
+    """
+    from e3traj.runtime._data import split_pairs
+    from e3traj.runtime._metrics import evaluate_predictor
+
+    src = resolve_data(data)
+    p = Path(model_path)
+    if p.is_dir() or p.name.endswith((".tar.gz", ".tgz")):
+        from e3traj.runtime._bundle import Bundle
+
+        with Bundle.open(p) as bundle:
+            split = split_pairs(src.frames, 0.8)
+            report = evaluate_predictor(lambda x, prev: bundle.step(x, prev), split, n_starts=starts)
+            kind = bundle.kind
+    else:
+        from ._checkpoint import load_checkpoint
+        from ._train import evaluate_checkpoint
+
+        ckpt = load_checkpoint(p)
+        report = evaluate_checkpoint(ckpt, src, n_starts=starts)
+        kind = ckpt["kind"]
+    report["model"] = {"path": str(p), "kind": kind}
+    report["data"] = {"source": src.source, "sha256": src.sha256}
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(format_evaluation(f"{kind} model {p} on {src.source}", report))
