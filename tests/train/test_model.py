@@ -1,0 +1,299 @@
+"""FixedGraphNetwork against e3nn's own gate_points_2101.Network: parity, equivariance, gradients, export."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from e3traj.train._model import (
+    DisplacementModel,
+    E3nnConfig,
+    FixedGraphNetwork,
+    _fctp_structure,
+    build_reference_network,
+    load_reference_weights,
+)
+
+CONFIGS = {
+    "default": E3nnConfig(),
+    "small": E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=2),
+    "velocity": E3nnConfig(irreps_in="1x1o"),
+}
+
+
+def _perturb(module: torch.nn.Module, seed: int, amount: float = 0.15) -> None:
+    """Random, non-default weights (so parity cannot hold by accident of the initialisation)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(amount * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def _frames(dtype=torch.float32) -> torch.Tensor:
+    """Random frames, a stretched chain (pairs beyond and exactly at max_radius), coincident beads."""
+    gen = torch.Generator().manual_seed(1)
+    frames = torch.randn(6, 12, 3, generator=gen, dtype=torch.float64) * 0.7
+    line = torch.arange(12, dtype=torch.float64)[:, None]
+    frames[1] = line * torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)  # 0.5 apart: r = 3.5 at 7 steps
+    frames[2] = line * torch.tensor([0.45, 0.2, -0.1], dtype=torch.float64) + 0.01 * frames[2]
+    frames[3, 3] = frames[3, 7]  # two coincident beads
+    frames[4, 0] = frames[4, 1]  # two coincident pairs
+    frames[4, 5] = frames[4, 9]
+    frames[5, :, 2] = 0.0  # planar, as in the chapter's data (z = 0)
+    return frames.to(dtype)
+
+
+def _node_features(config: E3nnConfig, frames: torch.Tensor) -> torch.Tensor | None:
+    if config.irreps_in is None:
+        return None
+    gen = torch.Generator().manual_seed(2)
+    return (0.5 * torch.randn(frames.shape, generator=gen, dtype=torch.float64)).to(frames.dtype)
+
+
+def _reference_outputs(ref, frames: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+    with torch.no_grad():
+        outs = []
+        for b in range(frames.shape[0]):
+            data = {"pos": frames[b]}
+            if feats is not None:
+                data["x"] = feats[b]
+            outs.append(ref(data))
+    return torch.stack(outs)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny ops with 2 OpenMP threads on a busy 2-core machine are ~100x slower (spin-waits)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+_CACHE: dict[str, tuple[FixedGraphNetwork, torch.nn.Module]] = {}
+
+
+def _pair(name: str) -> tuple[FixedGraphNetwork, torch.nn.Module]:
+    """(FixedGraphNetwork with perturbed weights, e3nn Network with the same weights), float32, built once.
+
+    Tests must not modify them (deepcopy first).
+    """
+    if name not in _CACHE:
+        fixed = FixedGraphNetwork(CONFIGS[name])
+        _perturb(fixed, seed=len(name))
+        _CACHE[name] = (fixed, load_reference_weights(fixed))
+    return _CACHE[name]
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def pair(request):
+    return (request.param, *_pair(request.param))
+
+
+@pytest.fixture
+def default_fixed() -> FixedGraphNetwork:
+    return _pair("default")[0]
+
+
+def _rotation(seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_parity_float32_with_e3nn_network(pair):
+    name, fixed, ref = pair
+    frames = _frames()
+    feats = _node_features(fixed.config, frames)
+    with torch.no_grad():
+        out = fixed(frames, feats)
+    want = _reference_outputs(ref, frames, feats)
+    assert out.shape == want.shape == (6, 12, 3)
+    scale = max(1.0, float(want.abs().max()))
+    assert float(want.abs().max()) > 0.05  # non-trivial outputs
+    # float32 noise floor: e3nn's own float32 output is ~1e-6 relative off its float64 value, and so is this one
+    # (different summation orders); exactness is checked in float64 below
+    assert float((out - want).abs().max()) <= 2e-6 * scale, name
+
+
+def test_parity_float64_is_exact():
+    """Built in float64 (e3nn's Wigner-3j buffers included), the two agree to rounding of float64."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        fixed = FixedGraphNetwork(CONFIGS["velocity"])
+        _perturb(fixed, seed=5, amount=0.3)
+        ref = load_reference_weights(fixed)
+    finally:
+        torch.set_default_dtype(previous)
+    frames = _frames(torch.float64)
+    feats = _node_features(fixed.config, frames)
+    with torch.no_grad():
+        out = fixed(frames, feats)
+    want = _reference_outputs(ref, frames, feats)
+    assert out.dtype == torch.float64
+    assert float((out - want).abs().max()) <= 1e-10 * max(1.0, float(want.abs().max()))
+
+
+def test_state_dict_is_e3nns():
+    fixed, _ = _pair("small")
+    keys = list(fixed.state_dict())
+    assert keys and all(k.startswith("network.") for k in keys)
+    params = dict(fixed.named_parameters())
+    assert params and all(name.startswith("network.") for name in params)
+    stripped = {k.removeprefix("network."): v for k, v in fixed.state_dict().items()}
+    ref = build_reference_network(fixed.config)
+    ref.load_state_dict(stripped)  # strict: same keys, same shapes
+    fresh = FixedGraphNetwork(fixed.config)
+    fresh.load_state_dict({f"network.{k}": v for k, v in ref.state_dict().items()})  # and back, strict
+    frames = _frames()
+    with torch.no_grad():
+        assert torch.equal(fresh(frames), fixed(frames))
+
+
+def test_dense_linear_maps_match_e3nn(default_fixed):
+    for conv in [lay.first if hasattr(lay, "first") else lay for lay in default_fixed.network.layers]:
+        for lin in (conv.sc, conv.lin1, conv.lin2):
+            idx, coef = _fctp_structure(lin)
+            d_in = lin.irreps_in1.dim
+            with torch.no_grad():
+                want = lin(torch.eye(d_in), torch.ones(d_in, 1))
+                weights = torch.cat([lin.weight, lin.weight.new_zeros(1)])
+                got = weights[torch.from_numpy(idx)] * torch.from_numpy(coef).float()
+            assert torch.allclose(got, want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_equivariance_float64(default_fixed):
+    net = copy.deepcopy(default_fixed).double()
+    frames = _frames(torch.float64)
+    with torch.no_grad():
+        out = net(frames)
+        rot = _rotation(7)
+        assert torch.allclose(net(frames @ rot.T), out @ rot.T, atol=1e-10)
+        assert torch.allclose(net(-frames), -out, atol=1e-10)  # 1x1o flips under inversion
+        shift = torch.tensor([3.0, -1.5, 0.25], dtype=torch.float64)
+        assert torch.allclose(net(frames + shift), out, atol=1e-10)
+        perm = torch.randperm(12, generator=torch.Generator().manual_seed(8))
+        assert torch.allclose(net(frames[:, perm]), out[:, perm], atol=1e-10)
+    assert float(out.abs().max()) > 0.05
+
+
+def test_equivariance_with_node_features_float64():
+    net = copy.deepcopy(_pair("velocity")[0]).double()
+    frames = _frames(torch.float64)
+    feats = _node_features(net.config, frames)
+    rot = _rotation(11)
+    with torch.no_grad():
+        out = net(frames, feats)
+        assert torch.allclose(net(frames @ rot.T, feats @ rot.T), out @ rot.T, atol=1e-10)
+        assert torch.allclose(net(-frames, -feats), -out, atol=1e-10)
+
+
+def test_gradients_finite_with_coincident_beads(default_fixed):
+    frames = _frames()[3:5].clone().requires_grad_(True)  # coincident beads
+    default_fixed.zero_grad()
+    out = default_fixed(frames)
+    assert torch.isfinite(out).all()
+    (out**2).sum().backward()
+    assert torch.isfinite(frames.grad).all()
+    grads = [p.grad for p in default_fixed.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().max()) > 0 for g in grads)
+    default_fixed.zero_grad()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_displacement_model_scales_and_feeds_previous_displacement():
+    config = CONFIGS["velocity"]
+    model = DisplacementModel(config, scale=0.05)
+    fixed, ref = _pair("velocity")
+    model.net.load_state_dict(fixed.state_dict())
+    frames = _frames()[:3]
+    prev = 0.05 * _node_features(config, frames)
+    with torch.no_grad():
+        got = model(frames, prev)
+    want = _reference_outputs(ref, frames, prev / 0.05) * 0.05
+    assert float(want.abs().max()) > 1e-3
+    assert float((got - want).abs().max()) <= 2e-6 * max(0.05, float(want.abs().max()))  # float32 noise floor
+    with pytest.raises(ValueError, match="previous_displacement"):
+        model(frames)
+    with pytest.raises(ValueError, match="irreps_out"):
+        DisplacementModel(E3nnConfig(irreps_out="1x0e"), scale=1.0)
+    with pytest.raises(ValueError, match="scale"):
+        DisplacementModel(E3nnConfig(), scale=0.0)
+    assert float(model.state_dict()["scale"]) == pytest.approx(0.05)
+
+
+def test_onnx_export_no_nonzero_and_parity():
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = DisplacementModel(CONFIGS["default"], scale=0.05).eval()
+    _perturb(model, seed=13)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(  # the TorchScript-based exporter: under 2 s here (dynamo=True works too, ~20 s)
+            model,
+            (torch.randn(3, 12, 3),),
+            buf,
+            dynamo=False,
+            opset_version=18,
+            input_names=["pos"],
+            output_names=["displacement"],
+            dynamic_axes={"pos": {0: "batch"}, "displacement": {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    ops = {node.op_type for node in proto.graph.node}
+    assert "NonZero" not in ops and "Loop" not in ops and "If" not in ops
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    for frames in (_frames()[3:4], _frames()[:6], torch.cat([_frames()[:1], _frames()])):  # B = 1, 6, 7
+        with torch.no_grad():
+            want = model(frames).numpy()
+        got = sess.run(None, {"pos": frames.numpy()})[0]
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def test_jit_trace_matches_eager():
+    model = DisplacementModel(CONFIGS["small"], scale=0.1).eval()
+    _perturb(model, seed=14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (torch.randn(3, 12, 3),), check_trace=False)
+    frames = _frames()
+    with torch.no_grad():
+        assert torch.allclose(traced(frames), model(frames), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_config_round_trip_and_validation():
+    config = E3nnConfig(irreps_in="1x1o", layers=2, num_neighbors=11)
+    assert isinstance(config.num_neighbors, float)
+    data = config.to_dict()
+    assert data["irreps_in"] == "1x1o" and data["layers"] == 2
+    assert E3nnConfig.from_dict(data) == config
+    assert E3nnConfig.from_dict({}) == E3nnConfig()
+    assert E3nnConfig().to_dict()["irreps_hidden"] == "5x0e + 5x0o + 5x1e + 5x1o"
+    with pytest.raises(ValueError, match="bogus"):
+        E3nnConfig.from_dict({"layers": 3, "bogus": 1})
+    with pytest.raises(ValueError, match="layers"):
+        E3nnConfig(layers=-1)
+    with pytest.raises(ValueError, match="max_radius"):
+        E3nnConfig(max_radius=float("nan"))
+    with pytest.raises(ValueError, match="5xq"):
+        E3nnConfig(irreps_hidden="5xq")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.layers = 4  # type: ignore[misc]

@@ -1,0 +1,628 @@
+"""e3nn's ``gate_points_2101.Network`` over a fixed fully connected graph, as dense batched tensor algebra.
+
+e3nn's Network builds its graph with ``radius_graph`` (``nonzero``: data-dependent shapes, slow, not exportable)
+and runs its tensor products through many small code-generated einsums. :class:`FixedGraphNetwork` owns an e3nn
+``Network`` (so its parameters *are* e3nn's) and evaluates exactly the same function with a handful of batched
+MatMuls over the ``n * (n - 1)`` ordered bead pairs, with the cutoff acting as a mask:
+
+* **Graph.** Edges are all ordered pairs ``i != j``, dst-major (edge ``e = i * (n - 1) + k`` has destination ``i``
+  and the ``k``-th other bead as source), so summing over neighbours is a reshape ``(D, B, n, n - 1)`` and a sum.
+  e3nn's smooth cutoff already makes edge attributes vanish for ``r >= max_radius``; e3nn's ``radius_graph`` also
+  drops pairs with ``r == 0`` (``r > 0``), which is reproduced by multiplying edge attributes by ``(r > 0)``:
+  **coincident beads do not interact**, as in e3nn's Network. Edge lengths use ``sqrt(clamp(r2, tiny))`` so forward
+  and backward stay finite at ``r == 0``.
+* **Linear maps.** Node attributes are the constant scalar 1, so ``sc``, ``lin1`` and ``lin2`` (tensor products
+  with a ``0e`` second input) are linear maps. Their dense matrices are gathered from e3nn's flat weight vectors
+  with constant index/coefficient tables (``matrix = weights[idx] * coef``: exact and differentiable).
+* **Convolution.** e3nn's ``tp`` (mode ``uvu``, per-edge weights) is, for an input channel ``u`` of irrep
+  ``l1`` and a path ``(l2, l3)``, ``pw * w_e[u] * x_src[u, :] @ Q_e`` with ``Q_e[a, m] = sum_b C[a, b, m] Y_e[b]``
+  (``C`` the Wigner 3j symbol). The spherical harmonics are homogeneous polynomials of the unit edge vector, so
+  every ``Q_e`` of every layer comes from one MatMul of the edge monomials with a constant matrix. Input channels
+  are grouped by irrep; per group one broadcast product ``x[u, a] * w[u, c] * Q[a, c, m]`` and one sum over ``a``
+  and the neighbours give all paths. ``lin2`` (with the path weights, ``1 / sqrt(num_neighbors)``, e3nn's sc/conv
+  mixing and the gate's channel order) is then one matrix.
+* **Layout.** Node and edge tensors are feature-first, ``(features, B, nodes or edges)``: broadcasts, slices and
+  reductions run over long contiguous rows (fast in PyTorch and onnxruntime); gathers of nodes onto edges are
+  MatMuls with constant one-hot matrices (exact).
+* **Radial MLP.** Edge lengths are symmetric, so the MLP runs (batch-first) on the ``n (n - 1) / 2`` unordered
+  pairs only, and its output is gathered to the edges.
+* **Gate.** Slices and activations; the activations' normalisation constants are folded into the next layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import e3nn
+import numpy as np
+import torch
+
+e3nn.set_optimization_defaults(jit_mode="eager")
+
+from e3nn import o3  # noqa: E402  (after set_optimization_defaults, before any e3nn module is built)
+from e3nn.nn.models.gate_points_2101 import Network  # noqa: E402
+
+__all__ = [
+    "E3nnConfig",
+    "build_reference_network",
+    "FixedGraphNetwork",
+    "DisplacementModel",
+    "load_reference_weights",
+]
+
+_TINY = 1e-30  # r2 floor for the edge length: keeps sqrt and 1/r finite (forward and backward) at r == 0
+
+
+@dataclass(frozen=True)
+class E3nnConfig:
+    """Hyper-parameters of e3nn's ``gate_points_2101.Network`` as used by the chapter.
+
+    ``irreps_in`` is None for e3nn's default node input (a constant scalar 1 per node) or e.g. ``"1x1o"`` for a
+    velocity-aware model fed the previous displacement. The edge attributes are the spherical harmonics up to
+    ``lmax``; node attributes are always e3nn's default (the constant scalar 1).
+    """
+
+    irreps_in: str | None = None
+    irreps_hidden: str = "5x0e + 5x0o + 5x1e + 5x1o"
+    irreps_out: str = "1x1o"
+    lmax: int = 3
+    layers: int = 3
+    max_radius: float = 3.5
+    number_of_basis: int = 10
+    radial_layers: int = 1
+    radial_neurons: int = 128
+    num_neighbors: float = 11.0
+    num_nodes: int = 12
+
+    def __post_init__(self) -> None:
+        for name in ("irreps_hidden", "irreps_out") + (("irreps_in",) if self.irreps_in is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"E3nnConfig.{name} must be an irreps string, got {value!r}")
+            try:
+                o3.Irreps(value)
+            except Exception as exc:  # e3nn raises ValueError/AssertionError on a bad string
+                raise ValueError(f"E3nnConfig.{name}={value!r} is not a valid irreps string ({exc})") from None
+        ints = {
+            "lmax": 0,
+            "layers": 0,
+            "number_of_basis": 2,
+            "radial_layers": 0,
+            "radial_neurons": 1,
+            "num_nodes": 2,
+        }
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"E3nnConfig.{name} must be an integer >= {low}, got {value!r}")
+        for name in ("max_radius", "num_neighbors"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"E3nnConfig.{name} must be a finite number > 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-compatible dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> E3nnConfig:
+        """Inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"E3nnConfig.from_dict expects a dict, got {type(data).__name__}: {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown E3nnConfig key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+def build_reference_network(config: E3nnConfig) -> Network:
+    """e3nn's own ``gate_points_2101.Network`` for ``config`` (``reduce_output=False``)."""
+    return Network(
+        irreps_in=config.irreps_in,
+        irreps_hidden=config.irreps_hidden,
+        irreps_out=config.irreps_out,
+        irreps_node_attr=None,
+        irreps_edge_attr=o3.Irreps.spherical_harmonics(config.lmax),
+        layers=config.layers,
+        max_radius=config.max_radius,
+        number_of_basis=config.number_of_basis,
+        radial_layers=config.radial_layers,
+        radial_neurons=config.radial_neurons,
+        num_neighbors=config.num_neighbors,
+        num_nodes=config.num_nodes,
+        reduce_output=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Constant structure (numpy, built once per module from the e3nn modules' instructions)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fixed_graph(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ordered edges dst-major, the unordered pairs, and the maps between them.
+
+    Returns ``src, dst`` (``n (n-1)``,), ``pair_edge`` (``n (n-1) / 2``,: one edge of each pair, the one with
+    dst < src) and ``edge_pair`` (``n (n-1)``,: the pair of each edge).
+    """
+    src, dst = [], []
+    for i in range(n):
+        for j in range(n):
+            if j != i:
+                src.append(j)
+                dst.append(i)
+    pairs = {}
+    pair_edge = []
+    edge_pair = []
+    for e, (j, i) in enumerate(zip(src, dst)):
+        key = (min(i, j), max(i, j))
+        if key not in pairs:
+            pairs[key] = len(pair_edge)
+            pair_edge.append(e)
+        edge_pair.append(pairs[key])
+    return np.array(src), np.array(dst), np.array(pair_edge), np.array(edge_pair)
+
+
+def _fctp_structure(tp) -> tuple[np.ndarray, np.ndarray]:
+    """Dense matrix structure of a FullyConnectedTensorProduct whose second input is the constant ``1x0e``.
+
+    Returns ``idx`` (int, into ``tp.weight`` padded with one trailing zero) and ``coef`` (float64), both of shape
+    ``(irreps_in1.dim, irreps_out.dim)``, such that ``tp(x, ones) == x @ (weight_padded[idx] * coef)``.
+    """
+    if tp.irreps_in2 != o3.Irreps("0e"):
+        raise NotImplementedError(f"only node attributes 0e are supported, got {tp.irreps_in2}")
+    d1, do = tp.irreps_in1.dim, tp.irreps_out.dim
+    idx = np.full((d1, do), tp.weight_numel, dtype=np.int64)
+    coef = np.zeros((d1, do))
+    s1, so = tp.irreps_in1.slices(), tp.irreps_out.slices()
+    off = 0
+    for ins in tp.instructions:
+        if ins.connection_mode != "uvw" or not ins.has_weight:
+            raise NotImplementedError(f"unexpected instruction {ins}")
+        m1, mo = tp.irreps_in1[ins.i_in1], tp.irreps_out[ins.i_out]
+        d = m1.ir.dim
+        for u in range(m1.mul):
+            for w in range(mo.mul):
+                for a in range(d):
+                    r, c = s1[ins.i_in1].start + u * d + a, so[ins.i_out].start + w * d + a
+                    if coef[r, c] != 0:
+                        raise NotImplementedError("two instructions write the same matrix entry")
+                    idx[r, c] = off + u * mo.mul + w
+                    coef[r, c] = ins.path_weight / math.sqrt(d)
+        off += math.prod(ins.path_shape)
+    if off != tp.weight_numel:
+        raise NotImplementedError(f"weight layout mismatch ({off} != {tp.weight_numel})")
+    return idx, coef
+
+
+def _monomial_to_sh(l: int) -> np.ndarray:
+    """``A`` with ``Y_l(v) = (v ⊗ ... ⊗ v) @ A`` (``l`` factors, row-major), e3nn's 'component' normalisation.
+
+    e3nn's spherical harmonics (``normalize=False``) are homogeneous polynomials of degree ``l``; the fit is exact
+    (checked) and the minimum-norm solution is symmetric in the repeated monomials.
+    """
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(4 * 3**l + 16, 3, generator=gen, dtype=torch.float64)
+    y = o3.spherical_harmonics(l, v, normalize=False, normalization="component")
+    mono = v
+    for _ in range(l - 1):
+        mono = (mono[:, :, None] * v[:, None, :]).reshape(v.shape[0], -1)
+    a = torch.linalg.pinv(mono) @ y
+    err = (mono @ a - y).abs().max().item()
+    if err > 1e-9 * max(1.0, y.abs().max().item()):
+        raise RuntimeError(f"spherical harmonics of degree {l} are not a homogeneous polynomial (fit error {err})")
+    return a.numpy()
+
+
+class _Consts(torch.nn.Module):
+    """Constant tables (buffers only, none persistent: ``state_dict`` keeps e3nn's keys alone)."""
+
+    def const(self, name: str, value: np.ndarray) -> None:
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float64)  # cast to the working dtype in forward (exact in float64 too)
+        self.register_buffer(name, tensor, persistent=False)
+
+
+def _act_segments(activation) -> tuple[list, np.ndarray]:
+    """Contiguous ``(start, stop, f)`` segments of an e3nn scalar Activation, and its per-channel constants."""
+    segs, csts = [], []
+    pos = 0
+    for mul, (l, _p), act in activation.paths:
+        if l != 0:
+            raise NotImplementedError("gate activations act on scalars only")
+        f, cst = (None, 1.0) if act is None else (act.f, 1.0 if act._is_id else act.cst)
+        if segs and segs[-1][2] is f:
+            segs[-1] = (segs[-1][0], pos + mul, f)
+        else:
+            segs.append((pos, pos + mul, f))
+        csts.extend([cst] * mul)
+        pos += mul
+    return segs, np.array(csts, dtype=np.float64)
+
+
+def _elementwise_structure(mul_tp, n_gated: int, n_gates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probe e3nn's ElementwiseTensorProduct(gated, gates): ``out[d] = coef[d] * gated[d] * gates[gidx[d]]``."""
+    with torch.no_grad():
+        probe = mul_tp(torch.ones(n_gates, n_gated, dtype=torch.float64), torch.eye(n_gates, dtype=torch.float64))
+    probe = probe.numpy()
+    if probe.shape != (n_gates, n_gated) or not np.all((probe != 0).sum(0) == 1):
+        raise NotImplementedError("unexpected gate multiplication structure")
+    gidx = np.argmax(probe != 0, axis=0)
+    return gidx.astype(np.int64), probe[gidx, np.arange(n_gated)]
+
+
+def _apply(f, t: torch.Tensor) -> torch.Tensor:
+    return t if f is None else f(t)
+
+
+class FixedGraphNetwork(torch.nn.Module):
+    """e3nn's ``gate_points_2101.Network`` (``reduce_output=False``) over the fixed complete graph, batched.
+
+    ``self.network`` is an e3nn ``Network`` whose parameters are used (never its forward): ``state_dict()`` has only
+    ``network.*`` keys, and with that prefix stripped it loads into :func:`build_reference_network` (and back).
+    Internally tensors are batch-last (``(features, nodes or edges, B)``) so every gather, broadcast and reduction
+    works on contiguous blocks and every linear map is one plain MatMul.
+
+    Shapes: pos ``(B, n, 3)``, node_features ``(B, n, dim(irreps_in))`` (only when ``config.irreps_in`` is set),
+    output ``(B, n, dim(irreps_out))``, ``n = config.num_nodes``.
+    """
+
+    def __init__(self, config: E3nnConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.network = build_reference_network(config)
+        n = config.num_nodes
+        src, dst, pair_edge, edge_pair = _fixed_graph(n)
+        self.n_nodes, self.n_edges, self.n_pairs = n, len(src), len(pair_edge)
+        consts = _Consts()
+        eye = np.eye(n)
+        consts.const("src_onehot", eye[:, src])  # x_src = x @ src_onehot (exact: one nonzero term)
+        consts.const("edge_diff", eye[:, src] - eye[:, dst])  # pos[src] - pos[dst] as one MatMul (exact)
+        consts.const("pair_diff", eye[:, src[pair_edge]] - eye[:, dst[pair_edge]])
+        consts.const("edge_pair", edge_pair)
+        self.consts = consts
+
+        convs, gates = [], []
+        for lay in self.network.layers:
+            if hasattr(lay, "first"):
+                convs.append(lay.first)
+                gates.append(lay.second)
+            else:
+                convs.append(lay)
+                gates.append(None)
+        self._convs = convs  # plain list: these are submodules of self.network, not registered twice
+
+        # radial embedding (e3nn soft_one_hot_linspace, gaussian, cutoff=False, times sqrt(number_of_basis))
+        nb = config.number_of_basis
+        values = np.linspace(0.0, config.max_radius, nb)
+        step = values[1] - values[0]
+        consts.const("rb_values", values)
+        self._rb_inv_step = 1.0 / step
+        rb_scale = nb**0.5 / 1.12  # folded into the first radial layer
+
+        # radial MLPs (e3nn FullyConnectedNet): per layer the weight scale and the activation; the activation's
+        # normalisation constant and sqrt(var_out) are folded into the next layer's scale
+        self._fc_meta = []
+        for conv in convs:
+            meta = []
+            carry = rb_scale
+            for k in range(len(conv.fc.hs) - 1):
+                lay = getattr(conv.fc, f"layer{k}")
+                if lay.act is not None:
+                    meta.append((carry / (lay.h_in * lay.var_in) ** 0.5, lay.act.f))
+                    carry = (1.0 if lay.act._is_id else lay.act.cst) * lay.var_out**0.5
+                else:
+                    meta.append((carry / (lay.h_in * lay.var_in / lay.var_out) ** 0.5, None))
+            self._fc_meta.append(meta)
+
+        sh_l = [mul_ir.ir.l for mul_ir in o3.Irreps.spherical_harmonics(config.lmax)]
+        self._plans = torch.nn.ModuleList()
+        self._metas = []
+        q_keys: dict[tuple, int] = {}  # (l1, combos) -> row offset in the Q matrix
+        q_rows = 0
+        row_scale = np.ones(convs[0].irreps_in.dim)
+        for conv, gate in zip(convs, gates):
+            plan, meta, row_scale = self._build_plan(conv, gate, row_scale, sh_l)
+            for g in meta["groups"]:
+                key = (g["l1"], g["combos"])
+                if key not in q_keys:
+                    q_keys[key] = q_rows
+                    q_rows += (2 * g["l1"] + 1) * len(g["combos"]) * g["M"]
+                g["q_off"] = q_keys[key]
+            self._plans.append(plan)
+            self._metas.append(meta)
+
+        # Q: per edge and per (l1, combos) block the (2 l1 + 1, C, M) matrices sum_b w3j[a, b, m] Y_l2[b] (zero
+        # padded to M), as one MatMul of the unit-vector monomials (degrees 1..max l2) with a constant matrix
+        max_l2 = max((l2 for key in q_keys for l2, _ in key[1]), default=0)
+        self._mono_degree = max_l2
+        mono_off, n_mono = {}, 0
+        for deg in range(1, max_l2 + 1):
+            mono_off[deg] = n_mono
+            n_mono += 3**deg
+        sh_poly = {deg: _monomial_to_sh(deg) for deg in range(1, max_l2 + 1)}
+        q_mat = np.zeros((q_rows, max(n_mono, 1)))
+        q_bias = np.zeros((q_rows, 1))
+        for (l1, combos), off in q_keys.items():
+            n_c, m_pad = len(combos), max(2 * l3 + 1 for _, l3 in combos)
+            for c, (l2, l3) in enumerate(combos):
+                w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()  # (2l1+1, 2l2+1, 2l3+1)
+                for a in range(2 * l1 + 1):
+                    rows = off + (a * n_c + c) * m_pad + np.arange(2 * l3 + 1)
+                    if l2 == 0:
+                        q_bias[rows, 0] = w3j[a, 0, :]
+                    else:
+                        q_mat[rows, mono_off[l2] : mono_off[l2] + 3**l2] = (sh_poly[l2] @ w3j[a]).T
+        consts.const("q_mat", q_mat)
+        consts.const("q_bias", q_bias)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _build_plan(self, conv, gate, row_scale: np.ndarray, sh_l: list[int]):
+        """Constant tables of one convolution (+ gate), and the row scale of the next layer's input."""
+        irreps_in, irreps_out = conv.irreps_in, conv.irreps_out
+        d_in, d_out = irreps_in.dim, irreps_out.dim
+        plan = _Consts()
+
+        # gate: rows of the conv output reordered to [scalars | gates | gated] (e3nn's Extract), constants
+        if gate is not None:
+            cut = gate.sc.cut
+            perm = []
+            for ins in cut.instructions:
+                for i_in in ins:
+                    start = cut.irreps_in[:i_in].dim
+                    perm.extend(range(start, start + cut.irreps_in[i_in].dim))
+            perm = np.array(perm, dtype=np.int64)
+            if sorted(perm.tolist()) != list(range(d_out)):
+                raise NotImplementedError("unexpected gate layout")
+            n_s, n_g, n_gated = gate.irreps_scalars.dim, gate.irreps_gates.dim, gate.irreps_gated.dim
+            segs_s, cst_s = _act_segments(gate.act_scalars)
+            if n_g:
+                segs_g, cst_g = _act_segments(gate.act_gates)
+                gidx, gcoef = _elementwise_structure(gate.mul, n_gated, n_g)
+                plan.const("gidx", gidx)
+                next_row_scale = np.concatenate([cst_s, gcoef * cst_g[gidx]])
+            else:
+                segs_g, next_row_scale = [], cst_s
+        else:
+            perm = np.arange(d_out)
+            n_s = n_g = 0
+            segs_s = segs_g = []
+            next_row_scale = None
+
+        # e3nn's Convolution output: c_s * sc(x) + c_x' * lin2(agg), c_x' = 1 where sc has no path
+        c_s, c_x = math.sin(math.pi / 8), math.cos(math.pi / 8)
+        mask = conv.sc.output_mask.detach().double().numpy()
+        c_x_col = (1 - mask) + c_x * mask
+
+        # input channels grouped by irrep (l1, p1): lin1's output rows in grouped layout (U, 2 l1 + 1)
+        groups, gmap, uoff = [], {}, {}
+        pos = 0
+        for ir in sorted({mul_ir.ir for mul_ir in irreps_in}, key=lambda ir: (ir.l, -ir.p)):
+            u = 0
+            for i1, mul_ir in enumerate(irreps_in):
+                if mul_ir.ir == ir:
+                    uoff[i1] = u
+                    u += mul_ir.mul
+            g = {"l1": ir.l, "U": u, "x_start": pos, "combos": set()}
+            groups.append(g)
+            gmap[ir] = g
+            pos += u * ir.dim
+        lin1_cols = np.zeros(d_in, dtype=np.int64)
+        for i1, (mul_ir, sl) in enumerate(zip(irreps_in, irreps_in.slices())):
+            g, d = gmap[mul_ir.ir], mul_ir.ir.dim
+            for u in range(mul_ir.mul):
+                for a in range(d):
+                    lin1_cols[g["x_start"] + (uoff[i1] + u) * d + a] = sl.start + u * d + a
+        idx_sc, coef_sc = _fctp_structure(conv.sc)
+        idx_l1, coef_l1 = _fctp_structure(conv.lin1)
+        n_sc = conv.sc.weight_numel
+        # weights vector: [sc.weight, 0, lin1.weight, 0]
+        pre_idx = np.concatenate([idx_sc[:, perm], idx_l1[:, lin1_cols] + n_sc + 1], axis=1)
+        pre_coef = np.concatenate([coef_sc[:, perm] * c_s, coef_l1[:, lin1_cols]], axis=1) * row_scale[:, None]
+        plan.const("pre_idx", pre_idx.T)
+        plan.const("pre_coef", pre_coef.T)
+
+        # tp paths (uvu, one sh copy per l2): combos (l2, l3) per group, padded to (C, M)
+        tp, mid = conv.tp, conv.tp.irreps_out
+        for ins in tp.instructions:
+            if ins.connection_mode != "uvu" or not ins.has_weight or tp.irreps_in2[ins.i_in2].mul != 1:
+                raise NotImplementedError(f"unexpected tp instruction {ins}")
+            gmap[irreps_in[ins.i_in1].ir]["combos"].add((sh_l[ins.i_in2], mid[ins.i_out].ir.l))
+        groups = [g for g in groups if g["combos"]]
+        d_pos = w_pos = 0
+        for g in groups:
+            g["combos"] = tuple(sorted(g["combos"]))
+            g["C"] = len(g["combos"])
+            g["M"] = max(2 * l3 + 1 for _, l3 in g["combos"])
+            g["d_start"], g["w_start"] = d_pos, w_pos
+            d_pos += g["U"] * g["C"] * g["M"]
+            w_pos += g["U"] * g["C"]
+        n_d, n_w = d_pos, w_pos
+
+        # per path: radial weight column, and (D row -> tp output index, path weight)
+        wn = tp.weight_numel
+        w_cols = np.full(n_w, wn, dtype=np.int64)  # wn -> an appended zero column
+        d_mid = np.full(n_d, -1)
+        d_pw = np.zeros(n_d)
+        mid_slices = mid.slices()
+        w_off = 0
+        for ins in tp.instructions:
+            mul_ir = irreps_in[ins.i_in1]
+            l2, l3 = sh_l[ins.i_in2], mid[ins.i_out].ir.l
+            g = gmap[mul_ir.ir]
+            c = g["combos"].index((l2, l3))
+            for u in range(mul_ir.mul):
+                ug = uoff[ins.i_in1] + u
+                w_cols[g["w_start"] + ug * g["C"] + c] = w_off + u
+                for m in range(2 * l3 + 1):
+                    dd = g["d_start"] + (ug * g["C"] + c) * g["M"] + m
+                    d_mid[dd] = mid_slices[ins.i_out].start + u * (2 * l3 + 1) + m
+                    d_pw[dd] = ins.path_weight
+            w_off += math.prod(ins.path_shape)
+        if w_off != wn:
+            raise NotImplementedError("tp weight layout mismatch")
+        plan.const("w_cols", w_cols)
+
+        # post: lin2 after the neighbour sum, with path weights, 1/sqrt(num_neighbors) and the output mixing
+        idx_l2, coef_l2 = _fctp_structure(conv.lin2)
+        valid = d_mid >= 0
+        post_idx = np.full((n_d, d_out), conv.lin2.weight_numel, dtype=np.int64)
+        post_coef = np.zeros((n_d, d_out))
+        post_idx[valid] = idx_l2[d_mid[valid]]
+        post_coef[valid] = coef_l2[d_mid[valid]] * d_pw[valid, None]
+        post_coef *= c_x_col[None, :] / self.config.num_neighbors**0.5
+        plan.const("post_idx", post_idx[:, perm].T)
+        plan.const("post_coef", post_coef[:, perm].T)
+
+        meta = {
+            "d_in": d_in,
+            "d_out": d_out,
+            "n_w": n_w,
+            "groups": groups,
+            "gate": gate is not None,
+            "n_s": n_s,
+            "n_g": n_g,
+            "segs_s": segs_s,
+            "segs_g": segs_g,
+        }
+        return plan, meta, next_row_scale
+
+    # ------------------------------------------------------------------------------------------------------------
+    def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Evaluate e3nn's Network on a batch of frames.
+
+        Shapes: pos ``(B, n, 3)``; node_features ``(B, n, dim(irreps_in))`` iff ``config.irreps_in`` is set;
+        returns ``(B, n, dim(irreps_out))``.
+        """
+        c = self.consts
+        dtype = pos.dtype
+        n, n_edges, n_pairs = self.n_nodes, self.n_edges, self.n_pairs
+        pos_t = pos.permute(2, 0, 1)  # (3, B, n)
+        if self.config.irreps_in is None:
+            if node_features is not None:
+                raise ValueError("this network takes no node_features (config.irreps_in is None)")
+            x = torch.ones_like(pos_t[:1])  # (1, B, n)
+        else:
+            if node_features is None:
+                raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
+            x = node_features.permute(2, 0, 1)
+
+        # ---- geometry: edge vectors src - dst (3, B, E), lengths, smooth cutoff * (r > 0), unit-vector monomials
+        vec = (pos_t.reshape(-1, n) @ c.edge_diff.to(dtype)).reshape(3, -1, n_edges)
+        r2 = (vec * vec).sum(0)  # (B, E)
+        r = torch.sqrt(torch.clamp(r2, min=_TINY))
+        unit = vec / r
+        u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
+        attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)  # (B, E)
+        q = c.q_bias.to(dtype)
+        if self._mono_degree:
+            monos = [unit]
+            for deg in range(2, self._mono_degree + 1):
+                monos.append((monos[-1][:, None] * unit[None, :]).reshape(3**deg, -1, n_edges))
+            mono = torch.cat(monos, dim=0) if len(monos) > 1 else unit
+            q = c.q_mat.to(dtype) @ mono.reshape(mono.shape[0], -1) + q
+        q = q * attr_scale.reshape(1, -1)  # (rows, B * E)
+
+        # ---- radial basis on the unordered pairs, batch-first: (B * P, nb)
+        vp = (pos_t.reshape(-1, n) @ c.pair_diff.to(dtype)).reshape(3, -1, n_pairs)
+        rp = torch.sqrt(torch.clamp((vp * vp).sum(0), min=_TINY))  # (B, P)
+        diff = (rp[..., None] - c.rb_values.to(dtype)) * self._rb_inv_step
+        emb = torch.exp(-(diff * diff)).reshape(-1, diff.shape[-1])
+
+        for conv, plan, meta, fc_meta in zip(self._convs, self._plans, self._metas, self._fc_meta):
+            d_in, d_out, n_w = meta["d_in"], meta["d_out"], meta["n_w"]
+            # radial MLP on pairs -> per-edge weights, rows in (group, U, C) layout: (n_w, B * E)
+            h = emb
+            last = len(fc_meta) - 1
+            for k, (scale, act) in enumerate(fc_meta):
+                weight = getattr(conv.fc, f"layer{k}").weight
+                if k == last:
+                    weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
+                    weight = torch.index_select(weight, 1, plan.w_cols)
+                h = h @ (weight * scale)
+                if act is not None:
+                    h = act(h)
+            w = torch.index_select(h.reshape(-1, n_pairs, n_w), 1, c.edge_pair)  # (B, E, n_w)
+            w = w.permute(2, 0, 1).contiguous().reshape(n_w, -1)
+
+            # self-connection and lin1 in one MatMul: (d_out + d_in, B * n)
+            zero = conv.sc.weight.new_zeros(1)
+            wpre = torch.cat([conv.sc.weight, zero, conv.lin1.weight, zero])
+            pre = torch.index_select(wpre, 0, plan.pre_idx.reshape(-1)).reshape(plan.pre_idx.shape)
+            t = (pre * plan.pre_coef.to(dtype)) @ x.reshape(d_in, -1)
+            s = t[:d_out]
+            xs = (t[d_out:].reshape(-1, n) @ c.src_onehot.to(dtype)).reshape(d_in, -1)  # (d_in, B * E)
+
+            # tensor product per (l1, p1) group: sum over neighbours j and a of w[u, c] x[u, a] Q[a, c, m]
+            # (edges are dst-major: the neighbour sum is a reshape and a sum)
+            aggs = []
+            for g in meta["groups"]:
+                n_u, n_c, m_pad, dim1 = g["U"], g["C"], g["M"], 2 * g["l1"] + 1
+                xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, dim1, 1, 1, -1, n - 1)
+                wg = w[g["w_start"] : g["w_start"] + n_u * n_c].reshape(n_u, 1, n_c, 1, -1, n - 1)
+                qg = q[g["q_off"] : g["q_off"] + dim1 * n_c * m_pad].reshape(dim1, n_c, m_pad, -1, n - 1)
+                p = (xg * wg) * qg  # (U, dim1, C, M, B * n, n - 1)
+                p = p.sum(-1) if dim1 == 1 else p.sum(dim=(1, 5))  # sum over a and the neighbours
+                aggs.append(p.reshape(n_u * n_c * m_pad, -1))
+            agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, B * n)
+            wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
+            post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
+            y = s + (post * plan.post_coef.to(dtype)) @ agg  # (d_out, B * n)
+
+            if meta["gate"]:
+                n_s, n_g = meta["n_s"], meta["n_g"]
+                parts = [_apply(f, y[a:b]) for a, b, f in meta["segs_s"]]
+                if n_g:
+                    gates = [_apply(f, y[n_s + a : n_s + b]) for a, b, f in meta["segs_g"]]
+                    gates = torch.cat(gates, dim=0) if len(gates) > 1 else gates[0]
+                    parts.append(y[n_s + n_g :] * torch.index_select(gates, 0, plan.gidx))
+                x = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            else:
+                x = y
+        return x.reshape(x.shape[0], -1, n).permute(1, 2, 0)
+
+
+class DisplacementModel(torch.nn.Module):
+    """Next-frame displacement in data units: ``net(pos[, previous_displacement / scale]) * scale``.
+
+    ``config.irreps_out`` must be ``1x1o``; with ``config.irreps_in == "1x1o"`` the previous displacement (data
+    units) is the node feature. This wrapper is what export traces.
+
+    Shapes: pos ``(B, 12, 3)``, previous_displacement ``(B, 12, 3)``, returns ``(B, 12, 3)``.
+    """
+
+    def __init__(self, config: E3nnConfig, scale: float) -> None:
+        super().__init__()
+        if o3.Irreps(config.irreps_out) != o3.Irreps("1x1o"):
+            raise ValueError(f"DisplacementModel needs irreps_out '1x1o', got {config.irreps_out!r}")
+        if config.irreps_in is not None and o3.Irreps(config.irreps_in) != o3.Irreps("1x1o"):
+            raise ValueError(f"DisplacementModel supports irreps_in None or '1x1o', got {config.irreps_in!r}")
+        scale = float(scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        self.config = config
+        self.uses_previous_displacement = config.irreps_in is not None
+        self.net = FixedGraphNetwork(config)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.get_default_dtype()))
+
+    def forward(self, pos: torch.Tensor, previous_displacement: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted displacement to the next frame. Shapes: ``(B, 12, 3)`` in, ``(B, 12, 3)`` out."""
+        if self.uses_previous_displacement:
+            if previous_displacement is None:
+                raise ValueError("this model needs previous_displacement (config.irreps_in is '1x1o')")
+            return self.net(pos, previous_displacement / self.scale) * self.scale
+        if previous_displacement is not None:
+            raise ValueError("this model takes no previous_displacement (config.irreps_in is None)")
+        return self.net(pos) * self.scale
+
+
+def load_reference_weights(fixed: FixedGraphNetwork) -> Network:
+    """A fresh e3nn ``Network`` (same config) holding ``fixed``'s weights, for parity checks."""
+    net = build_reference_network(fixed.config)
+    net.load_state_dict(fixed.network.state_dict())
+    return net.to(next(fixed.network.parameters()).dtype)
