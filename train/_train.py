@@ -32,11 +32,11 @@ class TrainConfig:
     epochs: int = 200
     max_time: float | None = 120.0
     batch_size: int = 32
-    lr: float | None = None  # default: 3e-3 (e3nn), 1e-2 (baseline)
+    lr: float | None = None  # default: 1e-3 (e3nn), 1e-2 (baseline)
     lr_factor: float = 0.5  # ReduceLROnPlateau on validation MSE
     lr_patience: int = 3
     min_lr: float = 1e-5
-    patience: int = 10  # early stopping: epochs without a better validation MSE
+    patience: int = 5  # early stopping: epochs without a better validation MSE
     seed: int = 0
     train_fraction: float = 0.8
     threads: int | None = None
@@ -54,7 +54,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (3e-3 if self.model == "e3nn" else 1e-2)
+        return self.lr if self.lr is not None else (1e-3 if self.model == "e3nn" else 1e-2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -92,7 +92,7 @@ def test_wrong_graph_is_refused(ckpts, tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "_torch_export", wrong)
     out = tmp_path / "b"
     with pytest.raises(CheckFailed, match="parity"):
-        export_checkpoint(ckpts / "e3nn.pt", out)
+        export_checkpoint(ckpts / "e3nn.pt", out, ExportSettings(exporter="torchscript"))
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
