@@ -36,8 +36,9 @@ DEFAULT_OPSET = 18
 #: the oldest onnxruntime the bundles declare (IR version 10 / opset 18 need >= 1.17)
 MIN_ONNXRUNTIME = "1.17.0"
 INPUT = "positions"
+PREVIOUS = "previous_displacement"
 OUTPUT = "prediction"
-MEANING = {"e3nn": "displacement", "baseline": "next_positions"}
+MEANING = {"e3nn": "displacement", "baseline": "next_positions", "e3nn-velocity": "velocity_correction"}
 FORBIDDEN_OPS = {"NonZero", "Loop", "If", "Scan"}
 
 
@@ -69,8 +70,13 @@ class ExportSettings:
         self.force = force
 
 
-def _example_frames(ckpt: dict[str, Any], n_random: int, seed: int) -> np.ndarray:
-    """Training frames carried by the checkpoint plus random frames around them. Shapes: -> ``(N, 12, 3)``."""
+def _input_names(kind: str) -> list[str]:
+    return [INPUT, PREVIOUS] if kind == "e3nn-velocity" else [INPUT]
+
+
+def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str, np.ndarray]:
+    """Training frames carried by the checkpoint plus random frames around them (and, for the velocity model,
+    the previous displacements). Shapes: each ``(N, 12, 3)`` float32."""
     rng = np.random.default_rng(seed)
     sample = ckpt.get("sample_frames")
     if isinstance(sample, torch.Tensor) and sample.ndim == 3 and sample.shape[1:] == (12, 3):
@@ -82,7 +88,15 @@ def _example_frames(ckpt: dict[str, Any], n_random: int, seed: int) -> np.ndarra
     rand = center + rng.normal(scale=max(spread, 0.3), size=(n_random, 12, 3))
     # planar random frames too: the chapter's data is planar and the check verifies planar stays planar
     rand[: n_random // 2, :, 2] = center[2]
-    return np.concatenate([real, rand]).astype(np.float32)
+    out = {INPUT: np.concatenate([real, rand]).astype(np.float32)}
+    if ckpt["kind"] == "e3nn-velocity":
+        prev = ckpt.get("sample_previous")
+        real_v = real - prev.double().numpy() if isinstance(prev, torch.Tensor) and len(real) else np.zeros((0, 12, 3))
+        step = float(ckpt.get("input_scale", 0.005))
+        rand_v = rng.normal(scale=step, size=(n_random, 12, 3))
+        rand_v[: n_random // 2, :, 2] = 0.0
+        out[PREVIOUS] = np.concatenate([real_v, rand_v]).astype(np.float32)
+    return out
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -92,28 +106,44 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+def _run(sess: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    return sess.run([OUTPUT], {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})[0]
 
 
-def _parity(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ref: np.ndarray) -> float:
+def _eager(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        return model(*(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in inputs.values())).numpy()
+
+
+def _parity(
+    run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray], ref: np.ndarray
+) -> float:
     """Max abs error over the whole batch and over single frames (batch 1)."""
-    err = float(np.max(np.abs(run(x).astype(np.float64) - ref)))
-    for i in range(min(4, len(x))):
-        err = max(err, float(np.max(np.abs(run(x[i : i + 1]).astype(np.float64) - ref[i : i + 1]))))
+    err = float(np.max(np.abs(run(inputs).astype(np.float64) - ref)))
+    for i in range(min(4, len(ref))):
+        one = {k: v[i : i + 1] for k, v in inputs.items()}
+        err = max(err, float(np.max(np.abs(run(one).astype(np.float64) - ref[i : i + 1]))))
     return err
 
 
-def _torch_export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
+def _torch_export(
+    model: torch.nn.Module,
+    x: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    dynamo: bool,
+    names: list[str] | None = None,
+) -> None:
+    names = names or [INPUT]
     if dynamo:
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         prog = torch.onnx.export(
             model,
-            (x,),
+            tuple(x),
             dynamo=True,
-            input_names=[INPUT],
+            input_names=names,
             output_names=[OUTPUT],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=tuple({0: batch} for _ in names),
             opset_version=opset,
             optimize=True,
             verbose=False,
@@ -122,12 +152,12 @@ def _torch_export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: in
     else:
         torch.onnx.export(
             model,
-            (x,),
+            tuple(x),
             str(path),
             dynamo=False,
-            input_names=[INPUT],
+            input_names=names,
             output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT: {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
         )
@@ -184,10 +214,11 @@ def export_checkpoint(
     ckpt = load_checkpoint(ckpt_path)
     kind = ckpt["kind"]
     model = build_model(ckpt, name=str(ckpt_path))
-    frames = _example_frames(ckpt, s.n_random, s.seed)
-    xt = torch.from_numpy(frames)
-    with torch.no_grad():
-        ref = model(xt).double().numpy()
+    inputs = _example_inputs(ckpt, s.n_random, s.seed)
+    names = _input_names(kind)
+    trace_args = tuple(torch.from_numpy(inputs[n][:2]) for n in names)
+    ref = _eager(model, inputs).astype(np.float64)
+    n_frames = len(ref)
     if not np.all(np.isfinite(ref)):
         raise InputError(f"{ckpt_path}: the model gives non-finite outputs on training frames; retrain it")
 
@@ -203,10 +234,10 @@ def export_checkpoint(
             with tempfile.TemporaryDirectory() as work:
                 raw = Path(work) / "model.onnx"
                 with torch.no_grad(), _quiet():
-                    _torch_export(model, xt[:2], raw, s.opset, dynamo=(name == "dynamo"))
+                    _torch_export(model, trace_args, raw, s.opset, dynamo=(name == "dynamo"), names=names)
                 graph = _finish_onnx(raw, {})
                 candidate = _session(raw)
-                parity = _parity(lambda x, c=candidate: _run(c, x), frames, ref)
+                parity = _parity(lambda x, c=candidate: _run(c, x), inputs, ref)
                 timings[f"export_{name}_s"] = time.perf_counter() - t0
                 tried.append(f"{name}: parity {parity:.3g}")
                 say(f"{name} exporter: {timings[f'export_{name}_s']:.1f} s, parity {parity:.3g}")
@@ -218,43 +249,43 @@ def export_checkpoint(
             raise CheckFailed(
                 f"{out}: no exporter matched PyTorch within {s.parity_tol:g} ({'; '.join(tried)}); bundle not written"
             )
-        manifest = _manifest(ckpt, kind, graph, used, s, parity, len(frames))
+        manifest = _manifest(ckpt, kind, graph, used, s, parity, n_frames)
         _finish_onnx(onnx_path, _metadata_props(manifest))
         sess = _session(onnx_path)
-        parity = _parity(lambda x: _run(sess, x), frames, ref)
+        parity = _parity(lambda x: _run(sess, x), inputs, ref)
         if parity > s.parity_tol:
             raise CheckFailed(f"{out}: ONNX parity {parity:.3g} > {s.parity_tol:g} after adding metadata; not written")
         manifest["verification"]["parity_max_abs"] = parity
 
         report = check_equivariance(
-            lambda inp: _run(sess, inp[INPUT]).astype(np.float64),
-            {INPUT: "positions"},
+            lambda inp: _run(sess, inp).astype(np.float64),
+            {n: m for n, m in zip(names, ("positions", "previous_displacement"))},
             MEANING[kind],
-            {INPUT: frames.astype(np.float64)},
+            {k: v.astype(np.float64) for k, v in inputs.items()},
             trials=3,
             seed=s.seed,
             tolerance=s.equivariance_tol,
         )
         manifest["verification"]["equivariance"] = report.to_dict()
-        if kind == "e3nn" and not report.passed:
+        if kind != "baseline" and not report.passed:
             raise CheckFailed(f"{out}: the exported model is not equivariant:\n{report.table()}")
         say("equivariance PASS" if report.passed else "equivariance FAIL (expected for the baseline)")
 
         if "torchscript" in s.formats:
             ts_path = tmp / "model.torchscript.pt"
             with torch.no_grad(), _quiet():
-                traced = torch.jit.trace(model, xt[:2], check_trace=False)
+                traced = torch.jit.trace(model, trace_args, check_trace=False)
                 buf = io.BytesIO()
                 torch.jit.save(traced, buf)
                 ts_path.write_bytes(buf.getvalue())
                 loaded = torch.jit.load(str(ts_path))
-            ts_parity = _parity(lambda x: loaded(torch.from_numpy(x)).detach().numpy(), frames, ref)
+            ts_parity = _parity(lambda x: _eager(loaded, x), inputs, ref)
             if ts_parity > s.parity_tol:
                 raise CheckFailed(f"{out}: TorchScript parity {ts_parity:.3g} > {s.parity_tol:g}; bundle not written")
             manifest["torchscript"] = {"file": ts_path.name, "parity_max_abs": ts_parity}
             manifest["verification"]["torchscript_parity_max_abs"] = ts_parity
 
-        np.savez(tmp / "example.npz", **{INPUT: frames, OUTPUT: ref.astype(np.float32)})
+        np.savez(tmp / "example.npz", **inputs, **{OUTPUT: ref.astype(np.float32)})
         manifest["verification"]["timings"] = timings
         write_manifest(tmp, manifest)
         # open the finished bundle the way a host will, and re-check its example
@@ -310,9 +341,13 @@ def _manifest(ckpt, kind, graph, exporter, s: ExportSettings, parity: float, n_f
             "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
             "num_nodes": 12,
             "target_scale": float(ckpt.get("scale", 1.0)),
+            "input_scale": float(ckpt.get("input_scale", 1.0)),
             "dtype": "float32",
         },
-        "inputs": [{"name": INPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": "positions"}],
+        "inputs": [
+            {"name": n, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": m}
+            for n, m in zip(_input_names(kind), ("positions", "previous_displacement"))
+        ],
         "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": MEANING[kind]}],
         "onnx": {
             "file": "model.onnx",

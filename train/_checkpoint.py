@@ -17,7 +17,7 @@ from e3traj.runtime._version import CHECKPOINT_FORMAT_VERSION, __version__
 __all__ = ["CHECKPOINT_FORMAT", "MODEL_KINDS", "save_checkpoint", "load_checkpoint", "build_model"]
 
 CHECKPOINT_FORMAT = "e3traj-checkpoint"
-MODEL_KINDS = ("baseline", "e3nn")
+MODEL_KINDS = ("baseline", "e3nn", "e3nn-velocity")
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
@@ -92,7 +92,18 @@ def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.M
             config = E3nnConfig.from_dict(ckpt["config"])
         except (TypeError, ValueError, KeyError) as exc:
             raise InputError(f"{name}: field 'config' is invalid ({exc}); retrain the model") from None
-        model = DisplacementModel(config, scale=float(ckpt["scale"]))
+        if kind == "e3nn-velocity":
+            from ._velocity import VelocityModel
+
+            input_scale = ckpt.get("input_scale")
+            if not isinstance(input_scale, float) or not math.isfinite(input_scale) or input_scale <= 0:
+                raise InputError(f"{name}: field 'input_scale' is {input_scale!r}, expected a positive float; retrain")
+            try:
+                model = VelocityModel(config, scale=float(ckpt["scale"]), input_scale=input_scale)
+            except ValueError as exc:
+                raise InputError(f"{name}: field 'config' does not fit a velocity model ({exc}); retrain") from None
+        else:
+            model = DisplacementModel(config, scale=float(ckpt["scale"]))
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -54,7 +54,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.model == "e3nn" else 1e-2)
+        return self.lr if self.lr is not None else (1e-2 if self.model == "baseline" else 1e-3)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,22 +72,43 @@ class TrainResult:
     stopped_because: str
 
 
-def _build(cfg: TrainConfig, scale: float) -> torch.nn.Module:
+def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0) -> torch.nn.Module:
     if cfg.model == "baseline":
         return LinearBaseline(seed=cfg.seed)
     from ._model import DisplacementModel, E3nnConfig
 
+    overrides = dict(cfg.e3nn)
+    if cfg.model == "e3nn-velocity":
+        overrides["irreps_in"] = "1x1o"
     try:
-        config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **cfg.e3nn})
+        config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **overrides})
     except (TypeError, ValueError) as exc:
         raise UsageError(f"e3nn hyperparameters: {exc}") from None
+    if cfg.model == "e3nn-velocity":
+        from ._velocity import VelocityModel
+
+        return VelocityModel(config, scale=scale, input_scale=input_scale)
     return DisplacementModel(config, scale=scale)
 
 
-def _predict_next(model: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
-    """Next positions in data units from float32 positions."""
-    out = model(x)
-    return out if kind == "baseline" else x + out
+def _raw(model: torch.nn.Module, kind: str, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """What training regresses: next positions (baseline) or the scaled network output (e3nn kinds)."""
+    if kind == "baseline":
+        return model(x)
+    if kind == "e3nn":
+        return model.net(x)
+    return model.raw(x, v)
+
+
+def _predict_next(model: torch.nn.Module, kind: str, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """Next positions (float64) from float64 positions and previous frames; the model sees float32."""
+    x32 = x.float()
+    if kind == "baseline":
+        return model(x32).double()
+    if kind == "e3nn":
+        return x + model(x32).double()
+    v = x - prev
+    return x + v + model(x32, v.float()).double()
 
 
 def step_function(model: torch.nn.Module, kind: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -95,18 +116,18 @@ def step_function(model: torch.nn.Module, kind: str) -> Callable[[np.ndarray, np
 
     def step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = model(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
-        return out if kind == "baseline" else np.asarray(x, dtype=np.float64) + out
+            out = _predict_next(
+                model, kind, torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(prev, dtype=torch.float64)
+            )
+        return out.numpy()
 
     return step
 
 
-def _val_mse(model, kind, vx, vy) -> float:
+def _val_mse(model, kind, vx, vprev, vy) -> float:
     model.eval()
     with torch.no_grad():
-        pred = _predict_next(model, kind, vx)
-        # errors on the displacement, in float64, so positions far from the origin lose nothing
-        err = (pred.double() - vx.double()) - (vy - vx.double())
+        err = _predict_next(model, kind, vx, vprev) - vy
     model.train()
     return float((err * err).mean())
 
@@ -128,15 +149,25 @@ def train_model(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     split: Split = split_pairs(data.frames, cfg.train_fraction)
-    tx = torch.as_tensor(split.train_x, dtype=torch.float32)
-    ty = torch.as_tensor(split.train_y, dtype=torch.float64)
-    vx = torch.as_tensor(split.val_x, dtype=torch.float32)
+    frames = torch.as_tensor(split.frames, dtype=torch.float64)
+    t0 = 1 if cfg.model == "e3nn-velocity" else 0  # the velocity model needs the frame before
+    x64 = frames[t0 : split.n_train]
+    prev64 = frames[max(t0 - 1, 0) : split.n_train - 1] if t0 else x64
+    y64 = frames[t0 + 1 : split.n_train + 1]
+    tx = x64.float()
+    tv = (x64 - prev64).float()
+    vx = torch.as_tensor(split.val_x, dtype=torch.float64)
+    vprev = torch.as_tensor(split.val_prev, dtype=torch.float64)
     vy = torch.as_tensor(split.val_y, dtype=torch.float64)
-    target = (ty - tx.double()).float()  # displacement
-    scale = float(torch.sqrt((target.double() ** 2).mean()))
-    if not math.isfinite(scale) or scale <= 0:
+    if cfg.model == "e3nn-velocity":
+        target64 = y64 - 2 * x64 + prev64  # the correction to constant velocity (the acceleration)
+    else:
+        target64 = y64 - x64  # the displacement
+    scale = float(torch.sqrt((target64**2).mean()))
+    input_scale = float(torch.sqrt((tv.double() ** 2).mean())) if cfg.model == "e3nn-velocity" else 1.0
+    if not math.isfinite(scale) or scale <= 0 or not math.isfinite(input_scale) or input_scale <= 0:
         raise InputError(
-            f"{data.path or data.source}: training frames do not move (RMS displacement {scale}); check the data"
+            f"{data.path or data.source}: training frames do not move (RMS target {scale}); check the data"
         )
     if resume is not None:
         if resume["kind"] != cfg.model:
@@ -144,9 +175,10 @@ def train_model(
         if resume.get("data", {}).get("sha256") != data.sha256:
             raise UsageError("the resumed checkpoint was trained on other data (sha256 differs); pass the same --data")
         scale = float(resume["scale"])
+        input_scale = float(resume.get("input_scale", 1.0))
 
     torch.manual_seed(cfg.seed)
-    model = _build(cfg, scale)
+    model = _build(cfg, scale, input_scale)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -168,11 +200,8 @@ def train_model(
 
     kind = cfg.model
     n = len(tx)
-    if kind == "e3nn":
-        labels = target / scale
-    else:
-        labels = ty.float()
-    t0 = time.perf_counter()
+    labels = y64.float() if kind == "baseline" else (target64 / scale).float()
+    start = time.perf_counter()
     stopped = "epochs"
     bar = None
     if progress:
@@ -186,19 +215,18 @@ def train_model(
             total, count = 0.0, 0
             for i in range(0, n, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
-                xb = tx[idx]
-                out = model.net(xb) if kind == "e3nn" else model(xb)
+                out = _raw(model, kind, tx[idx], tv[idx])
                 loss = torch.mean((out - labels[idx]) ** 2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
-                if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+                if cfg.max_time is not None and time.perf_counter() - start > cfg.max_time:
                     break
-            val = _val_mse(model, kind, vx, vy)
+            val = _val_mse(model, kind, vx, vprev, vy)
             sched.step(val)
-            elapsed = elapsed0 + time.perf_counter() - t0
+            elapsed = elapsed0 + time.perf_counter() - start
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -224,7 +252,7 @@ def train_model(
             if bad_epochs >= cfg.patience:
                 stopped = f"early stopping (no better validation MSE for {cfg.patience} epochs)"
                 break
-            if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+            if cfg.max_time is not None and time.perf_counter() - start > cfg.max_time:
                 stopped = f"time budget ({cfg.max_time:g} s)"
                 break
     finally:
@@ -238,11 +266,13 @@ def train_model(
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = history[-1]["time"] if history else 0.0
     config = {} if kind == "baseline" else model.net.config.to_dict()
+    sample_idx = torch.as_tensor(np.linspace(1, split.n_train - 1, 16).astype(np.int64))
     ckpt = {
         "kind": kind,
         "config": config,
         "state_dict": best_state,
         "scale": scale,
+        "input_scale": input_scale,
         "train": cfg.to_dict(),
         "data": {
             "source": data.source,
@@ -255,7 +285,8 @@ def train_model(
         },
         "metrics": metrics,
         # a few training inputs travel with the checkpoint so that export can check parity on real frames
-        "sample_frames": torch.as_tensor(split.train_x[np.linspace(0, split.n_train - 1, 16).astype(int)]),
+        "sample_frames": frames[sample_idx],
+        "sample_previous": frames[sample_idx - 1],
         "history": history,
         "stopped_because": stopped,
         "resume": {

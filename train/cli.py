@@ -16,7 +16,9 @@ _DATA_HELP = "sim (embedded simulator, 2048 frames, seed 0), dmol (the chapter's
 
 
 @click.command()
-@click.option("--model", "kind", type=click.Choice(["baseline", "e3nn"]), default="e3nn", show_default=True)
+@click.option(
+    "--model", "kind", type=click.Choice(["baseline", "e3nn", "e3nn-velocity"]), default="e3nn", show_default=True
+)
 @click.option("--data", default="sim", show_default=True, help=_DATA_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="Epoch budget.")

@@ -78,7 +78,7 @@ def test_wrong_graph_is_refused(ckpts, tmp_path, monkeypatch):
     """Negative control: an exporter that writes a subtly different graph must not produce a bundle."""
     real = ex._torch_export
 
-    def wrong(model, x, path, opset, dynamo):
+    def wrong(model, x, path, opset, dynamo, names=None):
         class Off(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
@@ -87,7 +87,7 @@ def test_wrong_graph_is_refused(ckpts, tmp_path, monkeypatch):
             def forward(self, pos):
                 return self.m(pos) * 1.01
 
-        real(Off(model), x, path, opset, dynamo)
+        real(Off(model), x, path, opset, dynamo, names)
 
     monkeypatch.setattr(ex, "_torch_export", wrong)
     out = tmp_path / "b"
@@ -149,3 +149,41 @@ def test_cli_export_force_replaces_only_when_complete(ckpts, tmp_path):
     verify_bundle(out)
     r = CliRunner().invoke(main, ["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m")])
     assert r.exit_code == 3 and "not found" in r.output and "Traceback" not in r.output
+
+
+def test_velocity_bundle_two_inputs_and_rollout(ckpts, tmp_path):
+    from e3traj.runtime._rollout import rollout
+
+    data = resolve_data(str(ckpts / "sim.npz"))
+    train_model(
+        data,
+        TrainConfig(model="e3nn-velocity", epochs=1, batch_size=16, e3nn=TINY),
+        output=tmp_path / "v.pt",
+        progress=False,
+    )
+    manifest = export_checkpoint(tmp_path / "v.pt", tmp_path / "vb")
+    assert [i["meaning"] for i in manifest["inputs"]] == ["positions", "previous_displacement"]
+    assert manifest["outputs"][0]["meaning"] == "velocity_correction"
+    assert manifest["verification"]["equivariance"]["passed"]
+    with Bundle.open(tmp_path / "vb") as b:
+        x, prev = data.frames[100:102], data.frames[99:101]
+        res = rollout(b, x, 5, previous=prev)
+        assert res.traj.shape == (6, 2, 12, 3) and res.complete
+        # the first step is constant velocity plus the model's correction
+        corr = b.predict({"positions": x, "previous_displacement": x - prev})
+        np.testing.assert_allclose(res.traj[1], 2 * x - prev + corr, atol=1e-12)
+    r = CliRunner().invoke(
+        main,
+        [
+            "rollout",
+            str(tmp_path / "vb"),
+            str(ckpts / "sim.npz"),
+            "--frames",
+            "0",
+            "--steps",
+            "3",
+            "-o",
+            str(tmp_path / "r.npz"),
+        ],
+    )
+    assert r.exit_code != 0 and "frame" in r.output and not (tmp_path / "r.npz").exists()

@@ -175,3 +175,24 @@ def test_cli_train_refuses_existing_output_and_bad_data(traj, tmp_path):
     assert r.exit_code == 2 and "transformer" in r.output
     r = CliRunner().invoke(main, ["train", "--data", str(traj), "-o", str(traj), "--force"])
     assert r.exit_code == 2 and "also an input" in r.output
+
+
+def test_velocity_model_trains_on_the_same_validation_pairs(data, tmp_path):
+    cfg = TrainConfig(model="e3nn-velocity", epochs=1, max_time=30, batch_size=16, e3nn=TINY)
+    res = train_model(data, cfg, output=tmp_path / "v.pt", progress=False)
+    ck = load_checkpoint(tmp_path / "v.pt")
+    m = res.checkpoint["metrics"]
+    base = train_model(data, TrainConfig(model="baseline", epochs=1), progress=False).checkpoint["metrics"]
+    # same validation pairs for every kind: the trivial predictors score the same
+    assert m["persistence_mse"] == base["persistence_mse"]
+    assert m["constant_velocity_mse"] == base["constant_velocity_mse"]
+    assert ck["config"]["irreps_in"] == "1x1o" and ck["input_scale"] > 0
+    model = build_model(ck)
+    from e3traj.runtime._data import split_pairs
+
+    s = split_pairs(data.frames)
+    target = s.train_y[1:] - 2 * s.train_x[1:] + s.frames[: s.n_train - 1]
+    assert ck["scale"] == pytest.approx(float(np.sqrt(np.mean(target**2))), rel=1e-6)
+    x = torch.as_tensor(s.val_x[:3], dtype=torch.float32)
+    v = torch.as_tensor(s.val_x[:3] - s.val_prev[:3], dtype=torch.float32)
+    assert model(x, v).shape == (3, 12, 3)
