@@ -60,7 +60,7 @@ fi
 
 if python -c "import matplotlib" 2>/dev/null && e3traj --help | grep -q ' plot '; then
   step "7. figures"
-  run e3traj plot all --data "$DATA_ARG" --checkpoint "$OUT/e3nn.pt" --bundle "$OUT/e3nn-bundle" \
+  run e3traj plot all --data "$DATA_ARG" --bundle "$OUT/e3nn-bundle" \
     --bundle "$OUT/baseline-bundle" --rollout "$OUT/rollout.npz" -o "$OUT/figures" --force
 fi
 
