@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +43,24 @@ MEANING = {"e3nn": "displacement", "baseline": "next_positions", "e3nn-velocity"
 FORBIDDEN_OPS = {"NonZero", "Loop", "If", "Scan"}
 
 
+@dataclass
 class ExportSettings:
     """Options of :func:`export_checkpoint`."""
 
-    def __init__(
-        self,
-        formats: tuple[str, ...] = ("onnx",),
-        opset: int = DEFAULT_OPSET,
-        exporter: str = "auto",
-        parity_tol: float = 1e-5,
-        equivariance_tol: float = 1e-4,
-        n_random: int = 16,
-        seed: int = 0,
-        force: bool = False,
-    ) -> None:
-        if exporter not in ("auto", "torchscript", "dynamo"):
-            raise UsageError(f"exporter {exporter!r} is unknown; use auto, torchscript or dynamo")
-        if not 17 <= opset <= 21:
-            raise UsageError(f"opset {opset!r} is outside 17..21")
-        self.formats = formats
-        self.opset = opset
-        self.exporter = exporter
-        self.parity_tol = parity_tol
-        self.equivariance_tol = equivariance_tol
-        self.n_random = n_random
-        self.seed = seed
-        self.force = force
+    formats: tuple[str, ...] = ("onnx",)
+    opset: int = DEFAULT_OPSET
+    exporter: str = "auto"  # auto: the TorchScript-based exporter first (fast), dynamo if parity fails
+    parity_tol: float = 1e-5
+    equivariance_tol: float = 1e-4
+    n_random: int = 16
+    seed: int = 0
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exporter not in ("auto", "torchscript", "dynamo"):
+            raise UsageError(f"exporter {self.exporter!r} is unknown; use auto, torchscript or dynamo")
+        if not 17 <= self.opset <= 21:
+            raise UsageError(f"opset {self.opset!r} is outside 17..21")
 
 
 def _input_names(kind: str) -> list[str]:
