@@ -32,7 +32,7 @@ class TrainConfig:
     epochs: int = 200
     max_time: float | None = 120.0
     batch_size: int = 32
-    lr: float | None = None  # default: 1e-3 (e3nn), 1e-2 (baseline)
+    lr: float | None = None  # default: 1e-3 (e3nn), 3e-3 (e3nn-velocity), 1e-2 (baseline)
     lr_factor: float = 0.5  # ReduceLROnPlateau on validation MSE
     lr_patience: int = 3
     min_lr: float = 1e-5
@@ -54,7 +54,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-2 if self.model == "baseline" else 1e-3)
+        return self.lr if self.lr is not None else {"baseline": 1e-2, "e3nn": 1e-3, "e3nn-velocity": 3e-3}[self.model]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,7 +34,7 @@ _DATA_HELP = "sim (embedded simulator, 2048 frames, seed 0), dmol (the chapter's
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Adam learning rate [default: 1e-3 e3nn, 1e-2 baseline].",
+    help="Adam learning rate [default: 1e-3 e3nn, 3e-3 e3nn-velocity, 1e-2 baseline].",
 )
 @click.option(
     "--patience",
