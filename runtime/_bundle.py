@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,8 +50,11 @@ _DTYPES = {"float32": np.float32, "float64": np.float64}
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
-#: Rows per onnxruntime call; larger batches are split (keeps memory flat for thousands of starts).
-CHUNK = 4096
+#: Frames per onnxruntime call. Larger batches are split into sub-batches of this size: the e3nn graph's
+#: intermediates (~180 floats per edge and frame) then stay in the CPU caches. Measured on a 2-core AMD EPYC
+#: (benchmarks/run.py), 1 thread, 1024 frames: whole batch ~2,400 frames/s, chunks of 256 ~2,500-2,800,
+#: 64 ~3,100-3,700, 32 ~3,200-4,400, 16 ~3,000-4,900 (noisy machine; 32 is best or within noise of it).
+CHUNK = 32
 
 
 # --------------------------------------------------------------------------------------------- manifest writing
@@ -544,6 +548,13 @@ def _load_example(path: Path, where: str) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------- the runtime model
 
 
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _clean_ort_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
@@ -562,13 +573,16 @@ class Bundle:
     Shapes: every input and output is ``(B, 12, 3)``; ``predict`` and ``step`` return float64.
     """
 
-    def __init__(self, *, path: Path, root: Path, manifest: dict, sha256: str, session, tmp=None):
+    def __init__(self, *, path: Path, root: Path, manifest: dict, sha256: str, session, tmp=None, threads=None):
         self._path = path
         self._root = root
         self._manifest = manifest
         self._sha256 = sha256
         self._session = session
         self._tmp = tmp
+        self._threads = _default_threads() if threads is None else int(threads)
+        self._pool = None
+        self._pool_lock = threading.Lock()
         self._example: tuple[dict[str, np.ndarray], np.ndarray] | None = None
         inputs = manifest["inputs"]
         self._input_meanings = {i["name"]: i["meaning"] for i in inputs}
@@ -584,7 +598,11 @@ class Bundle:
         Args:
             path: bundle folder, or an archive from :func:`~e3traj.runtime.pack_bundle` (unpacked to a temporary
                 folder owned by the Bundle and removed on :meth:`close`).
-            threads: onnxruntime intra-op threads (``None``: onnxruntime's default).
+            threads: CPU threads for large batches (``None``: the CPUs this process may use). A batch is split
+                into sub-batches of :data:`CHUNK` frames that run concurrently on ``threads`` threads, each
+                onnxruntime call on one thread: this graph's ops are too small for onnxruntime's intra-op
+                parallelism (measured ~1.0x at 2 threads, vs ~1.8x for concurrent sub-batches). One sub-batch
+                (e.g. B = 1) always runs on the calling thread.
 
         Raises:
             InputError: the bundle fails verification or onnxruntime cannot load the model.
@@ -609,15 +627,15 @@ class Bundle:
             label = f"{p}:{top}"
         try:
             manifest, digest = _verify_dir(root, label)
-            session = cls._make_session(root, manifest, label, threads)
+            session = cls._make_session(root, manifest, label)
         except BaseException:
             if tmp is not None:
                 tmp.cleanup()
             raise
-        return cls(path=p, root=root, manifest=manifest, sha256=digest, session=session, tmp=tmp)
+        return cls(path=p, root=root, manifest=manifest, sha256=digest, session=session, tmp=tmp, threads=threads)
 
     @staticmethod
-    def _make_session(root: Path, manifest: dict, label: str, threads: int | None):
+    def _make_session(root: Path, manifest: dict, label: str):
         import onnxruntime as ort
 
         onnx_file = manifest["onnx"]["file"]
@@ -630,8 +648,10 @@ class Bundle:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        if threads is not None:
-            opts.intra_op_num_threads = int(threads)
+        # one thread per call (no intra-op pool: no spin-waiting, faster session creation); see open(threads=)
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
@@ -665,7 +685,10 @@ class Bundle:
         return session
 
     def close(self) -> None:
-        """Release the session and remove the temporary folder of an unpacked archive."""
+        """Release the session and its worker threads and remove the temporary folder of an unpacked archive."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self._session = None
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -739,24 +762,34 @@ class Bundle:
         return self.output_meaning == "velocity_correction" or "previous_displacement" in self._input_meanings.values()
 
     @property
+    def threads(self) -> int:
+        """Threads that run the sub-batches of a large batch concurrently (see :meth:`open`)."""
+        return self._threads
+
+    @property
     def example_atol(self) -> float:
         """The tolerance of the example re-check (``example.atol``)."""
         return float(self._manifest["example"].get("atol", 1e-5))
 
     # ---- running
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict(self, inputs: Mapping[str, np.ndarray], chunk: int | None = None) -> np.ndarray:
         """Run the model on a batch.
 
         Shapes: each input ``(B, 12, 3)`` -> output ``(B, 12, 3)`` float64. Inputs are cast to the bundle dtype;
-        batches larger than 4096 are split across onnxruntime calls.
+        the batch runs in ``ceil(B / chunk)`` near-equal sub-batches (``chunk`` default :data:`CHUNK`), concurrently
+        on :attr:`threads` threads. The sub-batching does not change any output as long as every sub-batch holds
+        at least 8 frames (true for ``B >= 8`` and ``chunk >= 16``); onnxruntime may round batches of fewer
+        frames differently in float32 (~1e-9 on the reference bundles).
 
         Raises:
-            UsageError: an input is missing/unknown or the shapes disagree.
+            UsageError: an input is missing/unknown, the shapes disagree, or ``chunk`` < 1.
             InputError: an input holds NaN or Inf.
         """
         if self._session is None:
             raise UsageError(f"{self._path}: bundle is closed; open it again")
+        if chunk is not None and (not _is_int(chunk) or chunk < 1):
+            raise UsageError(f"chunk: got {chunk!r}; pass a positive integer")
         names = list(self._input_meanings)
         missing = [n for n in names if n not in inputs]
         extra = [n for n in inputs if n not in self._input_meanings]
@@ -779,14 +812,85 @@ class Bundle:
             arrays[n] = a
         out = np.empty((batch, N_BEADS, 3), dtype=np.float64)
         with np.errstate(over="ignore"):
-            for lo in range(0, batch, CHUNK):
-                hi = min(lo + CHUNK, batch)
-                feed = {n: np.ascontiguousarray(a[lo:hi], dtype=self._input_dtypes[n]) for n, a in arrays.items()}
-                y = self._session.run([self._output_name], feed)[0]
+            feed = {n: np.ascontiguousarray(a, dtype=self._input_dtypes[n]) for n, a in arrays.items()}
+        self._run_chunks(feed, out, CHUNK if chunk is None else chunk)
+        return out
+
+    def _run_chunks(self, feed: dict[str, np.ndarray], out: np.ndarray, chunk: int) -> None:
+        """Run contiguous model inputs in sub-batches of ``chunk`` rows into ``out`` (float64), on the threads."""
+        session, out_name = self._session, [self._output_name]
+        batch = out.shape[0]
+        # ceil(batch / chunk) near-equal sub-batches: none is tiny (onnxruntime rounds batches of < 8 frames
+        # differently in float32), and the threads get equal shares
+        n_sub = max(1, -(-batch // chunk))
+        bounds = [(batch * i // n_sub, batch * (i + 1) // n_sub) for i in range(n_sub)]
+
+        def work(part: list[tuple[int, int]]) -> None:
+            for lo, hi in part:
+                y = session.run(out_name, {n: a[lo:hi] for n, a in feed.items()})[0]
                 if y.shape != (hi - lo, N_BEADS, 3):
                     raise InputError(f"{self._path}: model returned shape {y.shape}; expected ({hi - lo}, 12, 3)")
                 out[lo:hi] = y
-        return out
+
+        n_work = min(self._threads, len(bounds))
+        if n_work <= 1:
+            work(bounds)
+            return
+        parts = [bounds[len(bounds) * i // n_work : len(bounds) * (i + 1) // n_work] for i in range(n_work)]
+        futures = [self._executor().submit(work, part) for part in parts[1:]]
+        try:
+            work(parts[0])
+        finally:
+            errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
+
+    def _executor(self):
+        with self._pool_lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self._threads - 1, thread_name_prefix="e3traj-bundle")
+            return self._pool
+
+    def _stepper(self, batch: int):
+        """A step function for rollouts: ``fn(x, previous, out)`` writes :meth:`step`'s result into ``out``.
+
+        Same arithmetic as :meth:`step` (float32 model inputs, float64 accumulation) with the model-input and
+        output buffers allocated once. ``x`` and ``previous`` must be finite. Shapes: all ``(batch, 12, 3)``.
+        """
+        if self._session is None:
+            raise UsageError(f"{self._path}: bundle is closed; open it again")
+        shape = (batch, N_BEADS, 3)
+        bufs = {n: np.empty(shape, dtype=self._input_dtypes[n]) for n in self._input_meanings}
+        pos_names = [n for n, m in self._input_meanings.items() if m == "positions"]
+        disp_names = [n for n, m in self._input_meanings.items() if m == "previous_displacement"]
+        meaning = self.output_meaning
+        y = np.empty(shape, dtype=np.float64)
+        velocity = np.empty(shape, dtype=np.float64) if disp_names or meaning == "velocity_correction" else None
+
+        def step_into(x: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
+            # (rollout calls this inside np.errstate(all="ignore"); no errstate here: it slows the next
+            # onnxruntime call by a few microseconds)
+            if velocity is not None:
+                np.subtract(x, previous, out=velocity)
+                if disp_names and not np.isfinite(velocity).all():
+                    raise InputError(f"input {disp_names[0]!r}: holds NaN or Inf; pass finite positions")
+            for n in pos_names:
+                np.copyto(bufs[n], x, casting="unsafe")
+            for n in disp_names:
+                np.copyto(bufs[n], velocity, casting="unsafe")
+            self._run_chunks(bufs, y, CHUNK)
+            if meaning == "displacement":
+                np.add(x, y, out=out)
+            elif meaning == "next_positions":
+                out[...] = y
+            else:
+                np.add(x, velocity, out=out)
+                np.add(out, y, out=out)
+
+        return step_into
 
     def model_inputs(self, positions: np.ndarray, previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Build the model's inputs for frames ``positions`` (and the frames before them, if needed).

@@ -61,7 +61,9 @@ def rollout(
 ) -> RolloutResult:
     """Extrapolate ``steps`` frames from each starting frame, all starts in one batch.
 
-    Positions accumulate in float64 (each step's model input is cast to the bundle dtype). The rollout stops
+    Positions accumulate in float64 (each step's model input is cast to the bundle dtype). With a
+    :class:`~e3traj.runtime.Bundle`, each step writes straight into the trajectory array through buffers allocated
+    once (same arithmetic as ``Bundle.step``); other objects are stepped with ``step``. The rollout stops
     at the first step where any frame is non-finite or (with ``max_distance``) any bead lies farther than
     ``max_distance`` from its starting frame's centroid; the frames before that step are kept.
 
@@ -101,32 +103,39 @@ def rollout(
     traj = np.empty((steps + 1, batch, N_BEADS, 3), dtype=np.float64)
     traj[0] = x0
     centroid = x0.mean(axis=1, keepdims=True)
-    for k in range(1, steps + 1):
-        x = traj[k - 1]
-        with np.errstate(all="ignore"):
-            nxt = bundle.step(x, prev) if needs_prev else bundle.step(x)
-            bad = ~np.isfinite(nxt).all(axis=(1, 2))
+    step_into = bundle._stepper(batch) if callable(getattr(bundle, "_stepper", None)) else None
+    with np.errstate(all="ignore"):  # entered once: non-finite steps are detected below, not warned about
+        for k in range(1, steps + 1):
+            x = traj[k - 1]
+            if step_into is not None:
+                nxt = traj[k]
+                step_into(x, prev, nxt)
+            else:
+                nxt = bundle.step(x, prev) if needs_prev else bundle.step(x)
+            finite = bool(np.isfinite(nxt).all())
+            bad = None if finite else ~np.isfinite(nxt).all(axis=(1, 2))
             reason = "became non-finite (NaN or Inf)"
             if max_distance is not None:
                 far = np.linalg.norm(nxt - centroid, axis=-1).max(axis=1) > max_distance
-                if far.any() and not bad.any():
+                if far.any() and finite:
                     reason = f"moved farther than {max_distance:g} from the starting centroid"
-                bad |= far
-        if bad.any():
-            return RolloutResult(
-                traj=traj[:k],
-                steps_requested=steps,
-                steps_done=k - 1,
-                complete=False,
-                failed_step=k,
-                failed_starts=np.flatnonzero(bad).astype(np.int64),
-                reason=reason,
-            )
-        traj[k] = nxt
-        if needs_prev:
-            prev = x
-        if progress is not None:
-            progress(1)
+                bad = far if bad is None else bad | far
+            if bad is not None and bad.any():
+                return RolloutResult(
+                    traj=traj[:k],
+                    steps_requested=steps,
+                    steps_done=k - 1,
+                    complete=False,
+                    failed_step=k,
+                    failed_starts=np.flatnonzero(bad).astype(np.int64),
+                    reason=reason,
+                )
+            if step_into is None:
+                traj[k] = nxt
+            if needs_prev:
+                prev = x
+            if progress is not None:
+                progress(1)
     return RolloutResult(traj=traj, steps_requested=steps, steps_done=steps, complete=True)
 
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "inspect": ("e3traj.runtime.cli._host", "inspect", None, "Show a bundle's manifest and verify its hashes."),
     "rollout": ("e3traj.runtime.cli._host", "rollout", None, "Extrapolate trajectories with a bundle."),
     "check": ("e3traj.runtime.cli._host", "check", None, "Check a bundle's equivariance and example outputs."),
+    "bench": ("e3traj.runtime.cli._bench", "bench", None, "Measure a bundle's throughput and latency on this CPU."),
     "plot": ("e3traj.runtime.cli._plot", "plot", "plot", "Draw the chapter's figures (needs the plot extra)."),
 }
 

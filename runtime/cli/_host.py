@@ -85,7 +85,12 @@ def _positive(name: str, value, kind=int):
 @click.option("--steps", required=True, type=int, help="Steps to extrapolate from each starting frame (>= 1).")
 @click.option("--frames", "frames_spec", default=None, help="Starting frames: 0,5,10-20, -1 or all [default: last].")
 @click.option("--xyz", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write extended XYZ.")
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: onnxruntime's].")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Sub-batches run side by side, one onnxruntime thread each [default: all usable CPUs].",
+)
 @click.option("--max-distance", type=float, default=None, help="Stop when a bead strays this far from its start.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, force):
@@ -157,7 +162,12 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
 @click.option("--trials", default=3, show_default=True, type=int, help="Random draws per symmetry case.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random transformations.")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float, help="Largest relative error that passes.")
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Sub-batches run side by side, one onnxruntime thread each [default: all usable CPUs].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(bundle, trials, seed, tolerance, threads, as_json):
     """Check BUNDLE's equivariance (rotations, inversion, mirror, translation, bead permutation, planarity)

@@ -1,0 +1,140 @@
+"""``e3traj bench``: a bundle's throughput and latency on this CPU, beside the machine's matmul roofline."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from .._errors import UsageError
+
+__all__ = ["bench", "parse_int_list"]
+
+
+def parse_int_list(option: str, text: str) -> list[int]:
+    """Parse ``"1,64,256"`` into ``[1, 64, 256]``.
+
+    Raises:
+        UsageError: an item is not a positive integer, or the list is empty.
+    """
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"{option}: {text!r} is empty; pass comma-separated positive integers like 1,64,256")
+    out = []
+    for item in items:
+        if not re.fullmatch(r"\d+", item) or int(item) < 1:
+            raise UsageError(
+                f"{option}: cannot read {item!r} in {text!r}; pass comma-separated positive integers like 1,64,256"
+            )
+        out.append(int(item))
+    return out
+
+
+def _positive(option: str, value, integer: bool = True, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        kind = "integer" if integer else "number"
+        raise UsageError(f"{option}: got {value}; pass a {'non-negative' if zero_ok else 'positive'} {kind}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,64,256,1024", show_default=True, help="Frames per predict call.")
+@click.option("--threads", "threads_spec", default="1,2", show_default=True, help="Thread counts to compare.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats per setting (median).")
+@click.option("--seconds", type=float, default=0.5, show_default=True, help="Time budget of one setting.")
+@click.option("--rollout-steps", type=int, default=100, show_default=True, help="Steps of the B=1 rollout (0: skip).")
+@click.option("--roofline-seconds", type=float, default=1.0, show_default=True, help="Time of the matmul roofline.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, roofline_seconds, as_json):
+    """Measure BUNDLE's throughput and latency on this CPU.
+
+    Times Bundle.predict per thread count and batch size (median of repeats) and the rollout loop at B=1,
+    and prints frames/s, latency and the fraction of this machine's single-thread numpy float32 matmul speed
+    (the roofline) that the model's MatMul work reaches. Machines are noisy: compare rows of one run.
+    """
+    from .._bench import bench_bundle, bundle_size, machine_info, matmul_roofline_detail
+    from .._bundle import verify_bundle
+
+    sizes = parse_int_list("--batch-sizes", batch_sizes)
+    threads = parse_int_list("--threads", threads_spec)
+    _positive("--repeats", repeats)
+    _positive("--seconds", seconds, integer=False)
+    _positive("--rollout-steps", rollout_steps, zero_ok=True)
+    _positive("--roofline-seconds", roofline_seconds, integer=False)
+    manifest = verify_bundle(bundle)
+    roof = matmul_roofline_detail(seconds=roofline_seconds, threads=1)
+    rows = bench_bundle(
+        bundle,
+        batch_sizes=sizes,
+        threads=threads,
+        repeats=repeats,
+        seconds=seconds,
+        rollout_steps=rollout_steps,
+        roofline=roof["gflops"],
+    )
+    info = machine_info()
+    size = bundle_size(bundle)
+    flops = rows[0]["flops_per_frame"]
+    scaling = _scaling(rows)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "bundle": str(bundle),
+                    "kind": manifest.get("model", {}).get("kind"),
+                    "bundle_bytes": size,
+                    "flops_per_frame": flops,
+                    "roofline": roof,
+                    "machine": info,
+                    "scaling": scaling,
+                    "rows": rows,
+                },
+                default=list,
+            )
+        )
+        return
+    from .._bench import format_rows
+
+    shapes = ", ".join(f"{tuple(p['shape'])} {p['gflops']:.1f}" for p in roof["per_shape"])
+    opens = ", ".join(dict.fromkeys(f"{r['open_s']:.3f} s ({r['threads']} thr)" for r in rows))
+    load = " ".join(f"{v:g}" for v in info["load_average"]) if info["load_average"] else "?"
+    click.echo(f"bundle    {bundle} ({manifest.get('model', {}).get('kind', '?')}, {size / 1024:.0f} KiB)")
+    click.echo(
+        f"machine   {info['cpu']}, {info['cores']} CPUs, load {load}; onnxruntime {info['onnxruntime']}, "
+        f"numpy {info['numpy']}"
+    )
+    click.echo(f"work      {flops / 1e6:.3f} MFLOP of MatMul per frame (counted from the graph)")
+    click.echo(f"roofline  {roof['gflops']:.1f} GFLOP/s numpy float32 matmul, 1 thread; (M, K, N) GFLOP/s: {shapes}")
+    click.echo(f"open      {opens} (median Bundle.open: verify + session)")
+    click.echo(format_rows(rows))
+    for line in scaling:
+        click.echo(
+            f"scaling   {line['threads']} threads vs 1 at B={line['batch']}: {line['ratio']:.2f}x "
+            f"({line['frames_per_s']:.0f} vs {line['frames_per_s_1']:.0f} frames/s)"
+        )
+
+
+def _scaling(rows: list[dict]) -> list[dict]:
+    """Frames/s at each thread count > 1 over 1 thread, at the largest batch."""
+    pred = [r for r in rows if r["mode"] == "predict"]
+    if not pred:
+        return []
+    big = max(r["batch"] for r in pred)
+    one = [r for r in pred if r["batch"] == big and r["threads"] == 1]
+    if not one:
+        return []
+    out = []
+    for r in pred:
+        if r["batch"] == big and r["threads"] > 1:
+            out.append(
+                {
+                    "threads": r["threads"],
+                    "batch": big,
+                    "ratio": r["frames_per_s"] / one[0]["frames_per_s"],
+                    "frames_per_s": r["frames_per_s"],
+                    "frames_per_s_1": one[0]["frames_per_s"],
+                }
+            )
+    return out
