@@ -11,14 +11,25 @@ build() {  # name data
   local name=$1 data=$2
   e3traj train --model baseline --data "$data" -o "$work/$name-baseline.pt" --epochs 60 --max-time 600 --quiet --threads 1
   e3traj train --model e3nn --data "$data" -o "$work/$name-e3nn.pt" --epochs 4 --max-time 600 --quiet --threads 1
-  e3traj export "$work/$name-baseline.pt" -o "artifacts/$name-baseline" --force
-  e3traj export "$work/$name-e3nn.pt" -o "artifacts/$name-e3nn" --force
+  e3traj train --model e3nn-velocity --data "$data" -o "$work/$name-e3nn-velocity.pt" --epochs 10 --max-time 600 \
+    --quiet --threads 1
+  for kind in baseline e3nn e3nn-velocity; do
+    e3traj export "$work/$name-$kind.pt" -o "artifacts/$name-$kind" --force
+  done
 }
 
 e3traj simulate --frames 2048 --seed 0 -o "$work/sim.npz"
 build sim "$work/sim.npz"
-if e3traj_data=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path(download=False))" 2>/dev/null); then
+if paths=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path(download=False))" 2>/dev/null); then
   build dmol dmol
+  # the README's figures, from the chapter's data
+  mkdir -p docs
+  e3traj rollout artifacts/dmol-e3nn-velocity "$paths" --frames 1700 --steps 150 -o "$work/roll.npz" --threads 1
+  e3traj plot trajectory dmol "$work/roll.npz" -o docs/trajectory.png --force
+  e3traj plot equivariance artifacts/dmol-e3nn artifacts/dmol-e3nn-velocity artifacts/dmol-baseline \
+    -o docs/equivariance.png --force
+  e3traj plot rmsd artifacts/dmol-e3nn-velocity --data dmol -o docs/rmsd-velocity.png --force
+  e3traj plot parity artifacts/dmol-e3nn --data dmol -o docs/parity-e3nn.png --force
 else
   echo "the chapter's paths.npz is not available here: kept the committed dmol-* bundles as they are"
 fi

@@ -16,7 +16,8 @@ BUNDLES = sorted(p for p in ARTIFACTS.iterdir() if (p / "manifest.json").is_file
 
 def test_reference_bundles_exist_for_both_kinds_and_sources():
     names = {p.name for p in BUNDLES}
-    assert {"sim-e3nn", "sim-baseline", "dmol-e3nn", "dmol-baseline"} <= names
+    for source in ("sim", "dmol"):
+        assert {f"{source}-e3nn", f"{source}-baseline", f"{source}-e3nn-velocity"} <= names
 
 
 @pytest.mark.parametrize("path", BUNDLES, ids=[p.name for p in BUNDLES])
