@@ -8,6 +8,7 @@ set -euo pipefail
 OUT=${1:-demo-out}
 DATA=${DATA:-sim}
 E3NN_TIME=${E3TRAJ_DEMO_E3NN_TIME:-90}
+VELOCITY_TIME=${E3TRAJ_DEMO_VELOCITY_TIME:-60}
 BASELINE_TIME=${E3TRAJ_DEMO_BASELINE_TIME:-15}
 STEPS=${E3TRAJ_DEMO_STEPS:-200}
 mkdir -p "$OUT"
@@ -33,19 +34,26 @@ run e3traj train --model baseline --data "$DATA_ARG" -o "$OUT/baseline.pt" --max
 step "3. train the e3nn gate network (displacement to the next frame)"
 run e3traj train --model e3nn --data "$DATA_ARG" -o "$OUT/e3nn.pt" --max-time "$E3NN_TIME" --force --quiet
 
-step "4. evaluate against copy-the-frame and constant velocity"
-run e3traj evaluate "$OUT/e3nn.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn.txt"
+step "4. beyond the chapter: the same network given the previous displacement (sees the velocity)"
+run e3traj train --model e3nn-velocity --data "$DATA_ARG" -o "$OUT/e3nn-velocity.pt" --max-time "$VELOCITY_TIME" \
+  --force --quiet
 
-step "5. export both models to verified ONNX bundles"
+step "5. evaluate against copy-the-frame and constant velocity"
+run e3traj evaluate "$OUT/e3nn.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn.txt"
+run e3traj evaluate "$OUT/e3nn-velocity.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn-velocity.txt"
+
+step "6. export the models to verified ONNX bundles"
 run e3traj export "$OUT/e3nn.pt" -o "$OUT/e3nn-bundle" --force
+run e3traj export "$OUT/e3nn-velocity.pt" -o "$OUT/e3nn-velocity-bundle" --force
 run e3traj export "$OUT/baseline.pt" -o "$OUT/baseline-bundle" --force
 run e3traj pack "$OUT/e3nn-bundle" -o "$OUT/e3nn-bundle.tar.gz" --force
 
-step "6. on the host side (onnxruntime + numpy): inspect, roll out, check"
+step "7. on the host side (onnxruntime + numpy): inspect, roll out, check"
 run e3traj inspect "$OUT/e3nn-bundle.tar.gz"
 run e3traj rollout "$OUT/e3nn-bundle.tar.gz" "$TRAJ" --frames 1637,1700,1800 --steps "$STEPS" \
   -o "$OUT/rollout.npz" --xyz "$OUT/rollout.xyz" --force
 run e3traj check "$OUT/e3nn-bundle"
+run e3traj check "$OUT/e3nn-velocity-bundle"
 set +e
 run e3traj check "$OUT/baseline-bundle"
 rc=$?
@@ -59,9 +67,9 @@ else
 fi
 
 if python -c "import matplotlib" 2>/dev/null && e3traj --help | grep -q ' plot '; then
-  step "7. figures"
+  step "8. figures"
   run e3traj plot all --data "$DATA_ARG" --bundle "$OUT/e3nn-bundle" \
-    --bundle "$OUT/baseline-bundle" --rollout "$OUT/rollout.npz" -o "$OUT/figures" --force
+    --bundle "$OUT/e3nn-velocity-bundle" --bundle "$OUT/baseline-bundle" --rollout "$OUT/rollout.npz" -o "$OUT/figures" --force
 fi
 
 step "done in $(( $(date +%s) - start )) s; everything is in $OUT/"

@@ -33,7 +33,9 @@ def test_demo_script_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    env.update(E3TRAJ_DEMO_E3NN_TIME="4", E3TRAJ_DEMO_BASELINE_TIME="2", E3TRAJ_DEMO_STEPS="20")
+    env.update(
+        E3TRAJ_DEMO_E3NN_TIME="4", E3TRAJ_DEMO_VELOCITY_TIME="4", E3TRAJ_DEMO_BASELINE_TIME="2", E3TRAJ_DEMO_STEPS="20"
+    )
     r = subprocess.run(
         ["bash", str(ROOT / "scripts" / "demo.sh"), str(out)],
         capture_output=True,
