@@ -187,3 +187,45 @@ def test_velocity_bundle_two_inputs_and_rollout(ckpts, tmp_path):
         ],
     )
     assert r.exit_code != 0 and "frame" in r.output and not (tmp_path / "r.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["e3nn", "baseline", "e3nn-velocity"])
+def test_every_model_path_through_the_runtime_checker(ckpts, tmp_path, kind):
+    """Eager, TorchScript and ONNX are each checked for rotation, reflection, translation and permutation;
+    the baseline is the negative control on every path."""
+    from e3traj.runtime._equivariance import check_equivariance
+    from e3traj.train._checkpoint import build_model
+
+    if kind == "e3nn-velocity":
+        data = resolve_data(str(ckpts / "sim.npz"))
+        train_model(
+            data, TrainConfig(model=kind, epochs=1, batch_size=16, e3nn=TINY), output=ckpts / "vel.pt", progress=False
+        )
+        ckpt_path = ckpts / "vel.pt"
+    else:
+        ckpt_path = ckpts / f"{kind}.pt"
+    out = tmp_path / "b"
+    manifest = export_checkpoint(ckpt_path, out, ExportSettings(formats=("onnx", "torchscript")))
+    names = [i["name"] for i in manifest["inputs"]]
+    meanings = {i["name"]: i["meaning"] for i in manifest["inputs"]}
+    with np.load(out / "example.npz", allow_pickle=False) as z:
+        frames = {n: z[n].astype(np.float64) for n in names}
+    eager = build_model(load_checkpoint(ckpt_path))
+    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+
+    def torch_path(m):
+        def predict(inp):
+            with torch.no_grad():
+                return m(*(torch.as_tensor(inp[n], dtype=torch.float32) for n in names)).double().numpy()
+
+        return predict
+
+    with Bundle.open(out, threads=1) as b:
+        paths = {"eager": torch_path(eager), "torchscript": torch_path(scripted), "onnx": b.predict}
+        for name, predict in paths.items():
+            rep = check_equivariance(predict, meanings, manifest["outputs"][0]["meaning"], frames, trials=2, seed=3)
+            if kind == "baseline":
+                assert not rep.case("rotation").passed and not rep.case("translation").passed, name
+                assert not rep.case("mirror_z").passed and rep.case("permutation").passed, name
+            else:
+                assert rep.passed, f"{name}\n{rep.table()}"
