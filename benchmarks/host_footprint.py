@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from e3traj.runtime._bench import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
 DEFAULT_LIGHT = Path("/tmp/e3traj-light-host")
@@ -210,14 +212,7 @@ def bench(cmd: list, cwd: Path, repeats: int) -> dict:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split("MemTotal:", 1)[1].split()[0])

@@ -15,22 +15,13 @@ frames/s, the ratio, and the validation MSE reached after given wall times next 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
 
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from e3traj.runtime._bench import cpu_model
 
 
 def chapter_loop(split, seconds: float, eval_every: float):
@@ -117,7 +108,7 @@ def main() -> None:
     ours_fps, ours_pts = e3traj_loop(data, args.seconds)
     chap_fps, chap_pts = chapter_loop(split, args.seconds, eval_every=max(args.seconds / 6, 5.0))
 
-    print(f"machine: {_cpu()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}")
+    print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}")
     print(
         f"data: {data.source}, {split.n_train} training / {len(split.val_x)} validation pairs; "
         f"persistence validation MSE {pers:.3g}"

@@ -449,18 +449,22 @@ def _row(mode: str, batch: int, dt: float, frames: int, base: dict[str, Any]) ->
 # --------------------------------------------------------------------------------------------- reporting
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what :mod:`platform` knows elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, logical cores, load average and library versions of this host."""
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
