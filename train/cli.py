@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from e3traj.runtime._data import resolve_data
 from e3traj.runtime._io import check_output_path
+from e3traj.runtime.cli._evaluate import DATA_HELP as _DATA_HELP
+from e3traj.runtime.cli._evaluate import make_evaluate
 
-__all__ = ["train", "evaluate", "format_evaluation"]
-
-_DATA_HELP = "sim (embedded simulator, 2048 frames, seed 0), dmol (the chapter's paths.npz) or a trajectory file."
+__all__ = ["train", "evaluate"]
 
 
 @click.command()
@@ -128,70 +127,16 @@ def train(
     click.echo(f"wrote {out}")
 
 
-def format_evaluation(name: str, report: dict) -> str:
-    """Human-readable table of :func:`e3traj.runtime._metrics.evaluate_predictor` output."""
-    one = report["one_step"]
-    lines = [
-        f"{name}: {one['n_val_pairs']} validation pairs",
-        "one-step validation MSE:",
-        f"  model              {one['val_mse']:.4g}   (RMSE {one['val_rmse']:.4g})",
-        f"  persistence        {one['persistence_mse']:.4g}",
-        f"  constant velocity  {one['constant_velocity_mse']:.4g}",
-        f"  skill vs persistence {one['skill']:+.4f}; vs constant velocity {one['skill_vs_constant_velocity']:+.4f}",
-    ]
-    roll = report["rollout_rmsd"]
-    ks = list(next(iter(roll.values())).keys()) if roll else []
-    if ks:
-        lines.append(f"rollout RMSD from {len(report['rollout_starts'])} validation starts:")
-        lines.append("  " + " " * 19 + "".join(f"{k:>12}" for k in ks))
-        for label, key in (
-            ("model", "model"),
-            ("persistence", "persistence"),
-            ("constant velocity", "constant_velocity"),
-        ):
-            lines.append(f"  {label:<19}" + "".join(f"{roll[key][k]:>12.4g}" for k in ks))
-    return "\n".join(lines)
+def _score_checkpoint(path: Path, data, n_starts: int) -> dict:
+    from ._checkpoint import load_checkpoint
+    from ._train import evaluate_checkpoint
+
+    ckpt = load_checkpoint(path)
+    report = evaluate_checkpoint(ckpt, data, n_starts=n_starts)
+    report["model"] = {"path": str(path), "kind": ckpt["kind"]}
+    report["data"] = {"source": data.source, "sha256": data.sha256}
+    return report
 
 
-@click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(exists=False))
-@click.option("--data", default="sim", show_default=True, help=_DATA_HELP)
-@click.option(
-    "--starts",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Starting frames in the validation part for k-step rollouts.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def evaluate(model_path, data, starts, as_json):
-    """Score a checkpoint (or an exported bundle) on the validation part of DATA.
-
-    One-step validation MSE, persistence MSE, constant-velocity MSE, skill, and the RMSD of k-step rollouts
-    (k = 1, 10, 100) for the model and the two trivial predictors.
-    """
-    from e3traj.runtime._data import split_pairs
-    from e3traj.runtime._metrics import evaluate_predictor
-
-    src = resolve_data(data)
-    p = Path(model_path)
-    if p.is_dir() or p.name.endswith((".tar.gz", ".tgz")):
-        from e3traj.runtime._bundle import Bundle
-
-        with Bundle.open(p) as bundle:
-            split = split_pairs(src.frames, 0.8)
-            report = evaluate_predictor(lambda x, prev: bundle.step(x, prev), split, n_starts=starts)
-            kind = bundle.kind
-    else:
-        from ._checkpoint import load_checkpoint
-        from ._train import evaluate_checkpoint
-
-        ckpt = load_checkpoint(p)
-        report = evaluate_checkpoint(ckpt, src, n_starts=starts)
-        kind = ckpt["kind"]
-    report["model"] = {"path": str(p), "kind": kind}
-    report["data"] = {"source": src.source, "sha256": src.sha256}
-    if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        click.echo(format_evaluation(f"{kind} model {p} on {src.source}", report))
+#: the runtime's evaluate command (bundles), able to score checkpoints too
+evaluate = make_evaluate(_score_checkpoint)

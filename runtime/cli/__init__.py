@@ -22,7 +22,7 @@ __all__ = ["main", "COMMANDS", "EXTRAS"]
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "simulate": ("e3traj.runtime.cli._data", "simulate", None, "Simulate a 12-bead bead-spring polymer trajectory."),
     "train": ("e3traj.train.cli", "train", "train", "Train the baseline or the e3nn model; writes a checkpoint."),
-    "evaluate": ("e3traj.train.cli", "evaluate", "train", "Score a checkpoint or bundle against trivial predictors."),
+    "evaluate": ("e3traj.train.cli", "evaluate", "train", "Score a bundle or checkpoint against trivial predictors."),
     "export": ("e3traj.export.cli", "export", "train", "Export a checkpoint to a verified ONNX bundle."),
     "pack": ("e3traj.runtime.cli._host", "pack", None, "Pack a bundle directory into one .tar.gz for shipping."),
     "inspect": ("e3traj.runtime.cli._host", "inspect", None, "Show a bundle's manifest and verify its hashes."),
@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "bench": ("e3traj.runtime.cli._bench", "bench", None, "Measure a bundle's throughput and latency on this CPU."),
     "plot": ("e3traj.runtime.cli._plot", "plot", "plot", "Draw the chapter's figures (needs the plot extra)."),
 }
+
+#: commands that fall back to a base-install version when their extra is missing (evaluate: bundles only)
+FALLBACKS: dict[str, tuple[str, str]] = {"evaluate": ("e3traj.runtime.cli._evaluate", "evaluate")}
 
 #: extra -> (modules that must be importable, install hint)
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -65,6 +68,9 @@ class _LazyGroup(click.Group):
             return None
         module, attr, extra, short = COMMANDS[name]
         if extra is not None and not all(_installed(m) for m in EXTRAS[extra][0]):
+            if name in FALLBACKS:
+                module, attr = FALLBACKS[name]
+                return getattr(importlib.import_module(module), attr)
             return _missing_extra_command(name, extra, short)
         return getattr(importlib.import_module(module), attr)
 

@@ -65,9 +65,28 @@ def test_help_without_torch():
     assert "train" in r.stdout and "rollout" in r.stdout
 
 
-@pytest.mark.parametrize("name", ["train", "export", "evaluate"])
+@pytest.mark.parametrize("name", ["train", "export"])
 def test_training_commands_without_extra_say_how_to_install(name):
     r = _run_blocked(f"from e3traj.runtime.cli import main\nmain(['{name}', '--data', 'sim', '-o', 'x.pt'])")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "pip install 'e3traj[train]'" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_scores_bundles_without_torch_and_explains_checkpoints(tmp_path):
+    import json
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parents[2] / "artifacts" / "sim-e3nn"
+    code = (
+        "from e3traj.runtime.cli import main\n"
+        f"main(['evaluate', {str(bundle)!r}, '--data', 'sim', '--starts', '2', '--json'])"
+    )
+    r = _run_blocked(code)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["model"]["kind"] == "e3nn" and report["one_step"]["n_val_pairs"] == 410
+    assert set(report["rollout_rmsd"]) == {"model", "persistence", "constant_velocity"}
+    (tmp_path / "m.pt").write_bytes(b"x")
+    r = _run_blocked(f"from e3traj.runtime.cli import main\nmain(['evaluate', {str(tmp_path / 'm.pt')!r}])")
+    assert r.returncode == 2 and "pip install 'e3traj[train]'" in r.stderr and "Traceback" not in r.stderr

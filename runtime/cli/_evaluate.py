@@ -1,0 +1,61 @@
+"""``e3traj evaluate``: score a bundle (any host) or a checkpoint (with the train extra) against the trivial
+predictors. The train extra builds the same command with a checkpoint scorer (``e3traj.train.cli``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from .._data import DataSource, resolve_data
+from .._errors import MissingExtra
+from .._evaluate import evaluate_bundle, format_evaluation, is_bundle_path
+
+__all__ = ["evaluate", "make_evaluate"]
+
+DATA_HELP = "sim (embedded simulator, 2048 frames, seed 0), dmol (the chapter's paths.npz) or a trajectory file."
+
+#: ``score(checkpoint_path, data, n_starts) -> report`` for checkpoints; None on a host without the train extra
+CheckpointScorer = Callable[[Path, DataSource, int], dict]
+
+
+def make_evaluate(score_checkpoint: CheckpointScorer | None) -> click.Command:
+    """Build the ``evaluate`` command; checkpoints are scored by ``score_checkpoint`` when given."""
+
+    @click.command(name="evaluate")
+    @click.argument("model_path", metavar="MODEL", type=click.Path(exists=False))
+    @click.option("--data", default="sim", show_default=True, help=DATA_HELP)
+    @click.option(
+        "--starts",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Starting frames in the validation part for k-step rollouts.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    def evaluate(model_path, data, starts, as_json):
+        """Score MODEL (a bundle directory or .tar.gz, or a checkpoint) on the validation part of DATA.
+
+        One-step validation MSE, persistence MSE, constant-velocity MSE, skill, and the RMSD of k-step
+        rollouts (k = 1, 10, 100) for the model and the two trivial predictors. Bundles need only the base
+        install; checkpoints need the train extra.
+        """
+        p = Path(model_path)
+        if not is_bundle_path(p) and score_checkpoint is None:
+            raise MissingExtra(
+                f"{p}: scoring a checkpoint needs the train extra: pip install 'e3traj[train]' "
+                "(or export it and evaluate the bundle)"
+            )
+        src = resolve_data(data)
+        report = evaluate_bundle(p, src, n_starts=starts) if is_bundle_path(p) else score_checkpoint(p, src, starts)
+        if as_json:
+            click.echo(json.dumps(report, indent=2, sort_keys=True))
+        else:
+            click.echo(format_evaluation(f"{report['model']['kind']} model {p} on {src.source}", report))
+
+    return evaluate
+
+
+evaluate = make_evaluate(None)
