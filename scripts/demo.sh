@@ -23,7 +23,12 @@ if [ "$DATA" = "sim" ]; then
   TRAJ="$OUT/traj.npz"
 else
   step "1. use the chapter's data ($DATA)"
-  TRAJ="$DATA"
+  if [ "$DATA" = "dmol" ]; then
+    TRAJ=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path())")
+  else
+    TRAJ="$DATA"
+  fi
+  echo "trajectory: $TRAJ"
 fi
 DATA_ARG="$TRAJ"
 [ "$DATA" = "dmol" ] && DATA_ARG=dmol
