@@ -8,7 +8,6 @@ Prints one table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -19,18 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from e3traj.runtime._bench import median_time
 from e3traj.train._model import DisplacementModel, E3nnConfig, load_reference_weights
 
 
 def _median_time(fn, n_inner: int, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n_inner):
-            fn()
-        times.append((time.perf_counter() - t0) / n_inner)
-    return statistics.median(times)
+    fn()  # warm-up
+    return median_time(fn, n_inner, repeats)
 
 
 def _inner(batch: int, budget_frames: int) -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "ROOFLINE_SHAPES",
     "matmul_roofline",
     "matmul_roofline_detail",
+    "median_time",
     "matmul_flops_per_frame",
     "bench_bundle",
     "bundle_size",
@@ -317,7 +318,8 @@ def bundle_size(path: str | os.PathLike) -> int:
     return p.stat().st_size
 
 
-def _median_time(fn, inner: int, repeats: int) -> float:
+def median_time(fn, inner: int, repeats: int = 5) -> float:
+    """Median over ``repeats`` of the mean seconds per call of ``fn`` over ``inner`` calls."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -415,7 +417,7 @@ def bench_bundle(
                 feed = _frames_like(example, batch, seed=batch)
                 fn = lambda feed=feed, b=bundle: b.predict(feed)  # noqa: E731
                 inner = _inner_for(fn, seconds / repeats)
-                dt = _median_time(fn, inner, repeats)
+                dt = median_time(fn, inner, repeats)
                 rows.append(_row("predict", batch, dt, batch, base))
             if rollout_steps:
                 pos_name = next(n for n, m in bundle.input_meanings.items() if m == "positions")
