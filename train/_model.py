@@ -5,12 +5,12 @@ and runs its tensor products through many small code-generated einsums. :class:`
 ``Network`` (so its parameters *are* e3nn's) and evaluates exactly the same function with a handful of batched
 MatMuls over the ``n * (n - 1)`` ordered bead pairs, with the cutoff acting as a mask:
 
-* **Graph.** Edges are all ordered pairs ``i != j``, dst-major (edge ``e = i * (n - 1) + k`` has destination ``i``
-  and the ``k``-th other bead as source), so summing over neighbours is a reshape ``(D, B, n, n - 1)`` and a sum.
-  e3nn's smooth cutoff already makes edge attributes vanish for ``r >= max_radius``; e3nn's ``radius_graph`` also
-  drops pairs with ``r == 0`` (``r > 0``), which is reproduced by multiplying edge attributes by ``(r > 0)``:
-  **coincident beads do not interact**, as in e3nn's Network. Edge lengths use ``sqrt(clamp(r2, tiny))`` so forward
-  and backward stay finite at ``r == 0``.
+* **Graph.** Edges are all ordered pairs ``i != j``, neighbour-major: edge ``e = k * n + i`` has destination ``i`` and
+  source ``(i + k + 1) % n``, and edge tensors are laid out ``(features, k, i, B)``, so summing over neighbours adds
+  whole contiguous rows. e3nn's smooth cutoff already makes edge attributes vanish for ``r >= max_radius``; e3nn's
+  ``radius_graph`` also drops pairs with ``r == 0`` (``r > 0``), which is reproduced by multiplying edge attributes by
+  ``(r > 0)``: **coincident beads do not interact**, as in e3nn's Network. Edge lengths use ``sqrt(clamp(r2, tiny))``
+  so forward and backward stay finite at ``r == 0``.
 * **Linear maps.** Node attributes are the constant scalar 1, so ``sc``, ``lin1`` and ``lin2`` (tensor products
   with a ``0e`` second input) are linear maps. Their dense matrices are gathered from e3nn's flat weight vectors
   with constant index/coefficient tables (``matrix = weights[idx] * coef``: exact and differentiable).
@@ -18,15 +18,18 @@ MatMuls over the ``n * (n - 1)`` ordered bead pairs, with the cutoff acting as a
   ``l1`` and a path ``(l2, l3)``, ``pw * w_e[u] * x_src[u, :] @ Q_e`` with ``Q_e[a, m] = sum_b C[a, b, m] Y_e[b]``
   (``C`` the Wigner 3j symbol). The spherical harmonics are homogeneous polynomials of the unit edge vector, so
   every ``Q_e`` of every layer comes from one MatMul of the edge monomials with a constant matrix. Input channels
-  are grouped by irrep; per group one broadcast product ``x[u, a] * w[u, c] * Q[a, c, m]`` and one sum over ``a``
-  and the neighbours give all paths. ``lin2`` (with the path weights, ``1 / sqrt(num_neighbors)``, e3nn's sc/conv
+  are grouped by ``l1`` and their set of paths (both parities share a group when their paths agree); per group one
+  broadcast product ``x[u, a] * w[u, c] * Q[c, m, a]`` over ``(U, C, M, a, k, i * B)`` and one sum over the adjacent
+  axes ``a`` and ``k`` give all paths. ``lin2`` (with the path weights, ``1 / sqrt(num_neighbors)``, e3nn's sc/conv
   mixing and the gate's channel order) is then one matrix.
-* **Layout.** Node and edge tensors are feature-first, ``(features, B, nodes or edges)``: broadcasts, slices and
-  reductions run over long contiguous rows (fast in PyTorch and onnxruntime); gathers of nodes onto edges are
-  MatMuls with constant one-hot matrices (exact).
-* **Radial MLP.** Edge lengths are symmetric, so the MLP runs (batch-first) on the ``n (n - 1) / 2`` unordered
-  pairs only, and its output is gathered to the edges.
-* **Gate.** Slices and activations; the activations' normalisation constants are folded into the next layer.
+* **Layout.** Node tensors are node-major rows ``(n * B, features)``: linear maps are one MatMul each, and copying
+  nodes onto edges is one Gather of whole rows (``(n, B * features)`` -> ``(k, i, B * features)``) followed by one 2-D
+  transpose to the feature-first edge layout. No gather ever copies single elements (onnxruntime's Gather is slow
+  then), no reduction runs over a short innermost axis, and nothing depends on the data's values.
+* **Radial MLP.** Edge lengths are symmetric, so the MLPs run (batch-first) on the ``n (n - 1) / 2`` unordered pairs
+  only; the outputs of all layers' MLPs are copied to the edges by one Gather of whole rows.
+* **Gate.** Column slices and activations; each gate reaches its gated channels by a one-hot MatMul (exact); the
+  activations' normalisation constants are folded into the next layer.
 """
 
 from __future__ import annotations
@@ -144,17 +147,18 @@ def build_reference_network(config: E3nnConfig) -> Network:
 
 
 def _fixed_graph(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Ordered edges dst-major, the unordered pairs, and the maps between them.
+    """Ordered edges neighbour-major, the unordered pairs, and the maps between them.
 
-    Returns ``src, dst`` (``n (n-1)``,), ``pair_edge`` (``n (n-1) / 2``,: one edge of each pair, the one with
-    dst < src) and ``edge_pair`` (``n (n-1)``,: the pair of each edge).
+    Edge ``e = k * n + i`` has destination ``i`` and source ``(i + k + 1) % n`` (its ``k``-th neighbour), for
+    ``k < n - 1``: tensors laid out ``(features, k, i, B)`` sum over neighbours over their outermost edge axis.
+    Returns ``src, dst`` (``n (n-1)``,), ``pair_edge`` (``n (n-1) / 2``,: one edge of each unordered pair) and
+    ``edge_pair`` (``n (n-1)``,: the pair of each edge).
     """
     src, dst = [], []
-    for i in range(n):
-        for j in range(n):
-            if j != i:
-                src.append(j)
-                dst.append(i)
+    for k in range(n - 1):
+        for i in range(n):
+            src.append((i + k + 1) % n)
+            dst.append(i)
     pairs = {}
     pair_edge = []
     edge_pair = []
@@ -265,8 +269,8 @@ class FixedGraphNetwork(torch.nn.Module):
 
     ``self.network`` is an e3nn ``Network`` whose parameters are used (never its forward): ``state_dict()`` has only
     ``network.*`` keys, and with that prefix stripped it loads into :func:`build_reference_network` (and back).
-    Internally tensors are batch-last (``(features, nodes or edges, B)``) so every gather, broadcast and reduction
-    works on contiguous blocks and every linear map is one plain MatMul.
+    Internally node tensors are ``(n * B, features)`` and edge tensors ``(features, k, i, B)`` (see the module
+    docstring) so every gather, broadcast and reduction works on contiguous blocks and every linear map is one MatMul.
 
     Shapes: pos ``(B, n, 3)``, node_features ``(B, n, dim(irreps_in))`` (only when ``config.irreps_in`` is set),
     output ``(B, n, dim(irreps_out))``, ``n = config.num_nodes``.
@@ -279,11 +283,13 @@ class FixedGraphNetwork(torch.nn.Module):
         n = config.num_nodes
         src, dst, pair_edge, edge_pair = _fixed_graph(n)
         self.n_nodes, self.n_edges, self.n_pairs = n, len(src), len(pair_edge)
+        self._dim_in = o3.Irreps(config.irreps_in).dim if config.irreps_in is not None else 1
+        self._dim_out = o3.Irreps(config.irreps_out).dim
         consts = _Consts()
-        eye = np.eye(n)
-        consts.const("src_onehot", eye[:, src])  # x_src = x @ src_onehot (exact: one nonzero term)
-        consts.const("edge_diff", eye[:, src] - eye[:, dst])  # pos[src] - pos[dst] as one MatMul (exact)
-        consts.const("pair_diff", eye[:, src[pair_edge]] - eye[:, dst[pair_edge]])
+        if not np.array_equal(dst, np.tile(np.arange(n), n - 1)):
+            raise AssertionError("edges must be neighbour-major")
+        consts.const("src", src)  # rows gathered from node-major tensors (n, ...) -> (k, i, ...)
+        consts.const("pair_edge", pair_edge)
         consts.const("edge_pair", edge_pair)
         self.consts = consts
 
@@ -337,7 +343,9 @@ class FixedGraphNetwork(torch.nn.Module):
             self._plans.append(plan)
             self._metas.append(meta)
 
-        # Q: per edge and per (l1, combos) block the (2 l1 + 1, C, M) matrices sum_b w3j[a, b, m] Y_l2[b] (zero
+        self._n_w_all = sum(m["n_w"] for m in self._metas)  # edge-weight rows of all layers
+
+        # Q: per edge and per (l1, combos) block the (C, M, 2 l1 + 1) tables sum_b w3j[a, b, m] Y_l2[b] (zero
         # padded to M), as one MatMul of the unit-vector monomials (degrees 1..max l2) with a constant matrix
         max_l2 = max((l2 for key in q_keys for l2, _ in key[1]), default=0)
         self._mono_degree = max_l2
@@ -349,11 +357,11 @@ class FixedGraphNetwork(torch.nn.Module):
         q_mat = np.zeros((q_rows, max(n_mono, 1)))
         q_bias = np.zeros((q_rows, 1))
         for (l1, combos), off in q_keys.items():
-            n_c, m_pad = len(combos), max(2 * l3 + 1 for _, l3 in combos)
+            m_pad = max(2 * l3 + 1 for _, l3 in combos)
             for c, (l2, l3) in enumerate(combos):
                 w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()  # (2l1+1, 2l2+1, 2l3+1)
                 for a in range(2 * l1 + 1):
-                    rows = off + (a * n_c + c) * m_pad + np.arange(2 * l3 + 1)
+                    rows = off + (c * m_pad + np.arange(2 * l3 + 1)) * (2 * l1 + 1) + a
                     if l2 == 0:
                         q_bias[rows, 0] = w3j[a, 0, :]
                     else:
@@ -384,7 +392,7 @@ class FixedGraphNetwork(torch.nn.Module):
             if n_g:
                 segs_g, cst_g = _act_segments(gate.act_gates)
                 gidx, gcoef = _elementwise_structure(gate.mul, n_gated, n_g)
-                plan.const("gidx", gidx)
+                plan.const("gsel", np.eye(n_g)[:, gidx])  # gates -> gated channels as one MatMul (exact)
                 next_row_scale = np.concatenate([cst_s, gcoef * cst_g[gidx]])
             else:
                 segs_g, next_row_scale = [], cst_s
@@ -400,18 +408,31 @@ class FixedGraphNetwork(torch.nn.Module):
         c_x_col = (1 - mask) + c_x * mask
 
         # input channels grouped by irrep (l1, p1): lin1's output rows in grouped layout (U, 2 l1 + 1)
+        # tp paths (uvu, one sh copy per l2): the (l2, l3) combos of each input irrep
+        tp, mid = conv.tp, conv.tp.irreps_out
+        ir_combos: dict = {mul_ir.ir: set() for mul_ir in irreps_in}
+        for ins in tp.instructions:
+            if ins.connection_mode != "uvu" or not ins.has_weight or tp.irreps_in2[ins.i_in2].mul != 1:
+                raise NotImplementedError(f"unexpected tp instruction {ins}")
+            ir_combos[irreps_in[ins.i_in1].ir].add((sh_l[ins.i_in2], mid[ins.i_out].ir.l))
+
+        # input channels grouped by (l1, combos): irreps of both parities with the same paths share one group
+        # (one broadcast product per group); lin1's output rows in grouped layout (U, 2 l1 + 1)
         groups, gmap, uoff = [], {}, {}
+        keys = {ir: (ir.l, tuple(sorted(combos))) for ir, combos in ir_combos.items()}
         pos = 0
-        for ir in sorted({mul_ir.ir for mul_ir in irreps_in}, key=lambda ir: (ir.l, -ir.p)):
+        for key in sorted(set(keys.values())):
             u = 0
             for i1, mul_ir in enumerate(irreps_in):
-                if mul_ir.ir == ir:
+                if keys[mul_ir.ir] == key:
                     uoff[i1] = u
                     u += mul_ir.mul
-            g = {"l1": ir.l, "U": u, "x_start": pos, "combos": set()}
+            g = {"l1": key[0], "U": u, "x_start": pos, "combos": key[1]}
             groups.append(g)
-            gmap[ir] = g
-            pos += u * ir.dim
+            for ir, k in keys.items():
+                if k == key:
+                    gmap[ir] = g
+            pos += u * (2 * key[0] + 1)
         lin1_cols = np.zeros(d_in, dtype=np.int64)
         for i1, (mul_ir, sl) in enumerate(zip(irreps_in, irreps_in.slices())):
             g, d = gmap[mul_ir.ir], mul_ir.ir.dim
@@ -427,16 +448,10 @@ class FixedGraphNetwork(torch.nn.Module):
         plan.const("pre_idx", pre_idx.T)
         plan.const("pre_coef", pre_coef.T)
 
-        # tp paths (uvu, one sh copy per l2): combos (l2, l3) per group, padded to (C, M)
-        tp, mid = conv.tp, conv.tp.irreps_out
-        for ins in tp.instructions:
-            if ins.connection_mode != "uvu" or not ins.has_weight or tp.irreps_in2[ins.i_in2].mul != 1:
-                raise NotImplementedError(f"unexpected tp instruction {ins}")
-            gmap[irreps_in[ins.i_in1].ir]["combos"].add((sh_l[ins.i_in2], mid[ins.i_out].ir.l))
+        # per group: combos padded to (C, M)
         groups = [g for g in groups if g["combos"]]
         d_pos = w_pos = 0
         for g in groups:
-            g["combos"] = tuple(sorted(g["combos"]))
             g["C"] = len(g["combos"])
             g["M"] = max(2 * l3 + 1 for _, l3 in g["combos"])
             g["d_start"], g["w_start"] = d_pos, w_pos
@@ -501,45 +516,47 @@ class FixedGraphNetwork(torch.nn.Module):
         """
         c = self.consts
         dtype = pos.dtype
-        n, n_edges, n_pairs = self.n_nodes, self.n_edges, self.n_pairs
-        pos_t = pos.permute(2, 0, 1)  # (3, B, n)
+        n, n_edges = self.n_nodes, self.n_edges
+        pos_n = pos.transpose(0, 1)  # (n, B, 3): node-major rows
         if self.config.irreps_in is None:
             if node_features is not None:
                 raise ValueError("this network takes no node_features (config.irreps_in is None)")
-            x = torch.ones_like(pos_t[:1])  # (1, B, n)
+            x = torch.ones_like(pos_n[..., :1]).reshape(-1, 1)  # (n * B, 1)
         else:
             if node_features is None:
                 raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
-            x = node_features.permute(2, 0, 1)
+            x = node_features.transpose(0, 1).reshape(-1, self._dim_in)
 
-        # ---- geometry: edge vectors src - dst (3, B, E), lengths, smooth cutoff * (r > 0), unit-vector monomials
-        vec = (pos_t.reshape(-1, n) @ c.edge_diff.to(dtype)).reshape(3, -1, n_edges)
-        r2 = (vec * vec).sum(0)  # (B, E)
+        # ---- geometry: edge vectors src - dst, rows (k, i, B), then feature-first (3, E * B); lengths,
+        # smooth cutoff * (r > 0), unit-vector monomials
+        vec = (torch.index_select(pos_n, 0, c.src).reshape(n - 1, n, -1, 3) - pos_n).reshape(-1, 3).t()
+        r2 = (vec * vec).sum(0, keepdim=True)  # (1, E * B)
         r = torch.sqrt(torch.clamp(r2, min=_TINY))
         unit = vec / r
         u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
-        attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)  # (B, E)
+        attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)  # (1, E * B)
         q = c.q_bias.to(dtype)
         if self._mono_degree:
             monos = [unit]
             for deg in range(2, self._mono_degree + 1):
-                monos.append((monos[-1][:, None] * unit[None, :]).reshape(3**deg, -1, n_edges))
+                monos.append((monos[-1][:, None] * unit[None, :]).reshape(3**deg, -1))
             mono = torch.cat(monos, dim=0) if len(monos) > 1 else unit
-            q = c.q_mat.to(dtype) @ mono.reshape(mono.shape[0], -1) + q
-        q = q * attr_scale.reshape(1, -1)  # (rows, B * E)
+            q = c.q_mat.to(dtype) @ mono + q
+        q = q * attr_scale  # (rows, E * B)
 
-        # ---- radial basis on the unordered pairs, batch-first: (B * P, nb)
-        vp = (pos_t.reshape(-1, n) @ c.pair_diff.to(dtype)).reshape(3, -1, n_pairs)
-        rp = torch.sqrt(torch.clamp((vp * vp).sum(0), min=_TINY))  # (B, P)
+        # ---- radial basis on the unordered pairs, rows (P, B): (P * B, nb)
+        rp = torch.index_select(r.reshape(n_edges, -1), 0, c.pair_edge)  # (P, B)
         diff = (rp[..., None] - c.rb_values.to(dtype)) * self._rb_inv_step
-        emb = torch.exp(-(diff * diff)).reshape(-1, diff.shape[-1])
+        emb = torch.exp(-(diff * diff)).reshape(-1, self.config.number_of_basis)
 
-        for conv, plan, meta, fc_meta in zip(self._convs, self._plans, self._metas, self._fc_meta):
-            d_in, d_out, n_w = meta["d_in"], meta["d_out"], meta["n_w"]
-            # radial MLP on pairs -> per-edge weights, rows in (group, U, C) layout: (n_w, B * E)
+        # ---- radial MLPs of all layers on the pairs; their outputs (P * B, sum n_w) copied to the edges as whole
+        # rows (one Gather), then feature-first (sum n_w, E * B)
+        outs = []
+        for conv, plan, fc_meta in zip(self._convs, self._plans, self._fc_meta):
             h = emb
             last = len(fc_meta) - 1
-            for k, (scale, act) in enumerate(fc_meta):
+            for k in range(len(fc_meta)):
+                scale, act = fc_meta[k]
                 weight = getattr(conv.fc, f"layer{k}").weight
                 if k == last:
                     weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
@@ -547,44 +564,52 @@ class FixedGraphNetwork(torch.nn.Module):
                 h = h @ (weight * scale)
                 if act is not None:
                     h = act(h)
-            w = torch.index_select(h.reshape(-1, n_pairs, n_w), 1, c.edge_pair)  # (B, E, n_w)
-            w = w.permute(2, 0, 1).contiguous().reshape(n_w, -1)
+            outs.append(h)
+        h = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        w_all = (
+            torch.index_select(h.reshape(self.n_pairs, -1), 0, c.edge_pair).reshape(-1, self._n_w_all).t().contiguous()
+        )
+        w_row = 0
 
-            # self-connection and lin1 in one MatMul: (d_out + d_in, B * n)
+        for conv, plan, meta in zip(self._convs, self._plans, self._metas):
+            d_out, n_w = meta["d_out"], meta["n_w"]
+            w = w_all[w_row : w_row + n_w] if len(self._convs) > 1 else w_all
+            w_row += n_w
+
+            # self-connection and lin1 in one MatMul: (n * B, d_out + d_in); lin1's part copied to the edges
             zero = conv.sc.weight.new_zeros(1)
             wpre = torch.cat([conv.sc.weight, zero, conv.lin1.weight, zero])
             pre = torch.index_select(wpre, 0, plan.pre_idx.reshape(-1)).reshape(plan.pre_idx.shape)
-            t = (pre * plan.pre_coef.to(dtype)) @ x.reshape(d_in, -1)
-            s = t[:d_out]
-            xs = (t[d_out:].reshape(-1, n) @ c.src_onehot.to(dtype)).reshape(d_in, -1)  # (d_in, B * E)
+            t = x @ (pre * plan.pre_coef.to(dtype)).t()
+            s = t[:, :d_out]
+            xs = torch.index_select(t[:, d_out:].reshape(n, -1), 0, c.src).reshape(-1, meta["d_in"]).t().contiguous()
 
-            # tensor product per (l1, p1) group: sum over neighbours j and a of w[u, c] x[u, a] Q[a, c, m]
-            # (edges are dst-major: the neighbour sum is a reshape and a sum)
+            # tensor product per group: sum over neighbours k and a of w[u, c] x[u, a] Q[c, m, a]; the
+            # neighbour axis is outside (n, B), so the sum adds whole contiguous rows
             aggs = []
             for g in meta["groups"]:
                 n_u, n_c, m_pad, dim1 = g["U"], g["C"], g["M"], 2 * g["l1"] + 1
-                xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, dim1, 1, 1, -1, n - 1)
-                wg = w[g["w_start"] : g["w_start"] + n_u * n_c].reshape(n_u, 1, n_c, 1, -1, n - 1)
-                qg = q[g["q_off"] : g["q_off"] + dim1 * n_c * m_pad].reshape(dim1, n_c, m_pad, -1, n - 1)
-                p = (xg * wg) * qg  # (U, dim1, C, M, B * n, n - 1)
-                p = p.sum(-1) if dim1 == 1 else p.sum(dim=(1, 5))  # sum over a and the neighbours
-                aggs.append(p.reshape(n_u * n_c * m_pad, -1))
-            agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, B * n)
+                xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
+                wg = w[g["w_start"] : g["w_start"] + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
+                qg = q[g["q_off"] : g["q_off"] + n_c * m_pad * dim1].reshape(n_c, m_pad, dim1, n - 1, -1)
+                p = (xg * wg) * qg  # (U, C, M, dim1, n - 1, n * B)
+                aggs.append(p.reshape(n_u * n_c * m_pad, dim1 * (n - 1), -1).sum(1))
+            agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, n * B)
             wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
             post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
-            y = s + (post * plan.post_coef.to(dtype)) @ agg  # (d_out, B * n)
+            y = s + agg.t() @ (post * plan.post_coef.to(dtype)).t()  # (n * B, d_out)
 
             if meta["gate"]:
                 n_s, n_g = meta["n_s"], meta["n_g"]
-                parts = [_apply(f, y[a:b]) for a, b, f in meta["segs_s"]]
+                parts = [_apply(f, y[:, a:b]) for a, b, f in meta["segs_s"]]
                 if n_g:
-                    gates = [_apply(f, y[n_s + a : n_s + b]) for a, b, f in meta["segs_g"]]
-                    gates = torch.cat(gates, dim=0) if len(gates) > 1 else gates[0]
-                    parts.append(y[n_s + n_g :] * torch.index_select(gates, 0, plan.gidx))
-                x = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+                    gates = [_apply(f, y[:, n_s + a : n_s + b]) for a, b, f in meta["segs_g"]]
+                    gates = torch.cat(gates, dim=1) if len(gates) > 1 else gates[0]
+                    parts.append(y[:, n_s + n_g :] * (gates @ plan.gsel.to(dtype)))
+                x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
             else:
                 x = y
-        return x.reshape(x.shape[0], -1, n).permute(1, 2, 0)
+        return x.reshape(n, -1, self._dim_out).transpose(0, 1)
 
 
 class DisplacementModel(torch.nn.Module):
