@@ -264,6 +264,15 @@ def _apply(f, t: torch.Tensor) -> torch.Tensor:
     return t if f is None else f(t)
 
 
+def _rows_to_edges(rows: torch.Tensor, index: torch.Tensor, n_rows: int, width: int) -> torch.Tensor:
+    """Copy whole rows onto the edges, feature-first: ``(n_rows * B, width)`` -> ``(width, len(index) * B)``.
+
+    ``rows`` is row-major over ``(n_rows, B)``; one Gather of whole ``(B * width)`` rows (fast in onnxruntime at
+    any B) and one 2-D transpose (made contiguous once, so the per-group slices do not copy again).
+    """
+    return torch.index_select(rows.reshape(n_rows, -1), 0, index).reshape(-1, width).t().contiguous()
+
+
 class FixedGraphNetwork(torch.nn.Module):
     """e3nn's ``gate_points_2101.Network`` (``reduce_output=False``) over the fixed complete graph, batched.
 
@@ -418,7 +427,7 @@ class FixedGraphNetwork(torch.nn.Module):
 
         # input channels grouped by (l1, combos): irreps of both parities with the same paths share one group
         # (one broadcast product per group); lin1's output rows in grouped layout (U, 2 l1 + 1)
-        groups, gmap, uoff = [], {}, {}
+        groups, by_key, uoff = [], {}, {}
         keys = {ir: (ir.l, tuple(sorted(combos))) for ir, combos in ir_combos.items()}
         pos = 0
         for key in sorted(set(keys.values())):
@@ -429,10 +438,9 @@ class FixedGraphNetwork(torch.nn.Module):
                     u += mul_ir.mul
             g = {"l1": key[0], "U": u, "x_start": pos, "combos": key[1]}
             groups.append(g)
-            for ir, k in keys.items():
-                if k == key:
-                    gmap[ir] = g
+            by_key[key] = g
             pos += u * (2 * key[0] + 1)
+        gmap = {ir: by_key[key] for ir, key in keys.items()}
         lin1_cols = np.zeros(d_in, dtype=np.int64)
         for i1, (mul_ir, sl) in enumerate(zip(irreps_in, irreps_in.slices())):
             g, d = gmap[mul_ir.ir], mul_ir.ir.dim
@@ -566,14 +574,12 @@ class FixedGraphNetwork(torch.nn.Module):
                     h = act(h)
             outs.append(h)
         h = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-        w_all = (
-            torch.index_select(h.reshape(self.n_pairs, -1), 0, c.edge_pair).reshape(-1, self._n_w_all).t().contiguous()
-        )
+        w_all = _rows_to_edges(h, c.edge_pair, self.n_pairs, self._n_w_all)
         w_row = 0
 
         for conv, plan, meta in zip(self._convs, self._plans, self._metas):
             d_out, n_w = meta["d_out"], meta["n_w"]
-            w = w_all[w_row : w_row + n_w] if len(self._convs) > 1 else w_all
+            w = w_all[w_row : w_row + n_w]
             w_row += n_w
 
             # self-connection and lin1 in one MatMul: (n * B, d_out + d_in); lin1's part copied to the edges
@@ -582,7 +588,7 @@ class FixedGraphNetwork(torch.nn.Module):
             pre = torch.index_select(wpre, 0, plan.pre_idx.reshape(-1)).reshape(plan.pre_idx.shape)
             t = x @ (pre * plan.pre_coef.to(dtype)).t()
             s = t[:, :d_out]
-            xs = torch.index_select(t[:, d_out:].reshape(n, -1), 0, c.src).reshape(-1, meta["d_in"]).t().contiguous()
+            xs = _rows_to_edges(t[:, d_out:], c.src, n, meta["d_in"])  # (d_in, E * B)
 
             # tensor product per group: sum over neighbours k and a of w[u, c] x[u, a] Q[c, m, a]; the
             # neighbour axis is outside (n, B), so the sum adds whole contiguous rows
