@@ -17,11 +17,15 @@ MatMuls over the ``n * (n - 1)`` ordered bead pairs, with the cutoff acting as a
 * **Convolution.** e3nn's ``tp`` (mode ``uvu``, per-edge weights) is, for an input channel ``u`` of irrep
   ``l1`` and a path ``(l2, l3)``, ``pw * w_e[u] * x_src[u, :] @ Q_e`` with ``Q_e[a, m] = sum_b C[a, b, m] Y_e[b]``
   (``C`` the Wigner 3j symbol). The spherical harmonics are homogeneous polynomials of the unit edge vector, so
-  every ``Q_e`` of every layer comes from one MatMul of the edge monomials with a constant matrix. Input channels
-  are grouped by ``l1`` and their set of paths (both parities share a group when their paths agree); per group one
-  broadcast product ``x[u, a] * w[u, c] * Q[c, m, a]`` over ``(U, C, M, a, k, i * B)`` and one sum over the adjacent
-  axes ``a`` and ``k`` give all paths. ``lin2`` (with the path weights, ``1 / sqrt(num_neighbors)``, e3nn's sc/conv
-  mixing and the gate's channel order) is then one matrix.
+  every ``Q_e`` entry of every layer (times the smooth cutoff) comes from one MatMul of the cutoff-scaled edge
+  monomials with a constant matrix. Input channels are grouped by ``l1`` and their set of paths (both parities
+  share a group when their paths agree). Only the structurally non-zero entries of ``Q`` are multiplied: a path
+  reaching ``S`` components ``m = sigma_s(a)`` per input component ``a`` (1 for ``(1, 0, 1)`` (diagonal) and
+  ``(1, 1, 0)``, 2 for the cross product ``(1, 1, 1)``, 3 for ``(1, 2, 1)``) contributes the terms
+  ``x[u, a] * w[u, c] * Q[c, s, a]``, one broadcast product per group (or two, when splitting the paths with one
+  term per ``a`` from the others saves enough work); the sum over neighbours ``k`` adds whole contiguous rows, and
+  the sum over ``a`` into each ``m`` is folded into ``lin2``'s matrix, which also carries the path weights,
+  ``1 / sqrt(num_neighbors)``, e3nn's sc/conv mixing and the gate's channel order.
 * **Layout.** Node tensors are node-major rows ``(n * B, features)``: linear maps are one MatMul each, and copying
   nodes onto edges is one Gather of whole rows (``(n, B * features)`` -> ``(k, i, B * features)``) followed by one 2-D
   transpose to the feature-first edge layout. No gather ever copies single elements (onnxruntime's Gather is slow
@@ -222,6 +226,42 @@ def _monomial_to_sh(l: int) -> np.ndarray:
     return a.numpy()
 
 
+def _path_pattern(l1: int, l2: int, l3: int) -> list[list[int]]:
+    """For each component ``a`` of ``l1``, the components ``m`` of ``l3`` that ``sum_b w3j[a, b, m] Y_l2[b]`` can reach.
+
+    Structural (from the Wigner 3j symbol's non-zero entries, whatever the edge vector): e.g. ``(1, 0, 1)`` is
+    diagonal, ``(1, 1, 0)`` reaches ``m = 0`` only and ``(1, 1, 1)`` (the cross product) never ``m = a``.
+    """
+    w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()
+    reach = (np.abs(w3j) > 1e-12).any(axis=1)  # (2 l1 + 1, 2 l3 + 1)
+    return [np.nonzero(reach[a])[0].tolist() for a in range(2 * l1 + 1)]
+
+
+#: A group's paths are split into two products (paths reaching one ``m`` per ``a``, and the others) when that saves
+#: at least this many multiplications per edge: fewer products than padding every path to ``2 l3 + 1``, but each
+#: product is three more onnxruntime nodes (~1 µs each at B = 1).
+_SPLIT_MIN_SAVING = 24
+
+
+def _path_classes(l1: int, combos: tuple, n_u: int) -> list[tuple[tuple, int]]:
+    """Partition a group's ``(l2, l3)`` paths into products: ``[(combos, S), ...]``.
+
+    A path whose ``Q[m, a]`` reaches at most ``S_c`` values of ``m`` per ``a`` is evaluated as ``S_c`` terms per ``a``
+    (``m = sigma_s(a)``); within one product every path is padded to the product's ``S`` with zero terms.
+    """
+    dim1 = 2 * l1 + 1
+    s_of = {c: max(len(ms) for ms in _path_pattern(l1, *c)) for c in combos}
+    one = (tuple(combos), max(s_of.values()))
+    lo = tuple(c for c in combos if s_of[c] <= 1)
+    hi = tuple(c for c in combos if s_of[c] > 1)
+    if not lo or not hi:
+        return [one]
+    saving = n_u * dim1 * (len(combos) * one[1] - len(lo) - len(hi) * max(s_of[c] for c in hi))
+    if saving < _SPLIT_MIN_SAVING:
+        return [one]
+    return [(lo, 1), (hi, max(s_of[c] for c in hi))]
+
+
 class _Consts(torch.nn.Module):
     """Constant tables (buffers only, none persistent: ``state_dict`` keeps e3nn's keys alone)."""
 
@@ -344,39 +384,37 @@ class FixedGraphNetwork(torch.nn.Module):
         for conv, gate in zip(convs, gates):
             plan, meta, row_scale = self._build_plan(conv, gate, row_scale, sh_l)
             for g in meta["groups"]:
-                key = (g["l1"], g["combos"])
-                if key not in q_keys:
-                    q_keys[key] = q_rows
-                    q_rows += (2 * g["l1"] + 1) * len(g["combos"]) * g["M"]
-                g["q_off"] = q_keys[key]
+                for cl in g["classes"]:
+                    key = (g["l1"], cl["combos"], cl["S"])
+                    if key not in q_keys:
+                        q_keys[key] = q_rows
+                        q_rows += (2 * g["l1"] + 1) * cl["C"] * cl["S"]
+                    cl["q_off"] = q_keys[key]
             self._plans.append(plan)
             self._metas.append(meta)
 
         self._n_w_all = sum(m["n_w"] for m in self._metas)  # edge-weight rows of all layers
 
-        # Q: per edge and per (l1, combos) block the (C, M, 2 l1 + 1) tables sum_b w3j[a, b, m] Y_l2[b] (zero
-        # padded to M), as one MatMul of the unit-vector monomials (degrees 1..max l2) with a constant matrix
+        # Q: per edge and per product (l1, combos, S) the (C, S, 2 l1 + 1) terms sum_b w3j[a, b, m] Y_l2[b] with
+        # m = sigma_c[a][s] (zero where a path has fewer than S terms), times the smooth cutoff: one MatMul of the
+        # cutoff-scaled unit-vector monomials (degrees 0..max l2) with a constant matrix
         max_l2 = max((l2 for key in q_keys for l2, _ in key[1]), default=0)
         self._mono_degree = max_l2
-        mono_off, n_mono = {}, 0
+        mono_off, n_mono = {0: 0}, 1
         for deg in range(1, max_l2 + 1):
             mono_off[deg] = n_mono
             n_mono += 3**deg
         sh_poly = {deg: _monomial_to_sh(deg) for deg in range(1, max_l2 + 1)}
-        q_mat = np.zeros((q_rows, max(n_mono, 1)))
-        q_bias = np.zeros((q_rows, 1))
-        for (l1, combos), off in q_keys.items():
-            m_pad = max(2 * l3 + 1 for _, l3 in combos)
+        q_mat = np.zeros((q_rows, n_mono))
+        for (l1, combos, n_t), off in q_keys.items():
             for c, (l2, l3) in enumerate(combos):
                 w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()  # (2l1+1, 2l2+1, 2l3+1)
-                for a in range(2 * l1 + 1):
-                    rows = off + (c * m_pad + np.arange(2 * l3 + 1)) * (2 * l1 + 1) + a
-                    if l2 == 0:
-                        q_bias[rows, 0] = w3j[a, 0, :]
-                    else:
-                        q_mat[rows, mono_off[l2] : mono_off[l2] + 3**l2] = (sh_poly[l2] @ w3j[a]).T
+                poly = np.ones((1, 1)) if l2 == 0 else sh_poly[l2]  # Y_0 = 1
+                for a, ms in enumerate(_path_pattern(l1, l2, l3)):
+                    for s, m in enumerate(ms):
+                        row = off + (c * n_t + s) * (2 * l1 + 1) + a
+                        q_mat[row, mono_off[l2] : mono_off[l2] + 3**l2] = poly @ w3j[a, :, m]
         consts.const("q_mat", q_mat)
-        consts.const("q_bias", q_bias)
 
     # ------------------------------------------------------------------------------------------------------------
     def _build_plan(self, conv, gate, row_scale: np.ndarray, sh_l: list[int]):
@@ -459,15 +497,22 @@ class FixedGraphNetwork(torch.nn.Module):
         # per group: combos padded to (C, M)
         groups = [g for g in groups if g["combos"]]
         d_pos = w_pos = 0
+        where = {}  # (group key, (l2, l3)) -> (class, index in the class)
         for g in groups:
-            g["C"] = len(g["combos"])
-            g["M"] = max(2 * l3 + 1 for _, l3 in g["combos"])
-            g["d_start"], g["w_start"] = d_pos, w_pos
-            d_pos += g["U"] * g["C"] * g["M"]
-            w_pos += g["U"] * g["C"]
+            dim1 = 2 * g["l1"] + 1
+            g["classes"] = []
+            for combos, n_t in _path_classes(g["l1"], g["combos"], g["U"]):
+                cl = {"combos": combos, "S": n_t, "C": len(combos), "d_start": d_pos, "w_start": w_pos}
+                cl["sigma"] = [_path_pattern(g["l1"], *c) for c in combos]
+                g["classes"].append(cl)
+                for cc, combo in enumerate(combos):
+                    where[(g["l1"], g["combos"], combo)] = (cl, cc)
+                d_pos += g["U"] * len(combos) * n_t * dim1
+                w_pos += g["U"] * len(combos)
         n_d, n_w = d_pos, w_pos
 
-        # per path: radial weight column, and (D row -> tp output index, path weight)
+        # per path: radial weight column, and (D row -> tp output index, path weight); D rows per class are
+        # (u, c, s, a) with m = sigma_c[a][s] (padding rows stay -1: zero in the post matrix)
         wn = tp.weight_numel
         w_cols = np.full(n_w, wn, dtype=np.int64)  # wn -> an appended zero column
         d_mid = np.full(n_d, -1)
@@ -478,14 +523,16 @@ class FixedGraphNetwork(torch.nn.Module):
             mul_ir = irreps_in[ins.i_in1]
             l2, l3 = sh_l[ins.i_in2], mid[ins.i_out].ir.l
             g = gmap[mul_ir.ir]
-            c = g["combos"].index((l2, l3))
+            cl, cc = where[(g["l1"], g["combos"], (l2, l3))]
+            dim1 = 2 * g["l1"] + 1
             for u in range(mul_ir.mul):
                 ug = uoff[ins.i_in1] + u
-                w_cols[g["w_start"] + ug * g["C"] + c] = w_off + u
-                for m in range(2 * l3 + 1):
-                    dd = g["d_start"] + (ug * g["C"] + c) * g["M"] + m
-                    d_mid[dd] = mid_slices[ins.i_out].start + u * (2 * l3 + 1) + m
-                    d_pw[dd] = ins.path_weight
+                w_cols[cl["w_start"] + ug * cl["C"] + cc] = w_off + u
+                for a, ms in enumerate(cl["sigma"][cc]):
+                    for s, m in enumerate(ms):
+                        dd = cl["d_start"] + ((ug * cl["C"] + cc) * cl["S"] + s) * dim1 + a
+                        d_mid[dd] = mid_slices[ins.i_out].start + u * (2 * l3 + 1) + m
+                        d_pw[dd] = ins.path_weight
             w_off += math.prod(ins.path_shape)
         if w_off != wn:
             raise NotImplementedError("tp weight layout mismatch")
@@ -543,14 +590,15 @@ class FixedGraphNetwork(torch.nn.Module):
         unit = vec / r
         u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
         attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)  # (1, E * B)
-        q = c.q_bias.to(dtype)
+        monos = [attr_scale]
         if self._mono_degree:
-            monos = [unit]
+            cur = unit * attr_scale
+            monos.append(cur)
             for deg in range(2, self._mono_degree + 1):
-                monos.append((monos[-1][:, None] * unit[None, :]).reshape(3**deg, -1))
-            mono = torch.cat(monos, dim=0) if len(monos) > 1 else unit
-            q = c.q_mat.to(dtype) @ mono + q
-        q = q * attr_scale  # (rows, E * B)
+                cur = (cur[:, None] * unit[None, :]).reshape(3**deg, -1)
+                monos.append(cur)
+        mono = torch.cat(monos, dim=0) if len(monos) > 1 else monos[0]  # (n_mono, E * B)
+        q = c.q_mat.to(dtype) @ mono  # (rows, E * B)
 
         # ---- radial basis on the unordered pairs, rows (P, B): (P * B, nb)
         rp = torch.index_select(r.reshape(n_edges, -1), 0, c.pair_edge)  # (P, B)
@@ -579,7 +627,7 @@ class FixedGraphNetwork(torch.nn.Module):
 
         for conv, plan, meta in zip(self._convs, self._plans, self._metas):
             d_out, n_w = meta["d_out"], meta["n_w"]
-            w = w_all[w_row : w_row + n_w]
+            w_base = w_row
             w_row += n_w
 
             # self-connection and lin1 in one MatMul: (n * B, d_out + d_in); lin1's part copied to the edges
@@ -590,20 +638,26 @@ class FixedGraphNetwork(torch.nn.Module):
             s = t[:, :d_out]
             xs = _rows_to_edges(t[:, d_out:], c.src, n, meta["d_in"])  # (d_in, E * B)
 
-            # tensor product per group: sum over neighbours k and a of w[u, c] x[u, a] Q[c, m, a]; the
-            # neighbour axis is outside (n, B), so the sum adds whole contiguous rows
+            # tensor product per product class: the terms w[u, c] x[u, a] Q[c, s, a] summed over the neighbours k
+            # (outside (n, B): the sum adds whole contiguous rows); the sum over a is folded into the post matrix
             aggs = []
             for g in meta["groups"]:
-                n_u, n_c, m_pad, dim1 = g["U"], g["C"], g["M"], 2 * g["l1"] + 1
+                n_u, dim1 = g["U"], 2 * g["l1"] + 1
                 xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
-                wg = w[g["w_start"] : g["w_start"] + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
-                qg = q[g["q_off"] : g["q_off"] + n_c * m_pad * dim1].reshape(n_c, m_pad, dim1, n - 1, -1)
-                p = (xg * wg) * qg  # (U, C, M, dim1, n - 1, n * B)
-                aggs.append(p.reshape(n_u * n_c * m_pad, dim1 * (n - 1), -1).sum(1))
-            agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, n * B)
-            wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
-            post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
-            y = s + agg.t() @ (post * plan.post_coef.to(dtype)).t()  # (n * B, d_out)
+                for cl in g["classes"]:
+                    n_c, n_t = cl["C"], cl["S"]
+                    w0 = w_base + cl["w_start"]  # sliced from w_all directly: one Split in onnxruntime
+                    wg = w_all[w0 : w0 + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
+                    qg = q[cl["q_off"] : cl["q_off"] + n_c * n_t * dim1].reshape(n_c, n_t, dim1, n - 1, -1)
+                    p = (xg * wg) * qg  # (U, C, S, dim1, n - 1, n * B)
+                    aggs.append(p.reshape(n_u * n_c * n_t * dim1, n - 1, -1).sum(1))
+            if aggs:  # (a layer can have no path at all, e.g. lmax=0 with vector inputs only)
+                agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, n * B)
+                wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
+                post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
+                y = s + agg.t() @ (post * plan.post_coef.to(dtype)).t()  # (n * B, d_out)
+            else:
+                y = s
 
             if meta["gate"]:
                 n_s, n_g = meta["n_s"], meta["n_g"]

@@ -16,6 +16,8 @@ from e3traj.train._model import (
     E3nnConfig,
     FixedGraphNetwork,
     _fctp_structure,
+    _path_classes,
+    _path_pattern,
     build_reference_network,
     load_reference_weights,
 )
@@ -24,6 +26,8 @@ CONFIGS = {
     "default": E3nnConfig(),
     "small": E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=2),
     "velocity": E3nnConfig(irreps_in="1x1o"),
+    # l = 2 features: paths with 5 terms per component and l1 = 2 groups (the sparse products' other patterns)
+    "l2": E3nnConfig(irreps_hidden="2x0e + 2x1o + 2x2e + 1x2o", layers=2),
 }
 
 
@@ -126,12 +130,13 @@ def test_parity_float32_with_e3nn_network(pair):
     assert float((out - want).abs().max()) <= 2e-6 * scale, name
 
 
-def test_parity_float64_is_exact():
+@pytest.mark.parametrize("name", ["velocity", "l2"])
+def test_parity_float64_is_exact(name):
     """Built in float64 (e3nn's Wigner-3j buffers included), the two agree to rounding of float64."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        fixed = FixedGraphNetwork(CONFIGS["velocity"])
+        fixed = FixedGraphNetwork(CONFIGS[name])
         _perturb(fixed, seed=5, amount=0.3)
         ref = load_reference_weights(fixed)
     finally:
@@ -297,3 +302,17 @@ def test_config_round_trip_and_validation():
         E3nnConfig(irreps_hidden="5xq")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.layers = 4  # type: ignore[misc]
+
+
+def test_path_patterns_and_product_classes():
+    """Which (m, a) terms of Q the sparse products multiply, and when a group is split into two products."""
+    assert _path_pattern(1, 0, 1) == [[0], [1], [2]]  # diagonal
+    assert _path_pattern(1, 1, 0) == [[0], [0], [0]]  # dot product
+    assert _path_pattern(1, 1, 1) == [[1, 2], [0, 2], [0, 1]]  # cross product: never m == a
+    assert _path_pattern(1, 2, 1) == [[0, 1, 2]] * 3
+    combos = ((0, 1), (1, 0), (1, 1), (2, 1))
+    # 10 channels: 4 x 3 x 3 = 36 terms per channel padded, 2 x 3 + 2 x 3 x 3 = 24 split
+    assert _path_classes(1, combos, 10) == [(((0, 1), (1, 0)), 1), (((1, 1), (2, 1)), 3)]
+    # one channel saves 12 multiplications per edge: not worth three more nodes
+    assert _path_classes(1, combos, 1) == [(combos, 3)]
+    assert _path_classes(1, ((1, 1),), 10) == [(((1, 1),), 2)]
