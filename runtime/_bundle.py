@@ -870,6 +870,8 @@ class Bundle:
         y = np.empty(shape, dtype=np.float64)
         velocity = np.empty(shape, dtype=np.float64) if disp_names or meaning == "velocity_correction" else None
 
+        run = self._bound_run(bufs, shape) if batch <= CHUNK else None
+
         def step_into(x: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
             # (rollout calls this inside np.errstate(all="ignore"); no errstate here: it slows the next
             # onnxruntime call by a few microseconds)
@@ -881,7 +883,10 @@ class Bundle:
                 np.copyto(bufs[n], x, casting="unsafe")
             for n in disp_names:
                 np.copyto(bufs[n], velocity, casting="unsafe")
-            self._run_chunks(bufs, y, CHUNK)
+            if run is None:
+                self._run_chunks(bufs, y, CHUNK)
+            else:
+                np.copyto(y, run())
             if meaning == "displacement":
                 np.add(x, y, out=out)
             elif meaning == "next_positions":
@@ -891,6 +896,31 @@ class Bundle:
                 np.add(out, y, out=out)
 
         return step_into
+
+    def _bound_run(self, bufs: dict[str, np.ndarray], shape: tuple[int, ...]):
+        """``run() -> output`` for one sub-batch through an onnxruntime IOBinding of ``bufs`` and one output buffer.
+
+        The inputs are bound once (their memory is read at every run) and the output is written into a buffer
+        allocated once: a rollout step then skips the feed dict and the output allocation of ``session.run``
+        (measured ~5% of a B=1 step). Shapes: ``bufs`` values and the output ``shape`` = ``(batch, 12, 3)``.
+        """
+        session = self._session
+        out_type = next(o.type for o in session.get_outputs() if o.name == self._output_name)
+        y = np.empty(shape, dtype=_DTYPES[_ORT_TYPES.get(out_type, "float32")])
+        binding = session.io_binding()
+        for name, buf in bufs.items():
+            binding.bind_cpu_input(name, buf)
+        binding.bind_output(self._output_name, "cpu", 0, y.dtype, list(shape), y.ctypes.data)
+
+        def run() -> np.ndarray:
+            try:
+                session.run_with_iobinding(binding)
+            except Exception as exc:  # onnxruntime reports a wrong output shape when it cannot write into y
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InputError(f"{self._path}: the model did not return ({shape[0]}, 12, 3): {msg}") from None
+            return y
+
+        return run
 
     def model_inputs(self, positions: np.ndarray, previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Build the model's inputs for frames ``positions`` (and the frames before them, if needed).

@@ -515,6 +515,7 @@ class FixedGraphNetwork(torch.nn.Module):
         # (u, c, s, a) with m = sigma_c[a][s] (padding rows stay -1: zero in the post matrix)
         wn = tp.weight_numel
         w_cols = np.full(n_w, wn, dtype=np.int64)  # wn -> an appended zero column
+        w_xrow = np.zeros(n_w, dtype=np.int64)  # the input row (component a = 0) of each weight's channel
         d_mid = np.full(n_d, -1)
         d_pw = np.zeros(n_d)
         mid_slices = mid.slices()
@@ -528,6 +529,7 @@ class FixedGraphNetwork(torch.nn.Module):
             for u in range(mul_ir.mul):
                 ug = uoff[ins.i_in1] + u
                 w_cols[cl["w_start"] + ug * cl["C"] + cc] = w_off + u
+                w_xrow[cl["w_start"] + ug * cl["C"] + cc] = g["x_start"] + ug * dim1
                 for a, ms in enumerate(cl["sigma"][cc]):
                     for s, m in enumerate(ms):
                         dd = cl["d_start"] + ((ug * cl["C"] + cc) * cl["S"] + s) * dim1 + a
@@ -537,6 +539,7 @@ class FixedGraphNetwork(torch.nn.Module):
         if w_off != wn:
             raise NotImplementedError("tp weight layout mismatch")
         plan.const("w_cols", w_cols)
+        plan.const("w_xrow", w_xrow)
 
         # post: lin2 after the neighbour sum, with path weights, 1/sqrt(num_neighbors) and the output mixing
         idx_l2, coef_l2 = _fctp_structure(conv.lin2)
@@ -573,10 +576,21 @@ class FixedGraphNetwork(torch.nn.Module):
         dtype = pos.dtype
         n, n_edges = self.n_nodes, self.n_edges
         pos_n = pos.transpose(0, 1)  # (n, B, 3): node-major rows
-        if self.config.irreps_in is None:
+        # per layer the self-connection and lin1 as one matrix (d_in, d_out + d_in); weights only
+        pres = []
+        for conv, plan in zip(self._convs, self._plans):
+            zero = conv.sc.weight.new_zeros(1)
+            wpre = torch.cat([conv.sc.weight, zero, conv.lin1.weight, zero])
+            pre = torch.index_select(wpre, 0, plan.pre_idx.reshape(-1)).reshape(plan.pre_idx.shape)
+            pres.append((pre * plan.pre_coef.to(dtype)).t())
+        # without node features the first layer's input is the constant 1 on every node: its sc and lin1
+        # outputs are one constant row, and lin1's (scalars, one per channel) is folded into the radial weights
+        const_input = self.config.irreps_in is None
+        if const_input:
             if node_features is not None:
                 raise ValueError("this network takes no node_features (config.irreps_in is None)")
-            x = torch.ones_like(pos_n[..., :1]).reshape(-1, 1)  # (n * B, 1)
+            x = None
+            x0 = pres[0][0, self._metas[0]["d_out"] :]  # (d_in,) lin1 of the constant input
         else:
             if node_features is None:
                 raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
@@ -617,6 +631,8 @@ class FixedGraphNetwork(torch.nn.Module):
                 if k == last:
                     weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
                     weight = torch.index_select(weight, 1, plan.w_cols)
+                    if const_input and not outs:
+                        weight = weight * torch.index_select(x0, 0, plan.w_xrow)
                 h = h @ (weight * scale)
                 if act is not None:
                     h = act(h)
@@ -625,31 +641,32 @@ class FixedGraphNetwork(torch.nn.Module):
         w_all = _rows_to_edges(h, c.edge_pair, self.n_pairs, self._n_w_all)
         w_row = 0
 
-        for conv, plan, meta in zip(self._convs, self._plans, self._metas):
+        for layer, (conv, plan, meta, pre) in enumerate(zip(self._convs, self._plans, self._metas, pres)):
             d_out, n_w = meta["d_out"], meta["n_w"]
             w_base = w_row
             w_row += n_w
 
             # self-connection and lin1 in one MatMul: (n * B, d_out + d_in); lin1's part copied to the edges
-            zero = conv.sc.weight.new_zeros(1)
-            wpre = torch.cat([conv.sc.weight, zero, conv.lin1.weight, zero])
-            pre = torch.index_select(wpre, 0, plan.pre_idx.reshape(-1)).reshape(plan.pre_idx.shape)
-            t = x @ (pre * plan.pre_coef.to(dtype)).t()
-            s = t[:, :d_out]
-            xs = _rows_to_edges(t[:, d_out:], c.src, n, meta["d_in"])  # (d_in, E * B)
+            if const_input and layer == 0:
+                s, xs = pre[:, :d_out], None  # (1, d_out): the same row for every node
+            else:
+                t = x @ pre
+                s = t[:, :d_out]
+                xs = _rows_to_edges(t[:, d_out:], c.src, n, meta["d_in"])  # (d_in, E * B)
 
             # tensor product per product class: the terms w[u, c] x[u, a] Q[c, s, a] summed over the neighbours k
             # (outside (n, B): the sum adds whole contiguous rows); the sum over a is folded into the post matrix
             aggs = []
             for g in meta["groups"]:
                 n_u, dim1 = g["U"], 2 * g["l1"] + 1
-                xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
+                if xs is not None:
+                    xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
                 for cl in g["classes"]:
                     n_c, n_t = cl["C"], cl["S"]
                     w0 = w_base + cl["w_start"]  # sliced from w_all directly: one Split in onnxruntime
                     wg = w_all[w0 : w0 + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
                     qg = q[cl["q_off"] : cl["q_off"] + n_c * n_t * dim1].reshape(n_c, n_t, dim1, n - 1, -1)
-                    p = (xg * wg) * qg  # (U, C, S, dim1, n - 1, n * B)
+                    p = (wg if xs is None else xg * wg) * qg  # (U, C, S, dim1, n - 1, n * B)
                     aggs.append(p.reshape(n_u * n_c * n_t * dim1, n - 1, -1).sum(1))
             if aggs:  # (a layer can have no path at all, e.g. lmax=0 with vector inputs only)
                 agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, n * B)
@@ -657,7 +674,7 @@ class FixedGraphNetwork(torch.nn.Module):
                 post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
                 y = s + agg.t() @ (post * plan.post_coef.to(dtype)).t()  # (n * B, d_out)
             else:
-                y = s
+                y = s if xs is not None else s.expand(n * pos.shape[0], -1)
 
             if meta["gate"]:
                 n_s, n_g = meta["n_s"], meta["n_g"]

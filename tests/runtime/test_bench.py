@@ -102,12 +102,14 @@ def test_sub_batched_predict_equals_the_whole_batch_exactly():
 
 def test_rollout_stepper_matches_bundle_step_exactly(velocity_bundle):
     with Bundle.open(SIM_E3NN, threads=2) as b:
-        x0 = _near_example(b, 40, seed=1)
-        res = rollout(b, x0, 5)
-        x = x0.copy()
-        for k in range(1, 6):
-            x = b.step(x)
-            np.testing.assert_array_equal(res.traj[k], x)
+        for n in (1, 40):  # one sub-batch (IOBinding into buffers bound once) and several sub-batches
+            x0 = _near_example(b, n, seed=1)
+            res = rollout(b, x0, 5)
+            x = x0.copy()
+            for k in range(1, 6):
+                x = b.step(x)
+                np.testing.assert_array_equal(res.traj[k], x)
+            assert not np.array_equal(res.traj[5], res.traj[4])  # the bound input really follows the state
     with Bundle.open(velocity_bundle) as b:  # two model inputs and a velocity_correction output
         rng = np.random.default_rng(2)
         prev, x = rng.normal(size=(3, 12, 3)), rng.normal(size=(3, 12, 3))
