@@ -22,8 +22,8 @@ MatMuls over the ``n * (n - 1)`` ordered bead pairs, with the cutoff acting as a
   share a group when their paths agree). Only the structurally non-zero entries of ``Q`` are multiplied: a path
   reaching ``S`` components ``m = sigma_s(a)`` per input component ``a`` (1 for ``(1, 0, 1)`` (diagonal) and
   ``(1, 1, 0)``, 2 for the cross product ``(1, 1, 1)``, 3 for ``(1, 2, 1)``) contributes the terms
-  ``x[u, a] * w[u, c] * Q[c, s, a]``, one broadcast product per group (or two, when splitting the paths with one
-  term per ``a`` from the others saves enough work); the sum over neighbours ``k`` adds whole contiguous rows, and
+  ``x[u, a] * w[u, c] * Q[c, s, a]``, one broadcast product per group (or one per ``S`` when that saves enough
+  work); the sum over neighbours ``k`` adds whole contiguous rows, and
   the sum over ``a`` into each ``m`` is folded into ``lin2``'s matrix, which also carries the path weights,
   ``1 / sqrt(num_neighbors)``, e3nn's sc/conv mixing and the gate's channel order.
 * **Layout.** Node tensors are node-major rows ``(n * B, features)``: linear maps are one MatMul each, and copying
@@ -237,9 +237,9 @@ def _path_pattern(l1: int, l2: int, l3: int) -> list[list[int]]:
     return [np.nonzero(reach[a])[0].tolist() for a in range(2 * l1 + 1)]
 
 
-#: A group's paths are split into two products (paths reaching one ``m`` per ``a``, and the others) when that saves
-#: at least this many multiplications per edge: fewer products than padding every path to ``2 l3 + 1``, but each
-#: product is three more onnxruntime nodes (~1 µs each at B = 1).
+#: A group's paths are split into one product per number of terms ``S`` (paths reaching 1, 2, 3... components ``m``
+#: per ``a``) when that saves at least this many multiplications per edge over one product padding every path to
+#: the largest ``S``: each extra product is three more onnxruntime nodes (~1 us each at B = 1).
 _SPLIT_MIN_SAVING = 24
 
 
@@ -249,17 +249,12 @@ def _path_classes(l1: int, combos: tuple, n_u: int) -> list[tuple[tuple, int]]:
     A path whose ``Q[m, a]`` reaches at most ``S_c`` values of ``m`` per ``a`` is evaluated as ``S_c`` terms per ``a``
     (``m = sigma_s(a)``); within one product every path is padded to the product's ``S`` with zero terms.
     """
-    dim1 = 2 * l1 + 1
     s_of = {c: max(len(ms) for ms in _path_pattern(l1, *c)) for c in combos}
     one = (tuple(combos), max(s_of.values()))
-    lo = tuple(c for c in combos if s_of[c] <= 1)
-    hi = tuple(c for c in combos if s_of[c] > 1)
-    if not lo or not hi:
-        return [one]
-    saving = n_u * dim1 * (len(combos) * one[1] - len(lo) - len(hi) * max(s_of[c] for c in hi))
+    saving = n_u * (2 * l1 + 1) * (len(combos) * one[1] - sum(s_of.values()))
     if saving < _SPLIT_MIN_SAVING:
         return [one]
-    return [(lo, 1), (hi, max(s_of[c] for c in hi))]
+    return [(tuple(c for c in combos if s_of[c] == n_t), n_t) for n_t in sorted(set(s_of.values()))]
 
 
 class _Consts(torch.nn.Module):
