@@ -12,7 +12,10 @@ figure is the median of repeats and the implementations are timed in interleaved
 The model is ``DisplacementModel(E3nnConfig(), scale)`` with seeded random (perturbed) weights, exported with the
 project's own exporter (parity-checked) into a temporary folder; frames come from the embedded simulator. Nothing
 is written into the repository. The roofline is numpy's float32 matmul speed at the model's shapes on one thread
-(:func:`e3traj.runtime._bench.matmul_roofline`); FLOPs are the graph's MatMul work per frame.
+(:func:`e3traj.runtime._bench.matmul_roofline`). The fraction of it is given for two measures of the work per
+frame: the exported graph's own MatMul work (strict: every FLOP this formulation saves lowers it), and the work of
+e3nn's Network on the complete 12-node graph as torch's FlopCounterMode counts it (the Performance issue's
+definition: ≈ 5.0 MFLOP, "roofline ≈ 11,700 frames/s per thread"), both counted in this run.
 """
 
 from __future__ import annotations
@@ -72,6 +75,20 @@ def _frames(n: int) -> np.ndarray:
 
     xy = simulate(frames=n, seed=0, dim=2)
     return np.concatenate([xy, np.zeros(xy.shape[:2] + (1,))], axis=-1)
+
+
+def _reference_work(ref: torch.nn.Module, frames: np.ndarray, max_radius: float) -> tuple[float, int]:
+    """FLOPs (FlopCounterMode) of e3nn's Network on one frame shrunk so that all 12 x 11 pairs are edges."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frame = frames[0] - frames[0].mean(axis=0)
+    dist = np.linalg.norm(frame[:, None] - frame[None], axis=-1)
+    frame = frame * (0.8 * max_radius / dist.max())
+    dist = np.linalg.norm(frame[:, None] - frame[None], axis=-1)
+    edges = int(((dist < max_radius) & (dist > 0)).sum())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ref({"pos": torch.from_numpy(frame).float()})
+    return float(counter.get_total_flops()), edges
 
 
 def _build(tmp: Path, frames: np.ndarray, say) -> tuple[torch.nn.Module, torch.nn.Module, Path, float]:
@@ -139,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         model, ref, bundle_dir, t_export = _build(tmp, frames, say)
         onnx_file = bundle_dir / "model.onnx"
         flops = matmul_flops_per_frame(onnx_file)
+        ref_flops, ref_edges = _reference_work(ref, frames, model.config.max_radius)
         say("measuring the numpy matmul roofline (1 thread)")
         roof = matmul_roofline_detail(seconds=1.0 if quick else 3.0, threads=1)
         roofline = roof["gflops"]
@@ -238,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     shapes = ", ".join(f"{tuple(p['shape'])} {p['gflops']:.1f}" for p in roof["per_shape"])
     print(f"roofline  {roofline:.1f} GFLOP/s (numpy float32 matmul, 1 thread, best of (M, K, N): {shapes})")
     print(f"work      {flops / 1e6:.3f} MFLOP of MatMul per frame (counted from the ONNX graph, {nodes} nodes)")
+    print(
+        f"reference {ref_flops / 1e6:.3f} MFLOP per frame: e3nn's Network on the complete graph ({ref_edges} edges, "
+        f"FlopCounterMode); roofline {roofline * 1e9 / flops:,.0f} frames/s by the graph's work, "
+        f"{roofline * 1e9 / ref_flops:,.0f} by the reference work"
+    )
     print(f"parity    ONNX vs eager max abs {onnx_err:.1e}; TorchScript vs eager {ts_err:.1e} (B={big})")
     print(f"settings  {'quick' if quick else 'full'}: {repeats} interleaved repeats, medians; 1 thread unless stated\n")
     head = f"{'implementation':38s} {'B':>5s} {'frames/s':>10s} {'ms/frame':>9s} {'vs e3nn':>8s} {'% roofline':>10s}"
@@ -265,8 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     checks = [
         ("batched B=256 frames/s >= 5,000", 1 / big_dt, TARGETS["batch_fps"], "{:.0f}"),
         (
-            "batched B=256 >= 40% of roofline",
+            "batched B=256 >= 40% of roofline (graph's work)",
             1 / big_dt * flops / 1e9 / roofline,
+            TARGETS["roofline_fraction"],
+            "{:.1%}",
+        ),
+        (
+            "batched B=256 >= 40% of roofline (e3nn's work)",
+            1 / big_dt * ref_flops / 1e9 / roofline,
             TARGETS["roofline_fraction"],
             "{:.1%}",
         ),
@@ -285,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, value, target, fmt in checks:
         lower_better = "<=" in label
         ok = value <= target if lower_better else value >= target
-        print(f"  {'MET ' if ok else 'MISS'}  {label:42s} measured {fmt.format(value)}")
+        print(f"  {'MET ' if ok else 'MISS'}  {label:48s} measured {fmt.format(value)}")
     return 0
 
 
