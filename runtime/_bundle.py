@@ -51,9 +51,10 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 #: Frames per onnxruntime call. Larger batches are split into sub-batches of this size: the e3nn graph's
-#: intermediates (~180 floats per edge and frame) then stay in the CPU caches. Measured on a 2-core AMD EPYC
-#: (benchmarks/run.py), 1 thread, 1024 frames: whole batch ~2,400 frames/s, chunks of 256 ~2,500-2,800,
-#: 64 ~3,100-3,700, 32 ~3,200-4,400, 16 ~3,000-4,900 (noisy machine; 32 is best or within noise of it).
+#: intermediates (a few hundred floats per edge and frame) then stay in the CPU caches. Measured on a 2-core AMD EPYC
+#: with the committed sim-e3nn bundle (sparse tensor product), 1 thread, 1024 frames, medians of 9 interleaved
+#: rounds: whole batch 3,021 frames/s, chunks of 256 3,613, 64 5,323, 32 5,940, 16 5,579, 8 5,602 (noisy
+#: machine: the ranges overlap from 64 down; 32 is best or within noise of it).
 CHUNK = 32
 
 
