@@ -489,7 +489,7 @@ class FixedGraphNetwork(torch.nn.Module):
         plan.const("pre_idx", pre_idx.T)
         plan.const("pre_coef", pre_coef.T)
 
-        # per group: combos padded to (C, M)
+        # per group: its products (path classes by number of terms S; see _path_classes)
         groups = [g for g in groups if g["combos"]]
         d_pos = w_pos = 0
         where = {}  # (group key, (l2, l3)) -> (class, index in the class)
