@@ -868,10 +868,11 @@ class Bundle:
         pos_names = [n for n, m in self._input_meanings.items() if m == "positions"]
         disp_names = [n for n, m in self._input_meanings.items() if m == "previous_displacement"]
         meaning = self.output_meaning
-        y = np.empty(shape, dtype=np.float64)
         velocity = np.empty(shape, dtype=np.float64) if disp_names or meaning == "velocity_correction" else None
-
+        # one sub-batch: onnxruntime writes into a bound buffer, read directly below (float32 -> float64 in the
+        # additions is exact, as in the copy into ``y`` of the sub-batched path)
         run = self._bound_run(bufs, shape) if batch <= CHUNK else None
+        y = np.empty(shape, dtype=np.float64) if run is None else None
 
         def step_into(x: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
             # (rollout calls this inside np.errstate(all="ignore"); no errstate here: it slows the next
@@ -886,15 +887,16 @@ class Bundle:
                 np.copyto(bufs[n], velocity, casting="unsafe")
             if run is None:
                 self._run_chunks(bufs, y, CHUNK)
+                pred = y
             else:
-                np.copyto(y, run())
+                pred = run()
             if meaning == "displacement":
-                np.add(x, y, out=out)
+                np.add(x, pred, out=out)
             elif meaning == "next_positions":
-                out[...] = y
+                out[...] = pred
             else:
                 np.add(x, velocity, out=out)
-                np.add(out, y, out=out)
+                np.add(out, pred, out=out)
 
         return step_into
 
