@@ -373,7 +373,7 @@ class FixedGraphNetwork(torch.nn.Module):
         sh_l = [mul_ir.ir.l for mul_ir in o3.Irreps.spherical_harmonics(config.lmax)]
         self._plans = torch.nn.ModuleList()
         self._metas = []
-        q_keys: dict[tuple, int] = {}  # (l1, combos) -> row offset in the Q matrix
+        q_keys: dict[tuple, tuple] = {}  # (l1, combos, S) -> (row offset in the Q matrix, the product's sigma)
         q_rows = 0
         row_scale = np.ones(convs[0].irreps_in.dim)
         for conv, gate in zip(convs, gates):
@@ -382,9 +382,9 @@ class FixedGraphNetwork(torch.nn.Module):
                 for cl in g["classes"]:
                     key = (g["l1"], cl["combos"], cl["S"])
                     if key not in q_keys:
-                        q_keys[key] = q_rows
+                        q_keys[key] = (q_rows, cl["sigma"])
                         q_rows += (2 * g["l1"] + 1) * cl["C"] * cl["S"]
-                    cl["q_off"] = q_keys[key]
+                    cl["q_off"] = q_keys[key][0]
             self._plans.append(plan)
             self._metas.append(meta)
 
@@ -401,11 +401,11 @@ class FixedGraphNetwork(torch.nn.Module):
             n_mono += 3**deg
         sh_poly = {deg: _monomial_to_sh(deg) for deg in range(1, max_l2 + 1)}
         q_mat = np.zeros((q_rows, n_mono))
-        for (l1, combos, n_t), off in q_keys.items():
+        for (l1, combos, n_t), (off, sigma) in q_keys.items():  # the terms the post matrix expects (same sigma)
             for c, (l2, l3) in enumerate(combos):
                 w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()  # (2l1+1, 2l2+1, 2l3+1)
                 poly = np.ones((1, 1)) if l2 == 0 else sh_poly[l2]  # Y_0 = 1
-                for a, ms in enumerate(_path_pattern(l1, l2, l3)):
+                for a, ms in enumerate(sigma[c]):
                     for s, m in enumerate(ms):
                         row = off + (c * n_t + s) * (2 * l1 + 1) + a
                         q_mat[row, mono_off[l2] : mono_off[l2] + 3**l2] = poly @ w3j[a, :, m]
