@@ -30,6 +30,7 @@ from e3traj.runtime._errors import CheckFailed, InputError, UsageError
 from e3traj.runtime._io import atomic_output_dir
 from e3traj.runtime._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
 from e3traj.train._checkpoint import build_model, load_checkpoint
+from e3traj.train._model import tabulate_radial
 
 __all__ = ["export_checkpoint", "ExportSettings", "DEFAULT_OPSET", "MIN_ONNXRUNTIME"]
 
@@ -55,10 +56,14 @@ class ExportSettings:
     n_random: int = 16
     seed: int = 0
     force: bool = False
+    radial: str = "table"  # e3nn kinds: the radial MLPs as a cubic table of the edge length ("mlp": as MatMuls)
+    radial_rtol: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.exporter not in ("auto", "torchscript", "dynamo"):
             raise UsageError(f"exporter {self.exporter!r} is unknown; use auto, torchscript or dynamo")
+        if self.radial not in ("table", "mlp"):
+            raise UsageError(f"radial {self.radial!r} is unknown; use table or mlp")
         if not 17 <= self.opset <= 21:
             raise UsageError(f"opset {self.opset!r} is outside 17..21")
 
@@ -210,10 +215,22 @@ def export_checkpoint(
     inputs = _example_inputs(ckpt, s.n_random, s.seed)
     names = _input_names(kind)
     trace_args = tuple(torch.from_numpy(inputs[n][:2]) for n in names)
-    ref = _eager(model, inputs).astype(np.float64)
+    ref = _eager(model, inputs).astype(np.float64)  # the eager model with its MLPs: what every path must match
     n_frames = len(ref)
     if not np.all(np.isfinite(ref)):
         raise InputError(f"{ckpt_path}: the model gives non-finite outputs on training frames; retrain it")
+    radial: dict[str, Any] | None = None if kind == "baseline" else {"form": "mlp"}
+    if radial is not None and s.radial == "table":
+        t0 = time.perf_counter()
+        tabulated, radial = tabulate_radial(model, rtol=s.radial_rtol)
+        if tabulated is not None:
+            model = tabulated
+            say(
+                f"radial table: {radial['intervals']} intervals, max error {radial['max_abs_error']:.3g} "
+                f"(largest value {radial['max_abs_value']:.3g}), {time.perf_counter() - t0:.1f} s"
+            )
+        else:
+            say(f"radial table not used: {radial['why']}; the MLPs are exported")
 
     timings: dict[str, float] = {}
     with atomic_output_dir(out, force=s.force) as tmp:
@@ -243,6 +260,8 @@ def export_checkpoint(
                 f"{out}: no exporter matched PyTorch within {s.parity_tol:g} ({'; '.join(tried)}); bundle not written"
             )
         manifest = _manifest(ckpt, kind, graph, used, s, parity, n_frames)
+        if radial is not None:
+            manifest["onnx"]["radial"] = radial
         _finish_onnx(onnx_path, _metadata_props(manifest))
         sess = _session(onnx_path)
         parity = _parity(lambda x: _run(sess, x), inputs, ref)

@@ -33,8 +33,16 @@ __all__ = ["export"]
     show_default=True,
     help="Max abs parity error exported vs eager.",
 )
+@click.option(
+    "--radial",
+    type=click.Choice(["table", "mlp"]),
+    default="table",
+    show_default=True,
+    help="e3nn models: radial MLPs as a cubic table of the edge length (faster; error <= 1e-6 of their range, "
+    "recorded in the manifest) or as exported MatMuls.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one is complete).")
-def export(checkpoint, output, fmt, opset, exporter, tolerance, force):
+def export(checkpoint, output, fmt, opset, exporter, tolerance, radial, force):
     """Export CHECKPOINT to a verified bundle (ONNX over the fixed 12-node graph + manifest + example).
 
     Refuses to write anything when the exported model differs from PyTorch by more than --tolerance, or when
@@ -43,7 +51,9 @@ def export(checkpoint, output, fmt, opset, exporter, tolerance, force):
     from ._export import ExportSettings, export_checkpoint
 
     formats = ("onnx",) if fmt == "onnx" else ("onnx", "torchscript")
-    settings = ExportSettings(formats=formats, opset=opset, exporter=exporter, parity_tol=tolerance, force=force)
+    settings = ExportSettings(
+        formats=formats, opset=opset, exporter=exporter, parity_tol=tolerance, radial=radial, force=force
+    )
     manifest = export_checkpoint(checkpoint, output, settings, log=lambda m: click.echo(m, err=True))
     v = manifest["verification"]
     eq = v.get("equivariance", {})

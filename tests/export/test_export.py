@@ -60,6 +60,13 @@ def test_export_both_formats_parity(ckpts, tmp_path, kind):
         and json.loads(meta["e3traj.hyperparameters"]) == manifest["model"]["hyperparameters"]
     )
     assert manifest["onnx"]["opset"] >= 17
+    if kind == "e3nn":  # the radial MLPs went out as a table, its measured error recorded
+        radial = manifest["onnx"]["radial"]
+        assert radial["form"] == "table" and radial["intervals"] >= 64
+        assert 0 < radial["max_abs_error"] <= radial["rtol"] * radial["max_abs_value"]
+        assert "Exp" not in {n.op_type for n in model.graph.node}
+    else:
+        assert "radial" not in manifest["onnx"]
     with Bundle.open(out) as b:
         assert b.recheck_example() <= 1e-5
         x = np.random.default_rng(0).normal(size=(7, 12, 3))
@@ -104,6 +111,7 @@ def test_non_equivariant_e3nn_graph_is_refused(ckpts, tmp_path, monkeypatch):
         def __init__(self, m):
             super().__init__()
             self.m = m
+            self.net = m.net  # what the radial table is built on (and shared with self.m in the copy)
 
         def forward(self, pos):
             return self.m(pos) + 1e-3 * pos[..., :1]  # breaks rotation and translation
@@ -115,6 +123,17 @@ def test_non_equivariant_e3nn_graph_is_refused(ckpts, tmp_path, monkeypatch):
     with pytest.raises(CheckFailed, match="not equivariant"):
         export_checkpoint(ckpts / "e3nn.pt", tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_export_radial_mlp_keeps_the_mlps(ckpts, tmp_path):
+    out = tmp_path / "mlp"
+    r = CliRunner().invoke(main, ["export", str(ckpts / "e3nn.pt"), "-o", str(out), "--radial", "mlp"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["onnx"]["radial"] == {"form": "mlp"} and manifest["verification"]["parity_max_abs"] <= 1e-5
+    assert "Exp" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}  # the radial basis
+    r = CliRunner().invoke(main, ["export", str(ckpts / "e3nn.pt"), "-o", str(tmp_path / "x"), "--radial", "lut"])
+    assert r.exit_code == 2 and "--radial" in r.output and not (tmp_path / "x").exists()
 
 
 def test_refusals(ckpts, tmp_path):
@@ -135,6 +154,8 @@ def test_refusals(ckpts, tmp_path):
     with pytest.raises(UsageError, match="--force"):
         export_checkpoint(ckpts / "e3nn.pt", tmp_path / "exists")
     assert (tmp_path / "exists" / "keep").read_text() == "mine"
+    with pytest.raises(UsageError, match="radial 'lut' is unknown"):
+        ExportSettings(radial="lut")
 
 
 def test_cli_export_force_replaces_only_when_complete(ckpts, tmp_path):
