@@ -12,10 +12,10 @@ figure is the median of repeats and the implementations are timed in interleaved
 The model is ``DisplacementModel(E3nnConfig(), scale)`` with seeded random (perturbed) weights, exported with the
 project's own exporter (parity-checked) into a temporary folder; frames come from the embedded simulator. Nothing
 is written into the repository. The roofline is numpy's float32 matmul speed at the model's shapes on one thread
-(:func:`e3traj.runtime._bench.matmul_roofline`). The fraction of it is given for two measures of the work per
-frame: the exported graph's own MatMul work (strict: every FLOP this formulation saves lowers it), and the work of
-e3nn's Network on the complete 12-node graph as torch's FlopCounterMode counts it (the Performance issue's
-definition: ≈ 5.0 MFLOP, "roofline ≈ 11,700 frames/s per thread"), both counted in this run.
+(:func:`e3traj.runtime._bench.matmul_roofline`). The fraction of it is judged, as the Performance issue defines it,
+by the work of e3nn's Network on the complete 12-node graph as torch's FlopCounterMode counts it (≈ 5.0 MFLOP,
+"roofline ≈ 11,700 frames/s per thread"); the MatMul work each implementation itself runs is printed beside it for
+information (the exported graph's radial MLPs are a table, so it does far less MatMul work than the eager module).
 """
 
 from __future__ import annotations
@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         onnx_file = bundle_dir / "model.onnx"
         flops = matmul_flops_per_frame(onnx_file)
         ref_flops, ref_edges = _reference_work(ref, frames, model.config.max_radius)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.from_numpy(frames[:1]).float())  # the eager module: its radial MLPs, not the table
+        mlp_flops = float(counter.get_total_flops())
         say("measuring the numpy matmul roofline (1 thread)")
         roof = matmul_roofline_detail(seconds=1.0 if quick else 3.0, threads=1)
         roofline = roof["gflops"]
@@ -263,14 +268,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"parity    ONNX vs eager max abs {onnx_err:.1e}; TorchScript vs eager {ts_err:.1e} (B={big})")
     print(f"settings  {'quick' if quick else 'full'}: {repeats} interleaved repeats, medians; 1 thread unless stated\n")
-    head = f"{'implementation':38s} {'B':>5s} {'frames/s':>10s} {'ms/frame':>9s} {'vs e3nn':>8s} {'% roofline':>10s}"
+    head = (
+        f"{'implementation':38s} {'B':>5s} {'frames/s':>10s} {'ms/frame':>9s} {'vs e3nn':>8s} "
+        f"{'% roofline':>10s} {'(graph)':>8s}"
+    )
     print(head)
     print("-" * len(head))
     for (name, bs), dt in per_frame.items():
-        is_e3nn = name.startswith("e3nn")
-        frac = "-" if is_e3nn else f"{1 / dt * flops / 1e9 / roofline * 100:9.1f}%"
-        print(f"{name:38s} {bs:5d} {1 / dt:10.0f} {dt * 1e3:9.3f} {vs_e3nn[(name, bs)]:7.1f}x {frac:>10s}")
-    print("(frames/s, ms/frame: medians over rounds; 'vs e3nn': median over rounds of the per-round ratio)")
+        if name.startswith("e3nn"):
+            frac = graph_frac = "-"
+        else:
+            frac = f"{1 / dt * ref_flops / 1e9 / roofline * 100:9.1f}%"
+            work = flops if name.startswith("ONNX") else mlp_flops  # eager and TorchScript run the MLPs
+            graph_frac = f"{1 / dt * work / 1e9 / roofline * 100:7.1f}%"
+        print(
+            f"{name:38s} {bs:5d} {1 / dt:10.0f} {dt * 1e3:9.3f} {vs_e3nn[(name, bs)]:7.1f}x "
+            f"{frac:>10s} {graph_frac:>8s}"
+        )
+    print(
+        "(frames/s, ms/frame: medians over rounds; 'vs e3nn': median over rounds of the per-round ratio;\n"
+        " % roofline: frames/s x the reference work / roofline, the issue's definition; (graph): x the MatMul work\n"
+        " that implementation runs, which the radial table makes small for the ONNX rows)"
+    )
     ratio2 = _ratio(thr_rounds[1], thr_rounds[2])
     print(
         f"\nONNX runtime B=1024: 1 thread {1 / thr[1]:.0f} frames/s, 2 threads {1 / thr[2]:.0f} frames/s: {ratio2:.2f}x"
@@ -287,12 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     big_dt = per_frame[("ONNX runtime Bundle.predict", big)]
     checks = [
         ("batched B=256 frames/s >= 5,000", 1 / big_dt, TARGETS["batch_fps"], "{:.0f}"),
-        (
-            "batched B=256 >= 40% of roofline (graph's work)",
-            1 / big_dt * flops / 1e9 / roofline,
-            TARGETS["roofline_fraction"],
-            "{:.1%}",
-        ),
         (
             "batched B=256 >= 40% of roofline (e3nn's work)",
             1 / big_dt * ref_flops / 1e9 / roofline,
@@ -315,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         lower_better = "<=" in label
         ok = value <= target if lower_better else value >= target
         print(f"  {'MET ' if ok else 'MISS'}  {label:48s} measured {fmt.format(value)}")
+    print(
+        f"  info  B=256 by the graph's own MatMul work ({flops / 1e6:.3f} MFLOP/frame; "
+        f"{mlp_flops / 1e6:.3f} with the MLPs): {1 / big_dt * flops / 1e9 / roofline:.1%} of roofline"
+    )
     return 0
 
 
