@@ -30,7 +30,7 @@ from e3traj.runtime._errors import CheckFailed, InputError, UsageError
 from e3traj.runtime._io import atomic_output_dir
 from e3traj.runtime._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
 from e3traj.train._checkpoint import build_model, load_checkpoint
-from e3traj.train._model import tabulate_radial
+from e3traj.train._model import reference_flops_per_frame, tabulate_radial
 
 __all__ = ["export_checkpoint", "ExportSettings", "DEFAULT_OPSET", "MIN_ONNXRUNTIME"]
 
@@ -262,6 +262,8 @@ def export_checkpoint(
         manifest = _manifest(ckpt, kind, graph, used, s, parity, n_frames)
         if radial is not None:
             manifest["onnx"]["radial"] = radial
+            # e3nn's own Network's work per frame: hosts' `e3traj bench` gives the roofline fraction by it too
+            manifest["model"]["reference_flops_per_frame"] = reference_flops_per_frame(model.net.config)
         _finish_onnx(onnx_path, _metadata_props(manifest))
         sess = _session(onnx_path)
         parity = _parity(lambda x: _run(sess, x), inputs, ref)

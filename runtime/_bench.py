@@ -43,6 +43,7 @@ __all__ = [
     "matmul_roofline_detail",
     "median_time",
     "matmul_flops_per_frame",
+    "reference_flops",
     "bench_bundle",
     "bundle_size",
     "machine_info",
@@ -380,7 +381,9 @@ def bench_bundle(
         One dict per row with keys ``mode`` (``predict`` | ``rollout``), ``threads``, ``batch``, ``latency_ms``
         (per call; per step for a rollout), ``frames_per_s``, ``us_per_frame``, ``gflops``, ``roofline_fraction``
         (vs ``roofline * threads``), ``open_s`` (median :meth:`Bundle.open` time), ``bundle_bytes``,
-        ``flops_per_frame``, ``roofline_gflops``.
+        ``flops_per_frame``, ``roofline_gflops``; ``reference_flops_per_frame`` (e3nn's own Network's work per frame,
+        from the manifest; None for bundles without it) and ``reference_roofline_fraction`` (the roofline fraction
+        by that work, the Performance issue's definition; None likewise).
     """
     from ._bundle import Bundle
     from ._rollout import rollout
@@ -413,6 +416,7 @@ def bench_bundle(
             example, _ = bundle.load_example()
             base = dict(threads=n_threads, open_s=open_s, bundle_bytes=size, flops_per_frame=flops_per_frame)
             base["roofline_gflops"] = roofline
+            base["reference_flops_per_frame"] = reference_flops(bundle.manifest)
             for batch in batch_sizes:
                 feed = _frames_like(example, batch, seed=batch)
                 fn = lambda feed=feed, b=bundle: b.predict(feed)  # noqa: E731
@@ -444,8 +448,23 @@ def _row(mode: str, batch: int, dt: float, frames: int, base: dict[str, Any]) ->
         "us_per_frame": 1e6 / fps,
         "gflops": gflops,
         "roofline_fraction": gflops / (base["roofline_gflops"] * base["threads"]),
+        "reference_roofline_fraction": (
+            None
+            if base["reference_flops_per_frame"] is None
+            else fps * base["reference_flops_per_frame"] / 1e9 / (base["roofline_gflops"] * base["threads"])
+        ),
         **base,
     }
+
+
+def reference_flops(manifest: dict[str, Any]) -> float | None:
+    """``model.reference_flops_per_frame`` of a manifest (e3nn's own Network's work per frame, recorded at
+    export), or None where absent or not a positive finite number."""
+    model = manifest.get("model")
+    value = model.get("reference_flops_per_frame") if isinstance(model, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -484,14 +503,17 @@ def machine_info() -> dict[str, Any]:
 
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     """The rows of :func:`bench_bundle` as an aligned text table."""
+    ref = any(r.get("reference_roofline_fraction") is not None for r in rows)
     head = f"{'mode':8s} {'threads':>7s} {'batch':>6s} {'ms/call':>9s} {'frames/s':>9s} {'us/frame':>9s} "
-    head += f"{'GFLOP/s':>8s} {'roofline':>8s}"
+    head += f"{'GFLOP/s':>8s} {'roofline':>8s}" + (f" {'(e3nn)':>8s}" if ref else "")
     lines = [head, "-" * len(head)]
     for r in rows:
         unit = "ms/step" if r["mode"] == "rollout" else ""
+        frac = r.get("reference_roofline_fraction")
         lines.append(
             f"{r['mode']:8s} {r['threads']:7d} {r['batch']:6d} {r['latency_ms']:9.3f} {r['frames_per_s']:9.0f} "
             f"{r['us_per_frame']:9.1f} {r['gflops']:8.2f} {r['roofline_fraction'] * 100:7.1f}%"
+            + ((f" {frac * 100:7.1f}%" if frac is not None else f" {'-':>8s}") if ref else "")
             + (f"  ({unit})" if unit else "")
         )
     return "\n".join(lines)

@@ -61,6 +61,7 @@ __all__ = [
     "DisplacementModel",
     "load_reference_weights",
     "tabulate_radial",
+    "reference_flops_per_frame",
 ]
 
 _RADIAL_COEFFS = 4  # cubic Hermite pieces: coefficients of 1, f, f**2, f**3 per interval
@@ -829,3 +830,22 @@ def tabulate_radial(
     target._radial_table = coef.reshape(n_int, -1).to(next(net.parameters()).dtype)
     info["form"] = "table"
     return tabulated, info
+
+
+def reference_flops_per_frame(config: E3nnConfig) -> float:
+    """FLOPs torch's FlopCounterMode counts for e3nn's own ``Network`` on one frame whose ``n (n - 1)`` ordered
+    pairs are all edges (the work the Performance issue measures a roofline by; it depends on the configuration
+    and the number of edges only, not on the weights or the positions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = config.num_nodes
+    t = torch.arange(n, dtype=torch.float64)
+    pos = torch.stack([torch.cos(t), torch.sin(t), 0.3 * t], dim=1)  # a helix: no coincident beads
+    pos = (pos - pos.mean(0)) * (0.8 * config.max_radius / float(torch.cdist(pos, pos).max()))
+    data = {"pos": pos.to(torch.get_default_dtype())}
+    if config.irreps_in is not None:
+        data["x"] = torch.ones(n, o3.Irreps(config.irreps_in).dim)
+    net = build_reference_network(config)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(data)
+    return float(counter.get_total_flops())

@@ -86,6 +86,7 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
                     "kind": manifest.get("model", {}).get("kind"),
                     "bundle_bytes": size,
                     "flops_per_frame": flops,
+                    "reference_flops_per_frame": rows[0].get("reference_flops_per_frame"),
                     "roofline": roof,
                     "machine": info,
                     "scaling": scaling,
@@ -106,6 +107,12 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
         f"numpy {info['numpy']}"
     )
     click.echo(f"work      {flops / 1e6:.3f} MFLOP of MatMul per frame (counted from the graph)")
+    ref = rows[0].get("reference_flops_per_frame")
+    if ref is not None:
+        click.echo(
+            f"reference {ref / 1e6:.3f} MFLOP per frame: e3nn's own Network on the complete graph (from the manifest); "
+            "column (e3nn) is the roofline fraction by this work"
+        )
     click.echo(f"roofline  {roof['gflops']:.1f} GFLOP/s numpy float32 matmul, 1 thread; (M, K, N) GFLOP/s: {shapes}")
     click.echo(f"open      {opens} (median Bundle.open: verify + session)")
     click.echo(format_rows(rows))

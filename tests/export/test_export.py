@@ -65,8 +65,9 @@ def test_export_both_formats_parity(ckpts, tmp_path, kind):
         assert radial["form"] == "table" and radial["intervals"] >= 64
         assert 0 < radial["max_abs_error"] <= radial["rtol"] * radial["max_abs_value"]
         assert "Exp" not in {n.op_type for n in model.graph.node}
+        assert manifest["model"]["reference_flops_per_frame"] > 1e5  # e3nn's own Network's work per frame
     else:
-        assert "radial" not in manifest["onnx"]
+        assert "radial" not in manifest["onnx"] and "reference_flops_per_frame" not in manifest["model"]
     with Bundle.open(out) as b:
         assert b.recheck_example() <= 1e-5
         x = np.random.default_rng(0).normal(size=(7, 12, 3))

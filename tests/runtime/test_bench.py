@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from e3traj.runtime import Bundle, rollout
-from e3traj.runtime._bench import bench_bundle, bundle_size, matmul_flops_per_frame
+from e3traj.runtime._bench import bench_bundle, bundle_size, format_rows, matmul_flops_per_frame, reference_flops
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_E3NN = REPO / "artifacts" / "sim-e3nn"
@@ -75,6 +75,33 @@ def test_bench_refuses_bad_options_in_one_line(cli, cli_error, args, fragment):
 
 def test_bench_on_a_missing_bundle_is_an_input_error(cli, cli_error, tmp_path):
     cli_error(cli("bench", tmp_path / "nope", *TINY), 3, "not found")
+
+
+def test_bench_gives_the_roofline_fraction_by_e3nns_work_from_the_manifest(cli):
+    result = cli("bench", SIM_E3NN, "--batch-sizes", "2", "--threads", "1", "--json", *TINY)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    ref = json.loads((SIM_E3NN / "manifest.json").read_text())["model"]["reference_flops_per_frame"]
+    assert report["reference_flops_per_frame"] == ref == 5032080.0  # e3nn's Network, FlopCounterMode, at export
+    for row in report["rows"]:
+        assert row["reference_roofline_fraction"] == pytest.approx(
+            row["frames_per_s"] * ref / 1e9 / report["roofline"]["gflops"]
+        )
+        assert row["reference_roofline_fraction"] > row["roofline_fraction"]  # the graph does less MatMul work
+    text = cli("bench", SIM_E3NN, "--batch-sizes", "2", "--threads", "1", *TINY).output
+    assert "(e3nn)" in text and any(ln.startswith("reference 5.032 MFLOP") for ln in text.splitlines())
+
+
+def test_reference_flops_only_from_a_positive_finite_manifest_value(baseline_bundle):
+    assert reference_flops({"model": {"reference_flops_per_frame": 5.0e6}}) == 5.0e6
+    for manifest in ({}, {"model": []}, *({"model": {"reference_flops_per_frame": v}} for v in (None, True, -1, "5"))):
+        assert reference_flops(manifest) is None
+    assert reference_flops({"model": {"reference_flops_per_frame": float("inf")}}) is None
+    rows = bench_bundle(
+        baseline_bundle, batch_sizes=(2,), threads=(1,), repeats=1, seconds=0.01, rollout_steps=0, roofline=10.0
+    )
+    assert rows[0]["reference_flops_per_frame"] is None and rows[0]["reference_roofline_fraction"] is None
+    assert "(e3nn)" not in format_rows(rows)
 
 
 def test_flops_are_counted_from_the_graph_without_onnx(baseline_bundle):

@@ -20,6 +20,7 @@ from e3traj.train._model import (
     _path_pattern,
     build_reference_network,
     load_reference_weights,
+    reference_flops_per_frame,
     tabulate_radial,
 )
 
@@ -388,6 +389,20 @@ def test_radial_table_onnx_parity_and_bad_frames():
     assert not np.isfinite(got[0]).all() and not np.isfinite(got[1]).all()
     with torch.no_grad():
         assert np.abs(got[2:] - model(frames[2:]).numpy()).max() <= 1e-5
+
+
+def test_reference_flops_count_e3nns_network_on_the_complete_graph():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # e3nn's Network on another frame whose 132 ordered pairs are all within max_radius counts the same work
+    config = CONFIGS["default"]
+    gen = torch.Generator().manual_seed(9)
+    pos = torch.randn(12, 3, generator=gen)
+    pos = pos * (0.9 * config.max_radius / float(torch.cdist(pos, pos).max()))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        build_reference_network(config)({"pos": pos})
+    assert reference_flops_per_frame(config) == float(counter.get_total_flops()) == 5032080.0
+    assert reference_flops_per_frame(CONFIGS["velocity"]) > reference_flops_per_frame(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
