@@ -1,9 +1,10 @@
 """Export a checkpoint to a bundle: ONNX (and TorchScript on request) over the fixed 12-node graph.
 
-Nothing is written unless every check passes: exported vs eager parity on training and random frames,
-the ONNX graph's shape (no NonZero, weights inside, ``onnx.checker`` full check), equivariance of the
-exported model through the runtime's own checker (e3nn models), and a final re-open of the finished bundle
-with the runtime, the way a host will open it.
+For e3nn models the radial MLPs are exported as a cubic table of the edge length whose error is measured first
+(:func:`e3traj.train._model.tabulate_radial`; ``radial="mlp"`` keeps them). Nothing is written unless every check
+passes: exported vs eager parity on training and random frames, the ONNX graph's shape (no NonZero, weights
+inside, ``onnx.checker`` full check), equivariance of the exported model through the runtime's own checker (e3nn
+models), and a final re-open of the finished bundle with the runtime, the way a host will open it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class ExportSettings:
             raise UsageError(f"exporter {self.exporter!r} is unknown; use auto, torchscript or dynamo")
         if self.radial not in ("table", "mlp"):
             raise UsageError(f"radial {self.radial!r} is unknown; use table or mlp")
+        if (
+            isinstance(self.radial_rtol, bool)
+            or not isinstance(self.radial_rtol, int | float)
+            or not (0 < self.radial_rtol < 1)
+        ):
+            raise UsageError(f"radial_rtol {self.radial_rtol!r} is not a number in (0, 1); the default is 1e-6")
         if not 17 <= self.opset <= 21:
             raise UsageError(f"opset {self.opset!r} is outside 17..21")
 

@@ -157,6 +157,8 @@ def test_refusals(ckpts, tmp_path):
     assert (tmp_path / "exists" / "keep").read_text() == "mine"
     with pytest.raises(UsageError, match="radial 'lut' is unknown"):
         ExportSettings(radial="lut")
+    with pytest.raises(UsageError, match="radial_rtol 0 is not a number in"):
+        ExportSettings(radial_rtol=0)
 
 
 def test_cli_export_force_replaces_only_when_complete(ckpts, tmp_path):
