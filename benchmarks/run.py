@@ -77,20 +77,6 @@ def _frames(n: int) -> np.ndarray:
     return np.concatenate([xy, np.zeros(xy.shape[:2] + (1,))], axis=-1)
 
 
-def _reference_work(ref: torch.nn.Module, frames: np.ndarray, max_radius: float) -> tuple[float, int]:
-    """FLOPs (FlopCounterMode) of e3nn's Network on one frame shrunk so that all 12 x 11 pairs are edges."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    frame = frames[0] - frames[0].mean(axis=0)
-    dist = np.linalg.norm(frame[:, None] - frame[None], axis=-1)
-    frame = frame * (0.8 * max_radius / dist.max())
-    dist = np.linalg.norm(frame[:, None] - frame[None], axis=-1)
-    edges = int(((dist < max_radius) & (dist > 0)).sum())
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        ref({"pos": torch.from_numpy(frame).float()})
-    return float(counter.get_total_flops()), edges
-
-
 def _build(tmp: Path, frames: np.ndarray, say) -> tuple[torch.nn.Module, torch.nn.Module, Path, float]:
     """The model (seeded random weights), e3nn's Network with the same weights, the exported bundle, export time."""
     from e3traj.export._export import ExportSettings, export_checkpoint
@@ -141,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from e3traj.runtime import Bundle, rollout
     from e3traj.runtime._bench import bundle_size, machine_info, matmul_flops_per_frame, matmul_roofline_detail
+    from e3traj.train._model import reference_flops_per_frame
 
     def say(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr, flush=True)
@@ -156,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         model, ref, bundle_dir, t_export = _build(tmp, frames, say)
         onnx_file = bundle_dir / "model.onnx"
         flops = matmul_flops_per_frame(onnx_file)
-        ref_flops, ref_edges = _reference_work(ref, frames, model.config.max_radius)
+        ref_flops = reference_flops_per_frame(model.config)  # the same count export records in the manifest
+        ref_edges = model.config.num_nodes * (model.config.num_nodes - 1)
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter, torch.no_grad():

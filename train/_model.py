@@ -579,13 +579,15 @@ class FixedGraphNetwork(torch.nn.Module):
             pres.append((pre * plan.pre_coef.to(dtype)).t())
         return pres
 
-    def _radial_mlp(self, r: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
+    def _radial_mlp(self, r: torch.Tensor, pres: list[torch.Tensor]) -> torch.Tensor:
         """The radial MLPs of all layers (batch-first) with their last layers' columns in the weight-row order.
 
-        ``x0``: layer 0's lin1 output for the constant node input (folded into its last radial layer), or None.
+        ``pres``: :meth:`_pre_matrices`; without node features layer 0's lin1 output for the constant node input
+        (its first row's lin1 part) is folded into layer 0's last radial layer.
         Shapes: r ``(M,)`` -> ``(M, sum n_w)``.
         """
         c = self.consts
+        x0 = pres[0][0, self._metas[0]["d_out"] :] if self.config.irreps_in is None else None  # (d_in,)
         diff = (r[:, None] - c.rb_values.to(r.dtype)) * self._rb_inv_step
         emb = torch.exp(-(diff * diff))  # (M, number_of_basis)
         outs = []
@@ -641,7 +643,6 @@ class FixedGraphNetwork(torch.nn.Module):
             if node_features is not None:
                 raise ValueError("this network takes no node_features (config.irreps_in is None)")
             x = None
-            x0 = pres[0][0, self._metas[0]["d_out"] :]  # (d_in,) lin1 of the constant input
         else:
             if node_features is None:
                 raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
@@ -671,7 +672,7 @@ class FixedGraphNetwork(torch.nn.Module):
         if self._radial_table is not None:
             h = self._radial_from_table(rp)
         else:
-            h = self._radial_mlp(rp, x0 if const_input else None)
+            h = self._radial_mlp(rp, pres)
         w_all = _rows_to_edges(h, c.edge_pair, self.n_pairs, self._n_w_all)
         w_row = 0
 
@@ -795,12 +796,10 @@ def tabulate_radial(
     net64 = _copy.deepcopy(net).double()
     net64._radial_table = None
     with torch.no_grad():
-        x0 = None
-        if net64.config.irreps_in is None:
-            x0 = net64._pre_matrices(torch.float64)[0][0, net64._metas[0]["d_out"] :]
+        pres = net64._pre_matrices(torch.float64)
 
         def mlp(r: torch.Tensor) -> torch.Tensor:
-            return net64._radial_mlp(r, x0)
+            return net64._radial_mlp(r, pres)
 
         info: dict = {"form": "mlp", "rtol": float(rtol)}
         n_int = min_intervals
