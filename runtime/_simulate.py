@@ -6,8 +6,10 @@ so every command can be tried without the download and tests can run on fresh da
 Model (reduced units: mass, energy ``k_B T`` and length of order one):
 
 * harmonic bonds between neighbours ``i, i+1``: ``U = k_bond / 2 (r - r0)^2``;
-* harmonic angles on the bond angle ``theta`` at every inner bead (the angle between ``r_{i-1} - r_i`` and
-  ``r_{i+1} - r_i``, pi for a straight chain): ``U = k_angle / 2 (theta - theta0)^2``;
+* cosine-harmonic angles on the bond angle ``theta`` at every inner bead (the angle between ``r_{i-1} - r_i`` and
+  ``r_{i+1} - r_i``, pi for a straight chain): ``U = k_angle / 2 (cos theta - cos theta0)^2`` (GROMACS angle type
+  2); near ``theta0`` it is a harmonic angle of stiffness ``k_angle sin^2 theta0`` per rad^2, and it needs no
+  arccos;
 * Lennard-Jones between non-bonded beads, i.e. every pair with ``|i - j| >= 2`` (so the ``i, i+2`` pair across an
   angle is also kept from overlapping), truncated at ``lj_cutoff`` and shifted to zero there; the default cutoff
   ``2^(1/6) sigma`` keeps only the repulsive core (WCA);
@@ -21,19 +23,34 @@ Model (reduced units: mass, energy ``k_B T`` and length of order one):
 (see :func:`trajectory_stats`): mean bond about 0.36, per-frame displacement about 0.006 per coordinate and small
 friction, so the motion is underdamped and predicting ``x_t + (x_t - x_{t-1})`` beats copying ``x_t`` by about
 100x in mean squared error, as on the real data.
+
+Same bits on every machine: a chaotic run turns one ulp into another trajectory after a few hundred steps, so
+everything that feeds the trajectory is computed with correctly rounded IEEE operations only (``+ - * /`` and
+``sqrt``, elementwise) and every reduction is written out in a fixed order (:func:`_sum_axis1`, sums over the
+coordinates spelled out). Nothing in it goes through BLAS (``@``, ``dot``, ``einsum``, ``linalg``), a SIMD-dispatched
+numpy transcendental (``np.exp``, ``np.arccos``...) or the C library's ``exp``/``log``/``cos`` (glibc picks FMA
+variants of them by CPU, and numpy's ``standard_normal`` calls them): the Gaussian noise comes from the raw
+64-bit PCG64 stream by Marsaglia's polar method with a logarithm written out in elementwise arithmetic
+(:func:`_log`), and the few transcendental constants (``exp(-gamma dt)``, ``cos theta0``) are computed once in
+:mod:`decimal` (software arithmetic, 40 digits). ``tests/runtime/test_simulate_bits.py`` checks the claim under
+several BLAS, numpy and glibc dispatch settings.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from decimal import Decimal, localcontext
 
 import numpy as np
 
 from ._data import N_BEADS, split_pairs
 from ._errors import InputError, UsageError
 
-__all__ = ["SimParams", "simulate", "trajectory_stats"]
+__all__ = ["MAX_SIM_FRAMES", "SimParams", "simulate", "trajectory_stats"]
+
+#: Most frames one call may return (288 MB of float64 positions in 3D at the cap, about 3 minutes).
+MAX_SIM_FRAMES = 1_000_000
 
 #: Well depth of the repulsive core between bonded neighbours (see ``SimParams.bond_core``).
 _CORE_EPSILON = 1.0
@@ -47,7 +64,8 @@ class SimParams:
         bond_length: rest length ``r0`` of the harmonic bonds.
         bond_k: bond stiffness ``k_bond`` (energy / length^2).
         angle: rest bond angle ``theta0`` in radians (pi = straight chain; 2 pi / 3 = 60 degree turns).
-        angle_k: angle stiffness ``k_angle`` (energy / rad^2).
+        angle_k: stiffness ``k_angle`` of the cosine-harmonic angle term ``k_angle / 2 (cos theta - cos theta0)^2``
+            (energy); the default 14/3 matches, at ``theta0 = 2 pi / 3``, a harmonic angle of 3.5 energy / rad^2.
         lj_epsilon: Lennard-Jones well depth between non-bonded beads (``|i - j| >= 2``).
         lj_sigma: Lennard-Jones diameter.
         lj_cutoff: truncation radius (the potential is shifted to zero there); ``None`` means ``2^(1/6) sigma``,
@@ -66,7 +84,7 @@ class SimParams:
     bond_length: float = 0.325
     bond_k: float = 85.0
     angle: float = 2.0 * math.pi / 3.0
-    angle_k: float = 3.5
+    angle_k: float = 14.0 / 3.0
     lj_epsilon: float = 1.0
     lj_sigma: float = 0.17
     lj_cutoff: float | None = None
@@ -102,38 +120,172 @@ class SimParams:
     @property
     def cutoff(self) -> float:
         """The Lennard-Jones truncation radius actually used."""
-        return self.lj_cutoff if self.lj_cutoff is not None else 2.0 ** (1.0 / 6.0) * self.lj_sigma
+        return self.lj_cutoff if self.lj_cutoff is not None else _WCA_FACTOR * self.lj_sigma
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# -- deterministic arithmetic -----------------------------------------------------------------------------------
+
+_DECIMAL_DIGITS = 40
+
+
+def _exp_exact(x: float) -> float:
+    """``exp(x)`` correctly rounded from 40 decimal digits (software arithmetic: the same on every machine)."""
+    with localcontext() as ctx:
+        ctx.prec = _DECIMAL_DIGITS
+        return float(Decimal(x).exp())
+
+
+def _cos_exact(x: float) -> float:
+    """``cos(x)`` for ``|x| <= 4`` by its Taylor series in 40-digit decimal arithmetic (the same on every machine)."""
+    if not abs(x) <= 4.0:
+        raise UsageError(f"_cos_exact: expected |x| <= 4, got {x!r}")
+    with localcontext() as ctx:
+        ctx.prec = _DECIMAL_DIGITS + 5
+        x2 = Decimal(x) * Decimal(x)
+        term = total = Decimal(1)
+        k = 0
+        while abs(term) > Decimal(10) ** -(_DECIMAL_DIGITS + 3):
+            k += 2
+            term = -term * x2 / (k * (k - 1))
+            total += term
+        return float(total)
+
+
+def _wca_factor() -> float:
+    """``2^(1/6)``, the WCA cutoff in units of sigma, in 40-digit decimal arithmetic (not the C library's pow)."""
+    with localcontext() as ctx:
+        ctx.prec = _DECIMAL_DIGITS
+        return float((Decimal(2).ln() / 6).exp())
+
+
+_WCA_FACTOR = _wca_factor()
+_TWO_M51 = math.ldexp(1.0, -51)
+_LN2 = 0.6931471805599453  # ln 2 rounded to float64
+_SQRT_HALF = 0.7071067811865476
+#: 2 atanh(t) = 2 t (1 + t^2/3 + t^4/5 + ...): with |t| <= 0.1716 the terms up to t^24 reach 1e-18
+_ATANH_COEFS = tuple(1.0 / (2 * k + 1) for k in range(12, -1, -1))
+
+
+def _log(s: np.ndarray) -> np.ndarray:
+    """Natural logarithm of positive finite floats in elementwise IEEE arithmetic only (within 2 ulp).
+
+    ``s = m 2^e`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` (``frexp`` is exact); ``ln m = 2 atanh(t)``,
+    ``t = (m - 1) / (m + 1)``, by a fixed Horner scheme. No libm or SIMD-dispatched call, so the bits are the same
+    on every machine.
+
+    Shapes: any -> the same.
+    """
+    m, e = np.frexp(s)
+    low = m < _SQRT_HALF
+    m = np.where(low, m * 2.0, m)
+    e = (e - low).astype(np.float64)
+    t = (m - 1.0) / (m + 1.0)
+    t2 = t * t
+    acc = np.full_like(t, _ATANH_COEFS[0])
+    for c in _ATANH_COEFS[1:]:
+        acc = acc * t2 + c
+    return e * _LN2 + 2.0 * t * acc
+
+
+class _Normals:
+    """Standard normal deviates from a seed, bit-identical on every machine.
+
+    Marsaglia's polar method on the raw 64-bit PCG64 stream: two words give ``u, v`` in ``(-1, 1)`` (exact
+    conversions), kept when ``0 < s = u^2 + v^2 < 1``, giving ``u sqrt(-2 ln s / s)`` and ``v sqrt(...)``. The
+    sequence depends on the seed alone, not on how many are taken at a time.
+    """
+
+    _BLOCK = 8192  # pairs of words per refill; any size gives the same sequence
+
+    def __init__(self, seed: int) -> None:
+        self._bits = np.random.PCG64(seed)
+        self._buf = np.empty(0)
+
+    def _refill(self) -> None:
+        raw = self._bits.random_raw(2 * self._BLOCK)
+        u = ((raw >> np.uint64(12)).astype(np.float64) + 0.5) * _TWO_M51 - 1.0  # exact: (2k + 1) 2^-52 - 1
+        u, v = u[0::2], u[1::2]
+        s = u * u + v * v
+        keep = (s > 0.0) & (s < 1.0)
+        u, v, s = u[keep], v[keep], s[keep]
+        r = np.sqrt(-2.0 * _log(s) / s)
+        pairs = np.empty((len(s), 2))
+        pairs[:, 0] = u * r
+        pairs[:, 1] = v * r
+        self._buf = np.concatenate([self._buf, pairs.reshape(-1)])
+
+    def take(self, shape) -> np.ndarray:
+        """The next ``prod(shape)`` deviates. Shapes: -> ``shape``."""
+        n = int(np.prod(shape, dtype=np.int64))
+        while len(self._buf) < n:
+            self._refill()
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out.reshape(shape)
+
+    def scalar(self) -> float:
+        return float(self.take(1)[0])
+
+
+def _sum_axis1(a: np.ndarray) -> np.ndarray:
+    """Sum over axis 1 in a fixed order of elementwise additions (no reduction kernel decides it).
+
+    Halving: the second half is added to the first (``a[:, k] + a[:, k + m // 2]``), an odd last column is
+    carried over, until one column is left; for four terms ``(a0 + a2) + (a1 + a3)``.
+
+    Shapes: ``(n, m, ...)`` -> ``(n, ...)``.
+    """
+    while a.shape[1] > 1:
+        h = a.shape[1] // 2
+        s = a[:, :h] + a[:, h : 2 * h]
+        a = np.concatenate([s, a[:, 2 * h :]], axis=1) if a.shape[1] % 2 else s
+    return a[:, 0]
+
+
+def _dot_last(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum(a * b, axis=-1)`` over 2 or 3 coordinates, spelled out. Shapes: ``(..., dim)`` x2 -> ``(...)``."""
+    out = a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1]
+    if a.shape[-1] == 3:
+        out = out + a[..., 2] * b[..., 2]
+    return out
+
+
+def _centred(x: np.ndarray) -> np.ndarray:
+    """``x - mean(x, axis=0)`` with the mean summed in a fixed order. Shapes: ``(n, dim)`` -> ``(n, dim)``."""
+    return x - _sum_axis1(x.T[:, :, None])[:, 0] / x.shape[0]
 
 
 class _Forces:
     """Force field of the 12-bead chain; the pair terms are evaluated on dense ``(12, 12)`` matrices built once.
 
     Call with positions ``(12, dim)`` for the forces ``(12, dim)``; :meth:`energy` gives the potential energy.
+    Only elementwise IEEE arithmetic and fixed-order sums (see the module docstring).
     """
 
     def __init__(self, p: SimParams, n: int = N_BEADS) -> None:
         self.p = p
+        self.cos0 = _cos_exact(p.angle)
         sep = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
         nonbonded = sep >= 2
         bonded = sep == 1
         # per-pair sigma^2, cutoff^2 and epsilon (zero where a pair has no Lennard-Jones term)
         sig = np.where(nonbonded, p.lj_sigma, np.where(bonded & (p.bond_core > 0), p.bond_core, 1.0))
         eps = np.where(nonbonded, p.lj_epsilon, np.where(bonded, _CORE_EPSILON if p.bond_core > 0 else 0.0, 0.0))
-        cut = np.where(nonbonded, p.cutoff, 2.0 ** (1.0 / 6.0) * sig)
-        self.sig2 = sig**2
-        self.rc2 = np.where(eps > 0, cut**2, 0.0)
+        cut = np.where(nonbonded, p.cutoff, _WCA_FACTOR * sig)
+        self.sig2 = sig * sig
+        self.rc2 = np.where(eps > 0, cut * cut, 0.0)
         self.eps24 = 24.0 * eps
-        sc6 = (sig / cut) ** 6
+        sc2 = self.sig2 / (cut * cut)
+        sc6 = sc2 * sc2 * sc2
         self.shift = 4.0 * eps * (sc6 * sc6 - sc6)
         self.pad = np.eye(n)  # keeps the diagonal away from 0 / 0
         self.use_pairs = bool(np.any(eps > 0))
 
     def _pairs(self, x: np.ndarray):
         d = x[:, None, :] - x[None, :, :]
-        q2 = (d * d).sum(axis=2) + self.pad
+        q2 = _dot_last(d, d) + self.pad
         s6 = self.sig2 / q2
         s6 = s6 * s6 * s6
         on = q2 < self.rc2
@@ -147,12 +299,12 @@ class _Forces:
             d, q2, s6, on = self._pairs(x)
             coef = self.eps24 * (2.0 * s6 - 1.0) * s6 / q2
             coef *= on
-            f = coef.sum(axis=1)[:, None] * x - coef @ x
+            f = _sum_axis1(coef[:, :, None] * d)
         else:
             f = np.zeros_like(x)
         # bonds
         b = x[1:] - x[:-1]  # (n-1, dim)
-        r = np.sqrt((b * b).sum(axis=1))
+        r = np.sqrt(_dot_last(b, b))
         u = b / r[:, None]
         fb = (p.bond_k * (r - p.bond_length))[:, None] * u  # force on i, towards i+1 when stretched
         f[:-1] += fb
@@ -161,13 +313,8 @@ class _Forces:
         if p.angle_k > 0:
             ua = -u[:-1]
             uc = u[1:]
-            cos = (ua * uc).sum(axis=1)
-            np.minimum(cos, 1.0, out=cos)
-            np.maximum(cos, -1.0, out=cos)
-            sin = np.sqrt(1.0 - cos * cos)
-            np.maximum(sin, 1e-8, out=sin)
-            # -dU/dcos = -k (theta - theta0) dtheta/dcos = k (theta - theta0) / sin
-            g = p.angle_k * (np.arccos(cos) - p.angle) / sin
+            cos = _dot_last(ua, uc)
+            g = -p.angle_k * (cos - self.cos0)  # -dU/dcos
             cos = cos[:, None]
             fa = (g / r[:-1])[:, None] * (uc - cos * ua)  # g * dcos/dx[j-1]
             fc = (g / r[1:])[:, None] * (ua - cos * uc)  # g * dcos/dx[j+1]
@@ -179,63 +326,69 @@ class _Forces:
     def energy(self, x: np.ndarray) -> float:
         """Potential energy. Shapes: ``x`` ``(12, dim)``."""
         p = self.p
-        b = np.linalg.norm(x[1:] - x[:-1], axis=1)
-        e = 0.5 * p.bond_k * np.sum((b - p.bond_length) ** 2)
         bv = x[1:] - x[:-1]
-        cos = np.clip(-np.sum(bv[1:] * bv[:-1], axis=1) / (b[1:] * b[:-1]), -1.0, 1.0)
-        e += 0.5 * p.angle_k * np.sum((np.arccos(cos) - p.angle) ** 2)
+        b = np.sqrt(_dot_last(bv, bv))
+        e = 0.5 * p.bond_k * np.sum((b - p.bond_length) ** 2)
+        cos = -_dot_last(bv[1:], bv[:-1]) / (b[1:] * b[:-1])
+        e += 0.5 * p.angle_k * np.sum((cos - self.cos0) ** 2)
         if self.use_pairs:
             _d, _q2, s6, on = self._pairs(x)
             e += 0.5 * np.sum(np.where(on, self.eps24 / 6.0 * (s6 * s6 - s6) - self.shift, 0.0))
         return float(e)
 
 
-def _initial_chain(rng: np.random.Generator, p: SimParams, dim: int, n: int = N_BEADS) -> np.ndarray:
+def _initial_chain(normals: _Normals, p: SimParams, dim: int, n: int = N_BEADS) -> np.ndarray:
     """A non-overlapping chain drawn near equilibrium, centred at the origin.
 
-    Bond lengths and bond angles are drawn from the Boltzmann weights of their harmonic terms (turn directions at
-    random), so only a short burn-in is needed even at small friction.
+    Bond lengths and the cosines of the bond angles are drawn from the Boltzmann weights of their harmonic terms
+    (turn directions at random), so only a short burn-in is needed even at small friction. Python float arithmetic
+    and ``math.sqrt`` only: the same bits on every machine.
 
     Shapes: -> ``(12, dim)``.
     """
     kt = p.temperature
     bond_sd = math.sqrt(kt / p.bond_k)
-    angle_sd = math.sqrt(kt / p.angle_k) if p.angle_k > 0 else math.pi
-    iu = np.triu_indices(n, 2)
+    cos0 = _cos_exact(p.angle)
+    cos_sd = math.sqrt(kt / p.angle_k) if p.angle_k > 0 else 2.0
+    min_d = 1.1 * p.lj_sigma
+    min_d2 = min_d * min_d
     for _ in range(1000):
-        x = np.zeros((n, dim))
-        direction = np.zeros(dim)
-        direction[0] = 1.0
+        x = [[0.0] * dim]
+        direction = [1.0] + [0.0] * (dim - 1)
         for i in range(1, n):
             if i > 1:
-                theta = min(max(p.angle + angle_sd * rng.standard_normal(), 0.1), math.pi)
-                turn = math.pi - theta  # angle between successive bond vectors
+                cos_theta = min(max(cos0 + cos_sd * normals.scalar(), -1.0), 0.995)  # theta in [0.1, pi]
+                # the turn between successive bond vectors is pi - theta
+                c, s = -cos_theta, math.sqrt(1.0 - cos_theta * cos_theta)
                 if dim == 2:
-                    turn = turn if rng.random() < 0.5 else -turn
-                    c, s = math.cos(turn), math.sin(turn)
-                    direction = np.array([c * direction[0] - s * direction[1], s * direction[0] + c * direction[1]])
+                    s = s if normals.scalar() < 0.0 else -s
+                    direction = [c * direction[0] - s * direction[1], s * direction[0] + c * direction[1]]
                 else:
-                    perp = rng.standard_normal(3)
-                    perp -= perp.dot(direction) * direction
-                    perp /= np.linalg.norm(perp)
-                    direction = math.cos(turn) * direction + math.sin(turn) * perp
-            length = p.bond_length * min(max(1.0 + bond_sd / p.bond_length * rng.standard_normal(), 0.5), 1.5)
-            x[i] = x[i - 1] + length * direction
-        d = np.linalg.norm(x[:, None] - x[None], axis=-1)
-        if d[iu].min() > 1.1 * p.lj_sigma:
-            return x - x.mean(axis=0)
+                    perp = [float(v) for v in normals.take(3)]
+                    proj = perp[0] * direction[0] + perp[1] * direction[1] + perp[2] * direction[2]
+                    perp = [perp[k] - proj * direction[k] for k in range(3)]
+                    norm = math.sqrt(perp[0] * perp[0] + perp[1] * perp[1] + perp[2] * perp[2])
+                    direction = [c * direction[k] + s * (perp[k] / norm) for k in range(3)]
+            length = p.bond_length * min(max(1.0 + bond_sd / p.bond_length * normals.scalar(), 0.5), 1.5)
+            x.append([x[-1][k] + length * direction[k] for k in range(dim)])
+        a = np.array(x)
+        d = a[:, None] - a[None]
+        d2 = _dot_last(d, d)[np.triu_indices(n, 2)]
+        if d2.min() > min_d2:
+            return _centred(a)
     raise RuntimeError("could not place a non-overlapping initial chain; lower lj_sigma or raise bond_length")
 
 
 def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimParams | None = None) -> np.ndarray:
     """Simulate the 12-bead bead-spring polymer and return its saved frames.
 
-    The run is deterministic for a seed (``np.random.default_rng(seed)``): the same arguments give bit-identical
-    output, and a shorter run is a prefix of a longer one with the same seed and parameters.
+    The run is deterministic for a seed on every machine: the same arguments give bit-identical output whatever
+    the CPU, BLAS kernel or SIMD dispatch (see the module docstring), and a shorter run is a prefix of a longer
+    one with the same seed and parameters.
 
     Args:
         frames: number of frames to return (>= 1).
-        seed: random seed (any non-negative int).
+        seed: random seed (any non-negative int), seeding PCG64.
         dim: 2 for a planar polymer (as in the chapter), 3 for motion in space.
         params: physical and numerical parameters (:class:`SimParams` defaults if ``None``).
 
@@ -247,6 +400,8 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
     """
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
         raise UsageError(f"simulate: frames must be an int >= 1, got {frames!r}")
+    if frames > MAX_SIM_FRAMES:
+        raise UsageError(f"simulate: frames must be at most {MAX_SIM_FRAMES:,}, got {frames!r}")
     if isinstance(dim, bool) or dim not in (2, 3):
         raise UsageError(f"simulate: dim must be 2 or 3, got {dim!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -257,17 +412,16 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
         raise UsageError(f"simulate: params must be a SimParams, got {type(params).__name__}")
     frames, dim, p = int(frames), int(dim), params
 
-    rng = np.random.default_rng(int(seed))
+    normals = _Normals(int(seed))
     forces = _Forces(p)
-    x = _initial_chain(rng, p, dim)
+    x = _initial_chain(normals, p, dim)
     sigma_v = math.sqrt(p.temperature / p.mass)
-    v = sigma_v * rng.standard_normal(x.shape)
-    v -= v.mean(axis=0)  # start without centre-of-mass drift
+    v = _centred(sigma_v * normals.take(x.shape))  # start without centre-of-mass drift
 
     dt = p.dt
     half_dt = 0.5 * dt
     half_dt_m = 0.5 * dt / p.mass
-    c1 = math.exp(-p.friction * dt)
+    c1 = _exp_exact(-p.friction * dt)
     c2 = math.sqrt(max(0.0, 1.0 - c1 * c1)) * sigma_v  # exact OU step: v <- c1 v + c2 xi
 
     out = np.empty((frames, N_BEADS, dim))
@@ -282,7 +436,7 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blown-up run is refused below
         while step < total:
             n = min(chunk, total - step)
-            noise = rng.standard_normal((n, N_BEADS, dim))
+            noise = normals.take((n, N_BEADS, dim))
             noise *= c2
             for k in range(n):
                 # BAOAB: half kick, half drift, Ornstein-Uhlenbeck velocity update, half drift, half kick
@@ -312,7 +466,8 @@ def _hint(p: SimParams) -> str:
 def _check_stable(out: np.ndarray, p: SimParams) -> None:
     """Refuse a run that blew up: a bond stretched by 12 thermal widths costs 72 kT and does not happen."""
     limit = p.bond_length + 12.0 * math.sqrt(p.temperature / p.bond_k)
-    bonds = np.linalg.norm(out[:, 1:] - out[:, :-1], axis=-1)
+    b = out[:, 1:] - out[:, :-1]
+    bonds = np.sqrt(_dot_last(b, b))
     if bonds.max() > limit:
         t, i = np.argwhere(bonds > limit)[0]
         raise UsageError(

@@ -9,7 +9,19 @@ import pytest
 from click.testing import CliRunner
 
 from e3traj.runtime._data import load_trajectory, validate_frames
-from e3traj.runtime._simulate import SimParams, _Forces, _initial_chain, simulate, trajectory_stats
+from e3traj.runtime._simulate import (
+    MAX_SIM_FRAMES,
+    SimParams,
+    _cos_exact,
+    _exp_exact,
+    _Forces,
+    _initial_chain,
+    _log,
+    _Normals,
+    _sum_axis1,
+    simulate,
+    trajectory_stats,
+)
 from e3traj.runtime.cli import main
 
 
@@ -125,8 +137,8 @@ def test_trajectory_stats_rejects_bad_shapes():
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("params", [SimParams(), SimParams(lj_cutoff=0.425, bond_core=0.0)])
 def test_forces_are_minus_the_energy_gradient(dim, params):
-    rng = np.random.default_rng(5)
-    x = _initial_chain(rng, params, dim) + 0.03 * rng.standard_normal((12, dim))
+    normals = _Normals(5)
+    x = _initial_chain(normals, params, dim) + 0.03 * normals.take((12, dim))
     x[7] = x[3] + 0.16 / math.sqrt(dim)  # a Lennard-Jones contact inside the core
     x[1] = x[0] + 0.09 / math.sqrt(dim)  # a short bond
     forces = _Forces(params)
@@ -143,6 +155,51 @@ def test_forces_are_minus_the_energy_gradient(dim, params):
     np.testing.assert_allclose(f.sum(axis=0), 0.0, atol=1e-9)  # internal forces only
 
 
+def test_log_is_within_two_ulp_of_the_c_library():
+    s = np.concatenate([np.random.default_rng(0).random(20000), [1e-300, 2.0**-1074, 0.5, 0.70710678, 1.0, 3.0]])
+    ours = _log(s)
+    ref = np.array([math.log(v) for v in s])
+    ulp = np.spacing(np.abs(ref)) + (ref == 0)
+    err = np.abs(ours - ref) / ulp
+    assert np.max(err) <= 2.0 and np.mean(err == 0) > 0.5
+    assert _log(np.array([1.0]))[0] == 0.0
+
+
+def test_decimal_constants_are_correctly_rounded():
+    for x in (-0.0004, -0.2 * 0.002, 0.0, 1.5, -3.0):
+        assert abs(_exp_exact(x) - math.exp(x)) <= np.spacing(math.exp(x))
+    for x in (2.0 * math.pi / 3.0, math.pi, 0.1, 1.0, 3.9, 0.0):
+        assert abs(_cos_exact(x) - math.cos(x)) <= np.spacing(abs(math.cos(x)))
+    with pytest.raises(ValueError, match="got 5.0"):
+        _cos_exact(5.0)
+
+
+def test_normals_do_not_depend_on_how_many_are_taken_at_a_time():
+    whole = _Normals(3).take(50000)
+    parts = _Normals(3)
+    pieces = [parts.take(n) for n in (1, 7, 16383, 2, 33607)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    assert not np.array_equal(_Normals(4).take(100), whole[:100])
+
+
+def test_normals_are_standard_normal():
+    z = _Normals(0).take(400000)
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1.0) < 0.01
+    assert abs(np.mean(z**4) - 3.0) < 0.05  # kurtosis of a Gaussian
+    # quantiles against the normal CDF: P(|z| < 1) = 0.6827, P(|z| < 2) = 0.9545, P(|z| < 3) = 0.9973
+    for k, p in ((1, 0.682689), (2, 0.954500), (3, 0.997300)):
+        assert abs(np.mean(np.abs(z) < k) - p) < 0.003
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 11, 12, 13])
+def test_fixed_order_sum_equals_the_sum(m):
+    a = np.random.default_rng(m).standard_normal((4, m, 3))
+    np.testing.assert_allclose(_sum_axis1(a), a.sum(axis=1), rtol=1e-13, atol=1e-13)
+    # and it really fixes the order: (a0 + a2) + (a1 + a3) for four terms (left to right would give 1.0)
+    b = np.array([[1e16, 1.0, -1e16, 1.0]])
+    assert _sum_axis1(b)[0] == (1e16 + -1e16) + (1.0 + 1.0) == 2.0
+
+
 @pytest.mark.parametrize(
     "kwargs, shown",
     [
@@ -153,6 +210,7 @@ def test_forces_are_minus_the_energy_gradient(dim, params):
         ({"dim": 4}, "4"),
         ({"dim": "3"}, "'3'"),
         ({"seed": -1}, "-1"),
+        ({"frames": MAX_SIM_FRAMES + 1}, f"{MAX_SIM_FRAMES + 1}"),
         ({"params": {"dt": 0.01}}, "dict"),
     ],
 )
