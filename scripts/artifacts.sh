@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make artifacts`: rebuild the small reference bundles committed under artifacts/.
 # sim-*: from the embedded simulator (2048 frames, seed 0); dmol-*: from the chapter's paths.npz where present.
-# Epoch budgets (not time budgets) keep the rebuild reproducible on one machine.
+# Epoch budgets (not time budgets) keep the rebuild reproducible on one machine (README: what is reproducible where).
+# SOURCES="sim" rebuilds only the simulator's bundles (the dmol-* bundles and the figures do not depend on it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -18,9 +19,14 @@ build() {  # name data
   done
 }
 
-e3traj simulate --frames 2048 --seed 0 -o "$work/sim.npz"
-build sim "$work/sim.npz"
-if paths=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path(download=False))" 2>/dev/null); then
+sources=${SOURCES:-sim dmol}
+if [[ " $sources " == *" sim "* ]]; then
+  e3traj simulate --frames 2048 --seed 0 -o "$work/sim.npz"
+  build sim "$work/sim.npz"
+fi
+if [[ " $sources " != *" dmol "* ]]; then
+  echo "SOURCES=$sources: kept the committed dmol-* bundles and figures as they are"
+elif paths=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path(download=False))" 2>/dev/null); then
   build dmol dmol
   # the README's figures, from the chapter's data
   mkdir -p docs
