@@ -409,8 +409,8 @@ def bench_bundle(
         open_s = statistics.median(open_times)
         with bundle:
             if flops_per_frame is None:
-                onnx_file = bundle.root / bundle.manifest["onnx"]["file"]
-                flops_per_frame = matmul_flops_per_frame(onnx_file, [i["name"] for i in bundle.inputs])
+                onnx_bytes = bundle.file_bytes(bundle.manifest["onnx"]["file"])
+                flops_per_frame = matmul_flops_per_frame(onnx_bytes, [i["name"] for i in bundle.inputs])
             if roofline is None:
                 roofline = matmul_roofline(seconds=max(0.3, seconds))
             example, _ = bundle.load_example()

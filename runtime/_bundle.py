@@ -7,15 +7,16 @@ never with the ``onnx`` package.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import stat
-import tempfile
 import threading
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from ._data import N_BEADS
 from ._errors import CheckFailed, InputError, UsageError
 from ._io import atomic_output, sha256_file
+from ._tar import MAX_ARCHIVE_BYTES, read_archive
 from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
 
 __all__ = [
@@ -45,7 +47,12 @@ INPUT_MEANINGS = ("positions", "previous_displacement")
 OUTPUT_MEANINGS = ("displacement", "next_positions", "velocity_correction")
 
 _MAX_MANIFEST_BYTES = 16 << 20
-_MAX_EXAMPLE_BYTES = 256 << 20
+#: Largest bundle file a host reads (model.onnx, example.npz; a bundle's files are a few MB).
+MAX_FILE_BYTES = MAX_ARCHIVE_BYTES
+#: example.npz: at most this many arrays, each and all together at most this many bytes once loaded.
+MAX_EXAMPLE_ARRAYS = 8
+MAX_EXAMPLE_ARRAY_BYTES = 16 << 20
+MAX_EXAMPLE_BYTES = 64 << 20
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -286,6 +293,45 @@ def _plain_name(name: Any) -> bool:
     )
 
 
+def _read_regular(path: Path, where: str, max_bytes: int, *, what: str = "file") -> bytes:
+    """Read a regular file once (no symlink, no FIFO or device, at most ``max_bytes``) and return its bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise InputError(f"{where}: listed in {MANIFEST_NAME} but missing; re-export or re-copy the bundle") from None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise InputError(
+                f"{where}: is a symlink; a bundle holds only regular files, re-export the bundle"
+            ) from None
+        raise InputError(f"{where}: cannot read it ({exc.strerror}); check its permissions") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{where}: is not a regular file; re-export the bundle")
+        if st.st_size > max_bytes:
+            raise InputError(f"{where}: {st.st_size} bytes, over the {max_bytes}-byte limit for a bundle {what}")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputError(f"{where}: over the {max_bytes}-byte limit for a bundle {what}; re-export the bundle")
+    return data
+
+
+def _parse_manifest(raw: bytes, where: str) -> tuple[dict, str]:
+    """Parse the very bytes that were read (and are hashed here): the manifest and its sha256."""
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise InputError(f"{where}: {len(raw)} bytes, over the {_MAX_MANIFEST_BYTES}-byte limit; re-export the bundle")
+    try:
+        manifest = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); re-export the bundle") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to read; re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{where}: holds a JSON {type(manifest).__name__}, not an object; re-export the bundle")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
 def _read_manifest(root: Path, label: str) -> tuple[dict, str]:
     mpath = root / MANIFEST_NAME
     where = f"{label}/{MANIFEST_NAME}"
@@ -299,18 +345,7 @@ def _read_manifest(root: Path, label: str) -> tuple[dict, str]:
         raise InputError(f"{where}: is a symlink; a bundle holds only regular files, re-export the bundle")
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{where}: is not a regular file; re-export the bundle")
-    if st.st_size > _MAX_MANIFEST_BYTES:
-        raise InputError(
-            f"{where}: {st.st_size} bytes, over the {_MAX_MANIFEST_BYTES}-byte limit; re-export the bundle"
-        )
-    raw = mpath.read_bytes()
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); re-export the bundle") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{where}: holds a JSON {type(manifest).__name__}, not an object; re-export the bundle")
-    return manifest, hashlib.sha256(raw).hexdigest()
+    return _parse_manifest(_read_regular(mpath, where, _MAX_MANIFEST_BYTES, what="manifest"), where)
 
 
 def _check_manifest(manifest: dict, where: str) -> None:
@@ -350,16 +385,16 @@ def _check_manifest(manifest: dict, where: str) -> None:
             raise InputError(f"{where}: {key} need unique non-empty 'name's (got {names}); re-export the bundle")
         for i in items:
             dtype = i.get("dtype", "float32")
-            if dtype not in _DTYPES:
+            if not isinstance(dtype, str) or dtype not in _DTYPES:
                 raise InputError(f"{where}: {key} '{i['name']}' has dtype {dtype!r}; expected float32 or float64")
     meanings = [i.get("meaning") for i in manifest["inputs"]]
     for m in meanings:
-        if m not in INPUT_MEANINGS:
+        if not isinstance(m, str) or m not in INPUT_MEANINGS:
             raise InputError(f"{where}: input meaning {m!r} is not one of {list(INPUT_MEANINGS)}; upgrade e3traj")
     if meanings.count("positions") != 1 or meanings.count("previous_displacement") > 1:
         raise InputError(f"{where}: inputs {meanings} need exactly one 'positions' input; re-export the bundle")
     out_meaning = manifest["outputs"][0].get("meaning")
-    if out_meaning not in OUTPUT_MEANINGS:
+    if not isinstance(out_meaning, str) or out_meaning not in OUTPUT_MEANINGS:
         raise InputError(
             f"{where}: outputs[0].meaning {out_meaning!r} is not one of {list(OUTPUT_MEANINGS)}; upgrade e3traj"
         )
@@ -367,7 +402,7 @@ def _check_manifest(manifest: dict, where: str) -> None:
         sec = manifest.get(section)
         if not isinstance(sec, dict) or not isinstance(sec.get("file"), str):
             raise InputError(f"{where}: field '{section}.file' is missing; re-export the bundle")
-        if sec["file"] not in files:
+        if sec["file"] not in files or sec["file"] == MANIFEST_NAME:
             raise InputError(f"{where}: {section}.file {sec['file']!r} is not listed in 'files'; re-export the bundle")
     ts = manifest.get("torchscript")
     if isinstance(ts, dict) and isinstance(ts.get("file"), str) and ts["file"] not in files:
@@ -382,9 +417,18 @@ def _check_manifest(manifest: dict, where: str) -> None:
     model = manifest.get("model", {})
     if not isinstance(model, dict):
         raise InputError(f"{where}: field 'model' is not an object; re-export the bundle")
+    for key in ("kind",):
+        if key in model and not isinstance(model[key], str):
+            raise InputError(f"{where}: model.{key} is {model[key]!r}, not a string; re-export the bundle")
+    if "equivariant" in model and not isinstance(model["equivariant"], bool):
+        raise InputError(f"{where}: model.equivariant is {model['equivariant']!r}, not true/false; re-export")
+    need = onnx.get("min_onnxruntime")
+    if need is not None and not isinstance(need, str):
+        raise InputError(f"{where}: onnx.min_onnxruntime is {need!r}, not a version string; re-export the bundle")
 
 
-def _check_files(root: Path, manifest: dict, label: str) -> None:
+def _check_listing(root: Path, manifest: dict, label: str) -> None:
+    """The folder holds exactly the listed files: no extra file, symlink, subfolder or special file."""
     files = manifest["files"]
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -404,26 +448,21 @@ def _check_files(root: Path, manifest: dict, label: str) -> None:
             raise InputError(
                 f"{where}: file not listed in {MANIFEST_NAME}; remove it (a bundle holds only listed files)"
             )
-    for name, entry in sorted(files.items()):
-        where = f"{label}/{name}"
-        p = root / name
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            raise InputError(
-                f"{where}: listed in {MANIFEST_NAME} but missing; re-export or re-copy the bundle"
-            ) from None
-        if st.st_size != entry["size"]:
-            raise InputError(
-                f"{where}: size {st.st_size} bytes, the manifest says {entry['size']}; the file is truncated or "
-                "modified, re-copy the bundle"
-            )
-        digest = sha256_file(p)
-        if digest != entry["sha256"]:
-            raise InputError(
-                f"{where}: sha256 {digest[:12]}... does not match the manifest's {entry['sha256'][:12]}...; "
-                "the file is corrupt or modified, re-copy the bundle"
-            )
+
+
+def _check_bytes(data, entry: dict, where: str) -> None:
+    """Size and sha256 of the bytes that will be used, against the manifest's entry."""
+    if len(data) != entry["size"]:
+        raise InputError(
+            f"{where}: size {len(data)} bytes, the manifest says {entry['size']}; the file is truncated or "
+            "modified, re-copy the bundle"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise InputError(
+            f"{where}: sha256 {digest[:12]}... does not match the manifest's {entry['sha256'][:12]}...; "
+            "the file is corrupt or modified, re-copy the bundle"
+        )
 
 
 def _check_onnx_bytes(data: bytes, manifest: dict, where: str) -> _OnnxScan:
@@ -463,17 +502,68 @@ def _check_runtime(manifest: dict, where: str) -> None:
         )
 
 
-def _verify_dir(root: Path, label: str) -> tuple[dict, str]:
-    """Verify a bundle folder; return the manifest and the sha256 of manifest.json."""
+@dataclass(frozen=True)
+class _Verified:
+    """A bundle read once and verified: the manifest, its sha256, and the verified bytes of the files a host parses.
+
+    ``root`` is the folder for a folder bundle and ``None`` for an archive (nothing of it is written to disk).
+    """
+
+    manifest: dict
+    sha256: str
+    label: str
+    files: dict[str, Any]
+    root: Path | None
+
+
+def _parsed_files(manifest: dict) -> tuple[str, ...]:
+    return (manifest["onnx"]["file"], manifest["example"]["file"])
+
+
+def _finish(manifest: dict, digest: str, label: str, files: dict[str, Any], root: Path | None) -> _Verified:
+    onnx_file = manifest["onnx"]["file"]
+    _check_onnx_bytes(files[onnx_file], manifest, f"{label}/{onnx_file}")
+    _check_runtime(manifest, f"{label}/{MANIFEST_NAME}")
+    return _Verified(manifest, digest, label, files, root)
+
+
+def _verify_dir(root: Path, label: str) -> _Verified:
+    """Verify a bundle folder, reading every file once: what is hashed is what is parsed."""
     if not root.is_dir():
         raise InputError(f"{label}: not a folder; pass a bundle folder or a .tar.gz made by 'e3traj pack'")
     manifest, digest = _read_manifest(root, label)
     _check_manifest(manifest, f"{label}/{MANIFEST_NAME}")
-    _check_files(root, manifest, label)
-    onnx_file = manifest["onnx"]["file"]
-    _check_onnx_bytes((root / onnx_file).read_bytes(), manifest, f"{label}/{onnx_file}")
-    _check_runtime(manifest, f"{label}/{MANIFEST_NAME}")
-    return manifest, digest
+    _check_listing(root, manifest, label)
+    keep = _parsed_files(manifest)
+    files: dict[str, Any] = {}
+    for name, entry in sorted(manifest["files"].items()):
+        where = f"{label}/{name}"
+        data = _read_regular(root / name, where, MAX_FILE_BYTES)
+        _check_bytes(data, entry, where)
+        if name in keep:
+            files[name] = data
+    return _finish(manifest, digest, label, files, root)
+
+
+def _verify_archive(path: Path) -> _Verified:
+    """Verify a ``.tar.gz`` bundle in memory: members against the manifest's names, sizes and hashes."""
+    archive = read_archive(path)
+    label = f"{path}:{archive.top}"
+    where = f"{label}/{MANIFEST_NAME}"
+    if MANIFEST_NAME not in archive.files:
+        raise InputError(f"{where}: not found in the archive; pack a bundle folder with 'e3traj pack'")
+    manifest, digest = _parse_manifest(archive.files[MANIFEST_NAME], where)
+    _check_manifest(manifest, where)
+    listed = set(manifest["files"])
+    for name in sorted(set(archive.files) - listed - {MANIFEST_NAME}):
+        raise InputError(f"{label}/{name}: file not listed in {MANIFEST_NAME}; re-pack the bundle with 'e3traj pack'")
+    for name, entry in sorted(manifest["files"].items()):
+        if name not in archive.files:
+            raise InputError(f"{label}/{name}: listed in {MANIFEST_NAME} but missing; re-pack the bundle")
+        _check_bytes(archive.files[name], entry, f"{label}/{name}")
+    keep = _parsed_files(manifest)
+    files = {name: archive.files[name] for name in keep}
+    return _finish(manifest, digest, label, files, None)
 
 
 def _is_archive(p: Path) -> bool:
@@ -486,10 +576,18 @@ def _is_archive(p: Path) -> bool:
 def _missing_or_wrong(p: Path) -> None:
     if not p.exists() and not p.is_symlink():
         raise InputError(f"{p}: not found; pass a bundle folder (with manifest.json) or a .tar.gz from 'e3traj pack'")
+    if p.exists() and not p.is_dir() and not p.is_file():
+        raise InputError(f"{p}: is not a folder or a regular file; pass a bundle folder or a .tar.gz")
     if p.is_file() and not _is_archive(p):
         raise InputError(
             f"{p}: is neither a bundle folder nor a .tar.gz archive; pass the folder that holds manifest.json"
         )
+
+
+def _read_bundle(path: str | os.PathLike) -> _Verified:
+    p = Path(path)
+    _missing_or_wrong(p)
+    return _verify_dir(p, str(p)) if p.is_dir() else _verify_archive(p)
 
 
 def verify_bundle(path: str | os.PathLike) -> dict:
@@ -497,56 +595,85 @@ def verify_bundle(path: str | os.PathLike) -> dict:
 
     Checks the manifest (format, version, required keys), that the folder holds exactly the listed files (no
     extra file, symlink or subfolder) with the listed sizes and sha256, that ``model.onnx`` keeps no tensor in
-    external data, and that the installed onnxruntime is at least ``onnx.min_onnxruntime``. ``path`` may be a
-    folder or a ``.tar.gz`` made by :func:`~e3traj.runtime.pack_bundle` (unpacked to a temporary folder).
+    external data, and that the installed onnxruntime is at least ``onnx.min_onnxruntime``. Every file is read
+    once and the bytes that were hashed are the bytes that are checked. ``path`` may be a folder or a
+    ``.tar.gz`` made by :func:`~e3traj.runtime.pack_bundle` (read in memory; nothing is extracted).
 
     Raises:
         InputError: one line naming the file, what is wrong and what to do.
     """
-    p = Path(path)
-    _missing_or_wrong(p)
-    if p.is_dir():
-        return _verify_dir(p, str(p))[0]
-    from ._pack import _unpack
-
-    with tempfile.TemporaryDirectory(prefix="e3traj-verify-") as tmp:
-        root, top = _unpack(p, Path(tmp))
-        return _verify_dir(root, f"{p}:{top}")[0]
+    return _read_bundle(path).manifest
 
 
 # --------------------------------------------------------------------------------------------- safe example.npz
 
 
-def _load_example(path: Path, where: str) -> dict[str, np.ndarray]:
+def _load_example(data, where: str) -> dict[str, np.ndarray]:
+    """Parse ``example.npz`` from its verified bytes: numeric ``.npy`` members only, counts and sizes capped."""
     arrays: dict[str, np.ndarray] = {}
+    total = 0
     try:
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
-                if not member.endswith(".npy"):
-                    continue
-                with zf.open(member) as fh:
+        with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_EXAMPLE_ARRAYS:
+                raise InputError(f"{where}: {len(infos)} members, over the limit of {MAX_EXAMPLE_ARRAYS}; re-export")
+            for info in infos:
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                at = f"{where}[{key}]"
+                if not info.filename.endswith(".npy") or info.is_dir():
+                    raise InputError(f"{at}: is not a .npy array; re-export the bundle")
+                if info.flag_bits & 0x1:
+                    raise InputError(f"{at}: is encrypted; re-export the bundle")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise InputError(f"{at}: compression method {info.compress_type} is not supported; re-export")
+                with zf.open(info) as fh:
                     version = np.lib.format.read_magic(fh)
                     if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
                     else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-                if dtype.hasobject or dtype.kind not in "fiu":
-                    raise InputError(f"{where}[{member[:-4]}]: dtype {dtype} is not numeric; re-export the bundle")
-                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                if nbytes > _MAX_EXAMPLE_BYTES:
-                    raise InputError(f"{where}[{member[:-4]}]: declares {nbytes} bytes, over the limit; re-export")
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
-                arrays[key] = npz[key]
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    if dtype.hasobject or dtype.kind not in "fiu":
+                        raise InputError(f"{at}: dtype {dtype} is not numeric; re-export the bundle")
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    total += nbytes
+                    if nbytes > MAX_EXAMPLE_ARRAY_BYTES or total > MAX_EXAMPLE_BYTES:
+                        raise InputError(
+                            f"{at}: declares {nbytes} bytes, over the limit of {MAX_EXAMPLE_ARRAY_BYTES} per array "
+                            f"and {MAX_EXAMPLE_BYTES} in all; re-export the bundle"
+                        )
+                    raw = fh.read(nbytes + 1)
+                if len(raw) != nbytes:
+                    raise InputError(f"{at}: holds {len(raw)} bytes, its header says {nbytes}; re-export the bundle")
+                arr = np.frombuffer(raw, dtype=dtype)
+                arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+                arrays[key] = np.array(arr)
     except InputError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except Exception as exc:  # zipfile and numpy raise many kinds (BadZipFile, NotImplementedError, ...)
         text = str(exc).strip().splitlines()
-        raise InputError(f"{where}: cannot read the example arrays ({text[0] if text else exc!r}); re-export") from None
+        msg = text[0] if text else type(exc).__name__
+        raise InputError(f"{where}: cannot read the example arrays ({msg}); re-export the bundle") from None
     return arrays
 
 
 # --------------------------------------------------------------------------------------------- the runtime model
+
+
+_ORT_QUIET = False
+
+
+def _quiet_onnxruntime(ort) -> None:
+    """onnxruntime's own logger prints errors and warnings to stderr; ours say it in one line instead."""
+    global _ORT_QUIET
+    if not _ORT_QUIET:
+        ort.set_default_logger_severity(4)
+        _ORT_QUIET = True
+
+
+def _run_failed(where: str, exc: BaseException) -> InputError:
+    return InputError(
+        f"{where}: onnxruntime failed while running the model: {_clean_ort_error(exc)}; re-export the bundle"
+    )
 
 
 def _default_threads() -> int:
@@ -574,17 +701,19 @@ class Bundle:
     Shapes: every input and output is ``(B, 12, 3)``; ``predict`` and ``step`` return float64.
     """
 
-    def __init__(self, *, path: Path, root: Path, manifest: dict, sha256: str, session, tmp=None, threads=None):
+    def __init__(self, *, path: Path, verified: _Verified, session, threads=None):
         self._path = path
-        self._root = root
-        self._manifest = manifest
-        self._sha256 = sha256
+        self._root = verified.root
+        self._label = verified.label
+        self._files = verified.files
+        self._manifest = verified.manifest
+        self._sha256 = verified.sha256
         self._session = session
-        self._tmp = tmp
         self._threads = _default_threads() if threads is None else int(threads)
         self._pool = None
         self._pool_lock = threading.Lock()
         self._example: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        manifest = verified.manifest
         inputs = manifest["inputs"]
         self._input_meanings = {i["name"]: i["meaning"] for i in inputs}
         self._input_dtypes = {i["name"]: _DTYPES[i.get("dtype", "float32")] for i in inputs}
@@ -597,8 +726,8 @@ class Bundle:
         """Verify a bundle folder or ``.tar.gz`` and create a CPU onnxruntime session for it.
 
         Args:
-            path: bundle folder, or an archive from :func:`~e3traj.runtime.pack_bundle` (unpacked to a temporary
-                folder owned by the Bundle and removed on :meth:`close`).
+            path: bundle folder, or an archive from :func:`~e3traj.runtime.pack_bundle` (read and verified in
+                memory; nothing is extracted to disk).
             threads: CPU threads for large batches (``None``: the CPUs this process may use). A batch is split
                 into sub-batches of :data:`CHUNK` frames that run concurrently on ``threads`` threads, each
                 onnxruntime call on one thread: this graph's ops are too small for onnxruntime's intra-op
@@ -611,44 +740,22 @@ class Bundle:
         """
         if threads is not None and (not _is_int(threads) or threads < 1):
             raise UsageError(f"--threads: got {threads!r}; pass a positive integer")
-        p = Path(path)
-        _missing_or_wrong(p)
-        tmp = None
-        if p.is_dir():
-            root, label = p, str(p)
-        else:
-            from ._pack import _unpack
-
-            tmp = tempfile.TemporaryDirectory(prefix="e3traj-bundle-")
-            try:
-                root, top = _unpack(p, Path(tmp.name))
-            except BaseException:
-                tmp.cleanup()
-                raise
-            label = f"{p}:{top}"
-        try:
-            manifest, digest = _verify_dir(root, label)
-            session = cls._make_session(root, manifest, label)
-        except BaseException:
-            if tmp is not None:
-                tmp.cleanup()
-            raise
-        return cls(path=p, root=root, manifest=manifest, sha256=digest, session=session, tmp=tmp, threads=threads)
+        verified = _read_bundle(path)
+        session = cls._make_session(verified)
+        return cls(path=Path(path), verified=verified, session=session, threads=threads)
 
     @staticmethod
-    def _make_session(root: Path, manifest: dict, label: str):
+    def _make_session(verified: _Verified):
         import onnxruntime as ort
 
+        _quiet_onnxruntime(ort)
+        manifest = verified.manifest
         onnx_file = manifest["onnx"]["file"]
-        where = f"{label}/{onnx_file}"
-        data = (root / onnx_file).read_bytes()
-        # hash the very bytes handed to onnxruntime (the file could change between verification and loading)
-        if hashlib.sha256(data).hexdigest() != manifest["files"][onnx_file]["sha256"]:
-            raise InputError(f"{where}: changed while the bundle was being opened; re-copy the bundle")
-        _check_onnx_bytes(data, manifest, where)
+        where = f"{verified.label}/{onnx_file}"
+        data = bytes(verified.files[onnx_file])  # the verified bytes themselves
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only: errors reach the user as one line of ours
         # one thread per call (no intra-op pool: no spin-waiting, faster session creation); see open(threads=)
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -686,14 +793,11 @@ class Bundle:
         return session
 
     def close(self) -> None:
-        """Release the session and its worker threads and remove the temporary folder of an unpacked archive."""
+        """Release the session and its worker threads."""
         pool, self._pool = getattr(self, "_pool", None), None
         if pool is not None:
             pool.shutdown(wait=True)
         self._session = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
     def __enter__(self) -> Bundle:
         return self
@@ -723,9 +827,15 @@ class Bundle:
         return self._path
 
     @property
-    def root(self) -> Path:
-        """The folder that holds the bundle files (a temporary one for an archive)."""
+    def root(self) -> Path | None:
+        """The bundle folder, or ``None`` for an archive (read in memory; nothing of it is on disk)."""
         return self._root
+
+    def file_bytes(self, name: str) -> bytes:
+        """The verified bytes of ``model.onnx`` or ``example.npz`` (as hashed when the bundle was opened)."""
+        if name not in self._files:
+            raise KeyError(f"{name!r}: not a file the host reads (has {sorted(self._files)})")
+        return bytes(self._files[name])
 
     @property
     def sha256(self) -> str:
@@ -828,9 +938,13 @@ class Bundle:
 
         def work(part: list[tuple[int, int]]) -> None:
             for lo, hi in part:
-                y = session.run(out_name, {n: a[lo:hi] for n, a in feed.items()})[0]
-                if y.shape != (hi - lo, N_BEADS, 3):
-                    raise InputError(f"{self._path}: model returned shape {y.shape}; expected ({hi - lo}, 12, 3)")
+                try:
+                    y = session.run(out_name, {n: a[lo:hi] for n, a in feed.items()})[0]
+                except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: one line of ours
+                    raise _run_failed(f"{self._label}/{self._manifest['onnx']['file']}", exc) from None
+                if not isinstance(y, np.ndarray) or y.shape != (hi - lo, N_BEADS, 3):
+                    shape = getattr(y, "shape", type(y).__name__)
+                    raise InputError(f"{self._path}: model returned shape {shape}; expected ({hi - lo}, 12, 3)")
                 out[lo:hi] = y
 
         n_work = min(self._threads, len(bounds))
@@ -918,9 +1032,10 @@ class Bundle:
         def run() -> np.ndarray:
             try:
                 session.run_with_iobinding(binding)
-            except Exception as exc:  # onnxruntime reports a wrong output shape when it cannot write into y
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InputError(f"{self._path}: the model did not return ({shape[0]}, 12, 3): {msg}") from None
+            except Exception as exc:  # e.g. a wrong output shape, which onnxruntime cannot write into y
+                raise InputError(
+                    f"{self._path}: the model did not return ({shape[0]}, 12, 3): {_clean_ort_error(exc)}"
+                ) from None
             return y
 
         return run
@@ -973,8 +1088,8 @@ class Bundle:
         """
         if self._example is None:
             ex_file = self._manifest["example"]["file"]
-            where = f"{self._path}:{ex_file}" if self._tmp is not None else str(self._root / ex_file)
-            arrays = _load_example(self._root / ex_file, where)
+            where = f"{self._label}/{ex_file}"
+            arrays = _load_example(self._files[ex_file], where)
             names = list(self._input_meanings) + [self._output_name]
             missing = [n for n in names if n not in arrays]
             if missing:

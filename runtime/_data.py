@@ -169,10 +169,13 @@ def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.nda
     return np.ascontiguousarray(arr)
 
 
-def save_trajectory(path: str | os.PathLike, frames: np.ndarray, **extra: np.ndarray) -> Path:
-    """Write frames in the dmol-book format (``.npz``, key ``arr``) atomically; extra arrays go beside it."""
+def save_trajectory(path: str | os.PathLike, frames: np.ndarray, *, replace: bool = True, **extra: np.ndarray) -> Path:
+    """Write frames in the dmol-book format (``.npz``, key ``arr``) atomically; extra arrays go beside it.
+
+    ``replace=False`` refuses a file that exists at the final rename (see :mod:`e3traj.runtime._io`).
+    """
     out = Path(path)
-    with atomic_output(out, suffix=".npz") as tmp:
+    with atomic_output(out, suffix=".npz", replace=replace) as tmp:
         np.savez(tmp, arr=np.asarray(frames), **{k: np.asarray(v) for k, v in extra.items()})
     return out
 

@@ -11,13 +11,37 @@ __all__ = [
     "EXIT_INPUT",
     "EXIT_CHECK",
     "EXIT_INCOMPLETE",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "one_line",
 ]
+
+import unicodedata
 
 #: Exit codes. 2 is also what click uses for bad options.
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_CHECK = 4
 EXIT_INCOMPLETE = 5
+#: Interrupted by SIGINT (Ctrl-C) or SIGTERM: 128 + the signal number, as shells report it. Temporary files and
+#: folders are removed; outputs that were not complete are not left behind.
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def one_line(text: object) -> str:
+    """``text`` as one printable line: newlines, escape sequences and other control or format characters are
+    shown escaped (``\\n``, ``\\x1b``, ``\\u202e``), so a file name cannot break a message or drive the terminal."""
+    out = []
+    for ch in str(text):
+        if ch in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class E3TrajError(Exception):

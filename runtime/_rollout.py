@@ -146,36 +146,49 @@ def save_rollout(
     starts: Sequence[int] | np.ndarray,
     bundle_sha256: str,
     source: str,
+    replace: bool = True,
 ) -> Path:
-    """Write a rollout as ``.npz`` atomically.
+    """Write a rollout as ``.npz`` atomically (``replace=False``: refuse a file that exists at the rename).
 
     Arrays: ``traj`` ``(steps_done + 1, B, 12, 3)``, ``starts`` ``(B,)`` (frame indices in the source),
     ``steps_done``, ``steps_requested``, ``complete`` (bool), ``bundle_sha256``, ``failed_step`` (-1 if none),
     ``failed_starts`` (batch rows that diverged), ``source``. Loadable with ``allow_pickle=False``.
     """
     out = Path(path)
-    starts_arr = np.asarray(starts, dtype=np.int64)
-    if starts_arr.shape != (result.traj.shape[1],):
-        raise UsageError(f"starts: {starts_arr.shape[0]} entries for {result.traj.shape[1]} trajectories")
-    with atomic_output(out, suffix=".tmp") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                traj=result.traj,
-                starts=starts_arr,
-                steps_done=np.int64(result.steps_done),
-                steps_requested=np.int64(result.steps_requested),
-                complete=np.bool_(result.complete),
-                bundle_sha256=np.str_(bundle_sha256),
-                failed_step=np.int64(-1 if result.failed_step is None else result.failed_step),
-                failed_starts=np.asarray(result.failed_starts, dtype=np.int64),
-                source=np.str_(source),
-            )
+    with atomic_output(out, suffix=".tmp", replace=replace) as tmp:
+        write_rollout_file(tmp, result, starts=starts, bundle_sha256=bundle_sha256, source=source)
     return out
 
 
+def write_rollout_file(
+    path: Path, result: RolloutResult, *, starts: Sequence[int] | np.ndarray, bundle_sha256: str, source: str
+) -> None:
+    """The body of :func:`save_rollout`: write straight to ``path`` (a temporary file of the caller's)."""
+    starts_arr = np.asarray(starts, dtype=np.int64)
+    if starts_arr.shape != (result.traj.shape[1],):
+        raise UsageError(f"starts: {starts_arr.shape[0]} entries for {result.traj.shape[1]} trajectories")
+    with open(path, "wb") as fh:
+        np.savez(
+            fh,
+            traj=result.traj,
+            starts=starts_arr,
+            steps_done=np.int64(result.steps_done),
+            steps_requested=np.int64(result.steps_requested),
+            complete=np.bool_(result.complete),
+            bundle_sha256=np.str_(bundle_sha256),
+            failed_step=np.int64(-1 if result.failed_step is None else result.failed_step),
+            failed_starts=np.asarray(result.failed_starts, dtype=np.int64),
+            source=np.str_(source),
+        )
+
+
 def write_xyz(
-    path: str | os.PathLike, traj: np.ndarray, starts: Sequence[int] | np.ndarray, species: str = "C"
+    path: str | os.PathLike,
+    traj: np.ndarray,
+    starts: Sequence[int] | np.ndarray,
+    species: str = "C",
+    *,
+    replace: bool = True,
 ) -> Path:
     """Write trajectories as extended XYZ (readable by ASE), atomically.
 
@@ -184,19 +197,25 @@ def write_xyz(
 
     Shapes: ``traj`` ``(T, B, 12, 3)``; ``starts`` ``(B,)``.
     """
+    out = Path(path)
+    with atomic_output(out, suffix=".tmp", replace=replace) as tmp:
+        write_xyz_file(tmp, traj, starts, species)
+    return out
+
+
+def write_xyz_file(path: Path, traj: np.ndarray, starts: Sequence[int] | np.ndarray, species: str = "C") -> None:
+    """The body of :func:`write_xyz`: write straight to ``path`` (a temporary file of the caller's)."""
     traj = np.asarray(traj, dtype=np.float64)
     if traj.ndim != 4 or traj.shape[2:] != (N_BEADS, 3):
         raise UsageError(f"traj: shape {traj.shape}; expected (T, B, {N_BEADS}, 3)")
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.shape != (traj.shape[1],):
         raise UsageError(f"starts: {starts_arr.shape} entries for {traj.shape[1]} trajectories")
-    out = Path(path)
     atom = f"{species} %.10f %.10f %.10f\n"
     body = atom * N_BEADS
-    with atomic_output(out, suffix=".tmp") as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
+    with open(path, "w", encoding="ascii", newline="\n") as fh:
         for b, start in enumerate(starts_arr):
             rows = traj[:, b].reshape(traj.shape[0], N_BEADS * 3)
             for t in range(traj.shape[0]):
                 fh.write(f'{N_BEADS}\nProperties=species:S:1:pos:R:3 frame={t} start={int(start)} pbc="F F F"\n')
                 fh.write(body % tuple(rows[t]))
-    return out

@@ -7,13 +7,24 @@ lists them in ``--help`` and gets a one-line hint, exit code 2, when it calls on
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
+import signal
 import sys
+import threading
 
 import click
 
-from .._errors import E3TrajError, MissingExtra
+from .._errors import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    E3TrajError,
+    MissingExtra,
+    one_line,
+)
 from .._version import __version__
 
 __all__ = ["main", "COMMANDS", "EXTRAS"]
@@ -83,12 +94,80 @@ class _LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        """Run the command; every failure leaves as one escaped line on stderr and a documented exit code."""
+        restore = _catch_sigterm()
         try:
             return super().invoke(ctx)
         except E3TrajError as exc:
-            err = click.ClickException(str(exc))
-            err.exit_code = exc.exit_code
-            raise err from None
+            raise _error(str(exc), exc.exit_code) from None
+        except click.UsageError as exc:  # click's own parsing errors: one line instead of usage + hint + error
+            cmd = exc.ctx.command_path if exc.ctx is not None else "e3traj"
+            raise _error(f"{exc.format_message()} (see '{cmd} --help')", EXIT_USAGE) from None
+        except click.ClickException as exc:
+            raise _error(exc.format_message(), exc.exit_code) from None
+        except _Terminated:
+            raise _error("terminated (SIGTERM); temporary files were removed, no unfinished output was kept",
+                         EXIT_TERMINATED) from None  # fmt: skip
+        except KeyboardInterrupt:
+            raise _error("interrupted; temporary files were removed, no unfinished output was kept",
+                         EXIT_INTERRUPTED) from None  # fmt: skip
+        except OSError as exc:
+            raise _error(_os_message(exc), EXIT_INPUT) from None
+        except MemoryError:
+            raise _error("out of memory; ask for fewer frames, steps, starts or a smaller batch", EXIT_USAGE) from None
+        except RecursionError:
+            raise _error("input nested too deeply to read; check the file you passed", EXIT_INPUT) from None
+        finally:
+            restore()
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that every ``finally`` and ``except BaseException`` cleans up."""
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`_Terminated` while a command runs (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+class _OneLineError(click.ClickException):
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+def _error(message: str, code: int) -> click.ClickException:
+    err = _OneLineError(one_line(message))
+    err.exit_code = code
+    return err
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space or write somewhere else",
+    errno.EDQUOT: "free disk space or write somewhere else",
+    errno.EACCES: "check the permissions or choose another path",
+    errno.EPERM: "check the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENAMETOOLONG: "use a shorter name",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path",
+    errno.EISDIR: "pass a file, not a folder",
+}
+
+
+def _os_message(exc: OSError) -> str:
+    name = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or type(exc).__name__
+    return f"{name}: {what}; {_OS_HINTS.get(exc.errno, 'check the path and try again')}"
 
 
 def _missing_extra_command(name: str, extra: str, short: str) -> click.Command:
@@ -106,8 +185,9 @@ def main():
     """e3traj: train E(3)-equivariant models of 12-bead polymer trajectories, export them as ONNX bundles,
     and run them on hosts without PyTorch.
 
-    Exit codes: 0 success, 2 bad usage (or a missing extra), 3 bad input, 4 a check failed,
-    5 a rollout stopped early.
+    Exit codes: 0 success, 2 bad usage (or a missing extra, or a size over a cap), 3 bad input (or a file that
+    cannot be read or written), 4 a check failed, 5 a rollout stopped early, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM).
     """
 
 

@@ -26,5 +26,5 @@ def simulate(frames: int, seed: int, dim: str, output: str, force: bool) -> None
 
     out = check_output_path(output, force=force)
     traj = run(frames=frames, seed=seed, dim=int(dim))
-    save_trajectory(out, traj)
+    save_trajectory(out, traj, replace=force)
     click.echo(f"wrote {out}: {traj.shape[0]} frames of {traj.shape[1]} beads in {traj.shape[2]}D (seed {seed})")

@@ -103,8 +103,9 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
     """
     from .._bundle import Bundle
     from .._data import load_trajectory
+    from .._io import atomic_outputs
     from .._rollout import rollout as run
-    from .._rollout import save_rollout, write_xyz
+    from .._rollout import write_rollout_file, write_xyz_file
 
     if steps < 1:
         raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
@@ -140,9 +141,10 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
         else:
             result = run(b, init_frames, steps, previous=previous, max_distance=max_distance)
         elapsed = time.perf_counter() - t0
-        save_rollout(output, result, starts=starts, bundle_sha256=b.sha256, source=str(init))
-        if xyz is not None:
-            write_xyz(xyz, result.traj, starts)
+        with atomic_outputs(outputs, suffix=".tmp", replace=force) as tmps:  # both files or neither
+            write_rollout_file(tmps[0], result, starts=starts, bundle_sha256=b.sha256, source=str(init))
+            if xyz is not None:
+                write_xyz_file(tmps[1], result.traj, starts)
     written = f"{output}" + (f" and {xyz}" if xyz is not None else "")
     if not result.complete:
         bad = [starts[i] for i in result.failed_starts]

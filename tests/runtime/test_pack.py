@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e3traj.runtime import Bundle, _pack, pack_bundle, unpack_bundle, verify_bundle
+from e3traj.runtime import Bundle, _tar, pack_bundle, unpack_bundle, verify_bundle
 from e3traj.runtime._errors import InputError, UsageError
 
 
@@ -56,23 +56,24 @@ def test_pack_then_open_the_archive(toy_bundle, tmp_path):
     with Bundle.open(toy_bundle) as plain, Bundle.open(out) as packed:
         assert packed.sha256 == plain.sha256 and packed.path == out
         np.testing.assert_array_equal(packed.predict({"positions": x}), plain.predict({"positions": x}))
-        tmp_root = packed.root
-        assert tmp_root.is_dir() and tmp_root != toy_bundle
+        assert packed.root is None and plain.root == toy_bundle  # an archive is read in memory, never extracted
         assert packed.recheck_example() <= 1e-5
-    assert not tmp_root.exists()  # the temporary folder is removed on close
     assert verify_bundle(out)["files"] == verify_bundle(toy_bundle)["files"]
 
 
-def test_an_unreferenced_archive_bundle_cleans_up_on_garbage_collection(toy_bundle, tmp_path):
-    import gc
-
+def test_opening_or_verifying_an_archive_writes_nothing(toy_bundle, tmp_path, monkeypatch):
     archive = pack_bundle(toy_bundle, tmp_path / "toy.tar.gz")
-    b = Bundle.open(archive)
-    root = b.root
-    assert (root / "model.onnx").is_file()
-    del b
-    gc.collect()
-    assert not root.exists()
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with Bundle.open(archive) as b:
+        assert b.recheck_example() <= 1e-5
+        assert list(spool.iterdir()) == []
+    verify_bundle(archive)
+    assert list(spool.iterdir()) == []
 
 
 def test_pack_is_reproducible_and_atomic(toy_bundle, tmp_path):
@@ -156,7 +157,7 @@ def test_unpack_refuses_unsafe_archives(toy_bundle, tmp_path, case, one_line):
     with pytest.raises(InputError) as e:
         unpack_bundle(archive, dest)
     one_line(e, str(archive), fragment)
-    assert os.listdir(dest) == []  # the staging folder is gone and nothing was moved in
+    assert not dest.exists()  # refused in memory, before anything was written
     assert not (tmp_path / "escape.txt").exists() and not Path("/tmp/e3traj-abs-escape.txt").exists()
     with pytest.raises(InputError):  # Bundle.open runs the same checks
         Bundle.open(archive)
@@ -164,10 +165,11 @@ def test_unpack_refuses_unsafe_archives(toy_bundle, tmp_path, case, one_line):
 
 def test_unpack_refuses_oversized_and_crowded_archives(toy_bundle, tmp_path, monkeypatch, one_line):
     archive = _write_tar(tmp_path / "big.tar.gz", [_dir("b"), _file("b/blob", b"\0" * 5000)])
-    monkeypatch.setattr(_pack, "MAX_ARCHIVE_BYTES", 4096)
+    monkeypatch.setattr(_tar, "MAX_ARCHIVE_BYTES", 4096)
     with pytest.raises(InputError) as e:
         unpack_bundle(archive, tmp_path / "d1")
     one_line(e, "4096 bytes")
+    monkeypatch.undo()
     crowded = _write_tar(tmp_path / "crowded.tar.gz", [_dir("b")] + [_file(f"b/f{i}") for i in range(70)])
     with pytest.raises(InputError) as e:
         unpack_bundle(crowded, tmp_path / "d2")
