@@ -889,9 +889,10 @@ class Bundle:
 
         Shapes: each input ``(B, 12, 3)`` -> output ``(B, 12, 3)`` float64. Inputs are cast to the bundle dtype;
         the batch runs in ``ceil(B / chunk)`` near-equal sub-batches (``chunk`` default :data:`CHUNK`), concurrently
-        on :attr:`threads` threads. The sub-batching does not change any output as long as every sub-batch holds
-        at least 8 frames (true for ``B >= 8`` and ``chunk >= 16``); onnxruntime may round batches of fewer
-        frames differently in float32 (~1e-9 on the reference bundles).
+        on :attr:`threads` threads. On the project machines the sub-batching does not change any output bit as long
+        as every sub-batch holds at least 8 frames (true for ``B >= 8`` and ``chunk >= 16``); onnxruntime may
+        round batches of fewer frames, or on other CPUs other shapes, differently in float32 (~1e-9 on the
+        reference bundles).
 
         Raises:
             UsageError: an input is missing/unknown, the shapes disagree, or ``chunk`` < 1.

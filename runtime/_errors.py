@@ -7,6 +7,7 @@ __all__ = [
     "CheckFailed",
     "RolloutIncomplete",
     "MissingExtra",
+    "EXIT_INTERNAL",
     "EXIT_USAGE",
     "EXIT_INPUT",
     "EXIT_CHECK",
@@ -18,7 +19,8 @@ __all__ = [
 
 import unicodedata
 
-#: Exit codes. 2 is also what click uses for bad options.
+#: Exit codes. 2 is also what click uses for bad options; 1 is an internal error (a bug of e3traj).
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_CHECK = 4

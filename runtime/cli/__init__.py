@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ import click
 
 from .._errors import (
     EXIT_INPUT,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USAGE,
@@ -117,6 +119,15 @@ class _LazyGroup(click.Group):
             raise _error("out of memory; ask for fewer frames, steps, starts or a smaller batch", EXIT_USAGE) from None
         except RecursionError:
             raise _error("input nested too deeply to read; check the file you passed", EXIT_INPUT) from None
+        except Exception as exc:  # a bug of ours: one line and exit 1, the traceback with E3TRAJ_DEBUG=1
+            if os.environ.get("E3TRAJ_DEBUG"):
+                raise
+            text = str(exc).strip().splitlines()
+            raise _error(
+                f"internal error ({type(exc).__name__}: {text[0] if text else ''}); this is a bug of e3traj, "
+                "please report it with the output of the same command under E3TRAJ_DEBUG=1",
+                EXIT_INTERNAL,
+            ) from None
         finally:
             restore()
 
@@ -187,7 +198,7 @@ def main():
 
     Exit codes: 0 success, 2 bad usage (or a missing extra, or a size over a cap), 3 bad input (or a file that
     cannot be read or written), 4 a check failed, 5 a rollout stopped early, 130 interrupted (Ctrl-C),
-    143 terminated (SIGTERM).
+    143 terminated (SIGTERM); 1 is an internal error (a bug: E3TRAJ_DEBUG=1 shows its traceback).
     """
 
 

@@ -117,14 +117,18 @@ def test_bench_bundle_rows_without_rollout(baseline_bundle):
     assert rows[0]["bundle_bytes"] == bundle_size(baseline_bundle) and rows[0]["flops_per_frame"] == 216.0
 
 
-def test_sub_batched_predict_equals_the_whole_batch_exactly():
+def test_sub_batched_predict_equals_the_whole_batch():
+    # bit-identical on the project machines; onnxruntime's kernels may round batch shapes differently on other
+    # CPUs, so the test allows float32 rounding (1e-6 of the output's scale) and no more
     with Bundle.open(SIM_E3NN, threads=1) as b1, Bundle.open(SIM_E3NN, threads=2) as b2:
         x = _near_example(b1, 200)
         whole = b1.predict({"positions": x}, chunk=len(x))
+        tol = 1e-6 * float(np.abs(whole).max())
+        assert tol > 0
         for chunk in (None, 16, 48, 64):
-            np.testing.assert_array_equal(b1.predict({"positions": x}, chunk=chunk), whole)
-        np.testing.assert_array_equal(b2.predict({"positions": x}), whole)  # sub-batches on two threads
-        np.testing.assert_array_equal(b2.predict({"positions": x[:37]}, chunk=16), whole[:37])
+            np.testing.assert_allclose(b1.predict({"positions": x}, chunk=chunk), whole, rtol=0, atol=tol)
+        np.testing.assert_allclose(b2.predict({"positions": x}), whole, rtol=0, atol=tol)  # on two threads
+        np.testing.assert_allclose(b2.predict({"positions": x[:37]}, chunk=16), whole[:37], rtol=0, atol=tol)
         assert b2.threads == 2
 
 

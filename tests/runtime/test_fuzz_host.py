@@ -548,7 +548,13 @@ def _zip_entries(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
     return entries, end
 
 
-# Each npz op: (rng, arrays) -> (label, file bytes, may the file still be valid).
+#: an npz op's verdict when only the values of the example's reference output were damaged (``bench`` never reads
+#: them); REFERENCE_KEY is that output's name in the reference bundles
+REFERENCE_ONLY = "reference-only"
+REFERENCE_KEY = "prediction"
+
+# Each npz op: (rng, arrays) -> (label, file bytes, verdict): True if the file may still be valid, False if not,
+# or REFERENCE_ONLY.
 
 
 def _z_flip(rng, arrays):
@@ -656,7 +662,8 @@ def _z_nonfinite(rng, arrays):
     arr = arrays[key].copy()
     index = tuple(rng.randrange(n) for n in arr.shape)
     arr[index] = value
-    return f"{value}@{key}{list(index)}", _npz({**arrays, key: arr}), False
+    verdict = REFERENCE_ONLY if key == REFERENCE_KEY else False
+    return f"{value}@{key}{list(index)}", _npz({**arrays, key: arr}), verdict
 
 
 def _z_wrong_shape(rng, arrays):
@@ -707,9 +714,9 @@ def _mutate_example(rng: random.Random, dest: Path, inputs: FuzzInputs) -> Mutat
     bundle = _copy_bundle(inputs.bundles[base], dest / "bundle")
     with np.load(bundle / "example.npz") as z:
         arrays = {k: z[k] for k in z.files}
-    label, data, valid = rng.choice(NPZ_OPS)(rng, arrays)
+    label, data, verdict = rng.choice(NPZ_OPS)(rng, arrays)
     (bundle / "example.npz").write_bytes(data)
-    ok = ALL if valid else NO_EXAMPLE
+    ok = NO_EXAMPLE | {"bench"} if verdict == REFERENCE_ONLY else ALL if verdict else NO_EXAMPLE
     if rng.random() < 0.15:
         label, ok = label + "+stale-hash", NONE
     else:
@@ -891,8 +898,8 @@ def _mutate_archive(rng: random.Random, dest: Path, inputs: FuzzInputs) -> Mutat
 
 
 def _t_npz(rng, frames, bundle_base):
-    label, data, valid = rng.choice(NPZ_OPS)(rng, {"arr": frames})
-    return label, "traj.npz", data, TRAJ_OK if valid else NONE
+    label, data, verdict = rng.choice(NPZ_OPS)(rng, {"arr": frames})
+    return label, "traj.npz", data, TRAJ_OK if verdict is True else NONE
 
 
 def _t_frames(rng, frames, bundle_base):

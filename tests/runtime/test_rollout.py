@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -51,15 +50,12 @@ def test_positions_accumulate_in_float64(toy_bundle, toys):
 def test_thousands_of_starts_in_one_call(toy_bundle, toys):
     init = _starts(5000, seed=1)
     with Bundle.open(toy_bundle) as b:
-        t0 = time.perf_counter()
         res = rollout(b, init, 5)
-        elapsed = time.perf_counter() - t0
     assert res.traj.shape == (6, 5000, 12, 3) and res.complete
     x = init.copy()
     for _ in range(5):
         x = x + toys.reference("toy", x)
-    np.testing.assert_allclose(res.traj[-1], x, atol=2e-7)
-    assert elapsed < 5.0
+    np.testing.assert_allclose(res.traj[-1], x, atol=2e-7)  # speed is measured in benchmarks/, not here
 
 
 def test_velocity_rollout_uses_the_previous_frame(velocity_bundle, toys):

@@ -155,13 +155,13 @@ def test_forces_are_minus_the_energy_gradient(dim, params):
     np.testing.assert_allclose(f.sum(axis=0), 0.0, atol=1e-9)  # internal forces only
 
 
-def test_log_is_within_two_ulp_of_the_c_library():
+def test_log_is_within_a_few_ulp_of_the_c_library():
     s = np.concatenate([np.random.default_rng(0).random(20000), [1e-300, 2.0**-1074, 0.5, 0.70710678, 1.0, 3.0]])
     ours = _log(s)
     ref = np.array([math.log(v) for v in s])
     ulp = np.spacing(np.abs(ref)) + (ref == 0)
     err = np.abs(ours - ref) / ulp
-    assert np.max(err) <= 2.0 and np.mean(err == 0) > 0.5
+    assert np.max(err) <= 3.0 and np.mean(err == 0) > 0.5  # 2.0 here; another libm may be 0.5 ulp off itself
     assert _log(np.array([1.0]))[0] == 0.0
 
 

@@ -33,6 +33,10 @@ CONFIGS = {
 }
 
 
+#: Relative float32 agreement of two implementations of the same network (the product's parity bar is 1e-5).
+F32_BOUND = 1e-5
+
+
 def _perturb(module: torch.nn.Module, seed: int, amount: float = 0.15) -> None:
     """Random, non-default weights (so parity cannot hold by accident of the initialisation)."""
     gen = torch.Generator().manual_seed(seed)
@@ -91,6 +95,7 @@ def _pair(name: str) -> tuple[FixedGraphNetwork, torch.nn.Module]:
     Tests must not modify them (deepcopy first).
     """
     if name not in _CACHE:
+        torch.manual_seed(len(name))  # the initial weights too: the same model on every run and machine
         fixed = FixedGraphNetwork(CONFIGS[name])
         _perturb(fixed, seed=len(name))
         _CACHE[name] = (fixed, load_reference_weights(fixed))
@@ -128,8 +133,9 @@ def test_parity_float32_with_e3nn_network(pair):
     scale = max(1.0, float(want.abs().max()))
     assert float(want.abs().max()) > 0.05  # non-trivial outputs
     # float32 noise floor: e3nn's own float32 output is ~1e-6 relative off its float64 value, and so is this one
-    # (different summation orders); exactness is checked in float64 below
-    assert float((out - want).abs().max()) <= 2e-6 * scale, name
+    # (different summation orders, measured 0.3-1.4e-6 here; other CPUs' kernels round differently, hence 1e-5);
+    # exactness is checked in float64 below
+    assert float((out - want).abs().max()) <= F32_BOUND * scale, name
 
 
 @pytest.mark.parametrize("name", ["velocity", "l2"])
@@ -232,7 +238,7 @@ def test_displacement_model_scales_and_feeds_previous_displacement():
         got = model(frames, prev)
     want = _reference_outputs(ref, frames, prev / 0.05) * 0.05
     assert float(want.abs().max()) > 1e-3
-    assert float((got - want).abs().max()) <= 2e-6 * max(0.05, float(want.abs().max()))  # float32 noise floor
+    assert float((got - want).abs().max()) <= F32_BOUND * max(0.05, float(want.abs().max()))  # float32 noise floor
     with pytest.raises(ValueError, match="previous_displacement"):
         model(frames)
     with pytest.raises(ValueError, match="irreps_out"):
@@ -305,8 +311,8 @@ def test_radial_table_copy_matches_e3nn_and_leaves_the_model_alone(name):
         out, mlp = tab(frames, feats), fixed(frames, feats)
     want = _reference_outputs(ref, frames, feats)
     scale = max(1.0, float(want.abs().max()))
-    assert float((out - want).abs().max()) <= 2e-6 * scale, name  # the float32 bound of the MLP path itself
-    assert float((out - mlp).abs().max()) <= 2e-6 * scale
+    assert float((out - want).abs().max()) <= F32_BOUND * scale, name  # the float32 bound of the MLP path itself
+    assert float((out - mlp).abs().max()) <= F32_BOUND * scale
 
 
 def test_radial_table_error_is_what_it_reports_and_it_refuses_an_unreachable_tolerance():
