@@ -209,7 +209,7 @@ def _graph_tables(data: bytes) -> tuple[list[dict], dict[str, list[int]]]:
     return nodes, consts
 
 
-def _profile_shapes(data: bytes, feed: dict[str, np.ndarray]) -> dict[str, dict]:
+def _profile_shapes(data: bytes, feed: dict[str, np.ndarray], where: str = "model") -> dict[str, dict]:
     """Per node name: onnxruntime's profiled input and output shapes (unoptimised graph, 1 thread)."""
     import onnxruntime as ort
 
@@ -217,12 +217,20 @@ def _profile_shapes(data: bytes, feed: dict[str, np.ndarray]) -> dict[str, dict]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # our one-line errors say it
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-        sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
+        try:
+            sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+            sess.run(None, feed)
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        except Exception as exc:  # onnxruntime's own error classes
+            from ._bundle import _clean_ort_error
+
+            raise InputError(
+                f"{where}: onnxruntime failed while running the model to count its work: {_clean_ort_error(exc)}; "
+                "re-export the bundle"
+            ) from None
     shapes = {}
     for ev in events:
         args = ev.get("args", {})
@@ -286,7 +294,9 @@ def _matmul_flops(nodes: list[dict], consts: dict[str, list[int]], prof: dict[st
     return total
 
 
-def matmul_flops_per_frame(model: str | os.PathLike | bytes, input_names: Sequence[str] = ("positions",)) -> float:
+def matmul_flops_per_frame(
+    model: str | os.PathLike | bytes, input_names: Sequence[str] = ("positions",), *, where: str | None = None
+) -> float:
     """MatMul/Gemm FLOPs (``2 M N K``) per frame of an ONNX model with inputs ``(batch, 12, 3)``.
 
     Counted at batch 1 and 5 with onnxruntime's profiler on the unoptimised graph; returns ``(F(5) - F(1)) / 4``.
@@ -298,13 +308,14 @@ def matmul_flops_per_frame(model: str | os.PathLike | bytes, input_names: Sequen
     try:
         nodes, consts = _graph_tables(data)
     except _ProtoError as exc:
-        where = "model" if isinstance(model, bytes) else str(model)
+        where = where or ("model" if isinstance(model, bytes) else str(model))
         raise InputError(f"{where}: not a valid ONNX model ({exc}); re-export the bundle") from None
+    where = where or ("model" if isinstance(model, bytes) else str(model))
     rng = np.random.default_rng(0)
     counts = []
     for batch in (1, 5):
         feed = {n: rng.normal(size=(batch, N_BEADS, 3)).astype(np.float32) for n in input_names}
-        counts.append(_matmul_flops(nodes, consts, _profile_shapes(data, feed)))
+        counts.append(_matmul_flops(nodes, consts, _profile_shapes(data, feed, where)))
     return (counts[1] - counts[0]) / 4.0
 
 
@@ -410,7 +421,11 @@ def bench_bundle(
         with bundle:
             if flops_per_frame is None:
                 onnx_bytes = bundle.file_bytes(bundle.manifest["onnx"]["file"])
-                flops_per_frame = matmul_flops_per_frame(onnx_bytes, [i["name"] for i in bundle.inputs])
+                flops_per_frame = matmul_flops_per_frame(
+                    onnx_bytes,
+                    [i["name"] for i in bundle.inputs],
+                    where=f"{bundle_path}/{bundle.manifest['onnx']['file']}",
+                )
             if roofline is None:
                 roofline = matmul_roofline(seconds=max(0.3, seconds))
             example, _ = bundle.load_example()

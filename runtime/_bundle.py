@@ -622,7 +622,7 @@ def _load_example(data, where: str) -> dict[str, np.ndarray]:
                 at = f"{where}[{key}]"
                 if not info.filename.endswith(".npy") or info.is_dir():
                     raise InputError(f"{at}: is not a .npy array; re-export the bundle")
-                if info.flag_bits & 0x1:
+                if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
                     raise InputError(f"{at}: is encrypted; re-export the bundle")
                 if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     raise InputError(f"{at}: compression method {info.compress_type} is not supported; re-export")
@@ -634,7 +634,7 @@ def _load_example(data, where: str) -> dict[str, np.ndarray]:
                         shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
                     if dtype.hasobject or dtype.kind not in "fiu":
                         raise InputError(f"{at}: dtype {dtype} is not numeric; re-export the bundle")
-                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
                     total += nbytes
                     if nbytes > MAX_EXAMPLE_ARRAY_BYTES or total > MAX_EXAMPLE_BYTES:
                         raise InputError(
@@ -1099,6 +1099,9 @@ class Bundle:
             if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[1:] != (N_BEADS, 3):
                 raise InputError(f"{where}: example arrays have shapes {sorted(shapes)}; expected (B, 12, 3)")
             inputs = {n: arrays[n].astype(np.float64) for n in self._input_meanings}
+            for n, a in inputs.items():
+                if not np.all(np.isfinite(a)):
+                    raise InputError(f"{where}[{n}]: holds NaN or Inf; re-export the bundle")
             self._example = (inputs, arrays[self._output_name].astype(np.float64))
         inputs, ref = self._example
         return {k: v.copy() for k, v in inputs.items()}, ref.copy()

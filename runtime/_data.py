@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ __all__ = [
     "DMOL_SHA256",
     "MAX_TRAJECTORY_BYTES",
     "load_trajectory",
+    "read_trajectory",
     "save_trajectory",
     "validate_frames",
     "dmol_path",
@@ -38,18 +41,18 @@ DMOL_SHA256 = "502d6085c40c3e5a0edaad076a54f418d12cf13a4eb00387fdba30de9b7aec3e"
 MAX_TRAJECTORY_BYTES = 1 << 30
 
 
-def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], np.dtype]:
+def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
         else:
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    except (ValueError, OSError, EOFError) as exc:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except Exception as exc:  # ValueError, EOFError, and the tokenizer's own errors for a malformed header
         raise InputError(
             f"{name}: not a valid .npy array ({_short(exc)}); save frames with numpy.save or numpy.savez"
         ) from None
-    return shape, dtype
+    return shape, fortran, dtype
 
 
 def _short(exc: BaseException) -> str:
@@ -57,17 +60,29 @@ def _short(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes: int) -> None:
+def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes: int) -> int:
     if dtype.hasobject:
         raise InputError(f"{name}: holds Python objects (dtype {dtype}), which are never unpickled; save a float array")
     if dtype.kind not in "fiu":
         raise InputError(f"{name}: dtype {dtype} is not numeric; expected float positions of shape (T, 12, 2|3)")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow for absurd shapes
     if nbytes > max_bytes:
         raise InputError(
             f"{name}: header declares shape {tuple(shape)} ({nbytes} bytes), over the {max_bytes}-byte limit; "
             "split the trajectory or raise the limit"
         )
+    return nbytes
+
+
+def _read_array(fh, name: str, max_bytes: int) -> np.ndarray:
+    """One ``.npy`` stream: header checked against the cap before its data is read, data read exactly."""
+    shape, fortran, dtype = _read_npy_header(fh, name)
+    nbytes = _check_header(name, shape, dtype, max_bytes)
+    raw = fh.read(nbytes + 1)
+    if len(raw) != nbytes:
+        raise InputError(f"{name}: holds {len(raw)} data bytes, its header says {nbytes}; the file is truncated")
+    arr = np.frombuffer(raw, dtype=dtype)
+    return np.array(arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape))
 
 
 def load_trajectory(
@@ -83,52 +98,82 @@ def load_trajectory(
     Raises:
         InputError: one line naming the file, what was found and what is expected.
     """
-    p = Path(path)
+    return read_trajectory(path, min_frames=min_frames, max_bytes=max_bytes)[0]
+
+
+def read_trajectory(
+    path: str | os.PathLike, *, min_frames: int = 1, max_bytes: int = MAX_TRAJECTORY_BYTES
+) -> tuple[np.ndarray, str]:
+    """:func:`load_trajectory` and the sha256 of the file: read once, hashed and parsed from the same bytes.
+
+    Shapes: returned frames ``(T, 12, 3)`` float64.
+    """
+    import hashlib
+
     name = str(path)
+    data = _read_file(Path(path), name, max_bytes)
+    if data.startswith(b"PK"):
+        arr = _load_npz(data, name, max_bytes)
+    elif data.startswith(b"\x93NUMPY"):
+        arr = _read_array(io.BytesIO(data), name, max_bytes)
+    else:
+        raise InputError(f"{name}: not an .npz or .npy file; expected the dmol-book format (.npz with key 'arr')")
+    return validate_frames(arr, name, min_frames=min_frames), hashlib.sha256(data).hexdigest()
+
+
+def _read_file(p: Path, name: str, max_bytes: int) -> bytes:
     if not p.exists():
         raise InputError(f"{name}: file not found; pass a trajectory .npz/.npy (or --data sim / --data dmol)")
     if p.is_dir():
         raise InputError(f"{name}: is a folder; pass a trajectory .npz/.npy file")
-    if p.stat().st_size == 0:
-        raise InputError(f"{name}: file is empty; expected an .npz with key 'arr' of shape (T, 12, 2|3)")
-    with open(p, "rb") as fh:
-        head = fh.read(6)
-    if head.startswith(b"PK"):
-        arr = _load_npz(p, name, max_bytes)
-    elif head.startswith(b"\x93NUMPY"):
-        with open(p, "rb") as fh:
-            shape, dtype = _read_npy_header(fh, name)
-            _check_header(name, shape, dtype, max_bytes)
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{name}: could not read the array ({_short(exc)}); the file may be truncated") from None
-    else:
-        raise InputError(f"{name}: not an .npz or .npy file; expected the dmol-book format (.npz with key 'arr')")
-    return validate_frames(arr, name, min_frames=min_frames)
-
-
-def _load_npz(p: Path, name: str, max_bytes: int) -> np.ndarray:
+    if not p.is_file():
+        raise InputError(f"{name}: is not a regular file; pass a trajectory .npz/.npy file")
     try:
-        with zipfile.ZipFile(p) as zf:
-            members = [m for m in zf.namelist() if m.endswith(".npy")]
+        with open(p, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            limit = max_bytes + (1 << 20)  # the array plus room for headers
+            if size > limit:
+                raise InputError(f"{name}: {size} bytes, over the {limit}-byte limit; split the trajectory")
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read it ({exc.strerror}); check the path and its permissions") from None
+    if not data:
+        raise InputError(f"{name}: file is empty; expected an .npz with key 'arr' of shape (T, 12, 2|3)")
+    return data
+
+
+#: Most members an .npz trajectory may hold.
+_MAX_NPZ_MEMBERS = 64
+
+
+def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > _MAX_NPZ_MEMBERS:
+                raise InputError(f"{name}: {len(infos)} members in the .npz; save the trajectory alone under 'arr'")
+            members = {i.filename[: -len(".npy")]: i for i in infos if i.filename.endswith(".npy")}
             if not members:
                 raise InputError(f"{name}: the .npz holds no arrays; expected key 'arr' of shape (T, 12, 2|3)")
-            keys = [m[: -len(".npy")] for m in members]
-            if "arr" in keys:
+            if "arr" in members:
                 key = "arr"
-            elif len(keys) == 1:
-                key = keys[0]
+            elif len(members) == 1:
+                key = next(iter(members))
             else:
-                raise InputError(f"{name}: no key 'arr' among {sorted(keys)}; save the trajectory under key 'arr'")
-            with zf.open(key + ".npy") as fh:
-                shape, dtype = _read_npy_header(fh, f"{name}[{key}]")
-            _check_header(f"{name}[{key}]", shape, dtype, max_bytes)
-        with np.load(p, allow_pickle=False) as npz:
-            return npz[key]
+                raise InputError(f"{name}: no key 'arr' among {sorted(members)}; save the trajectory under key 'arr'")
+            info = members[key]
+            if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
+                raise InputError(f"{name}[{key}]: is encrypted; save the trajectory with numpy.savez")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise InputError(
+                    f"{name}[{key}]: compression method {info.compress_type} is not supported; "
+                    "save the trajectory with numpy.savez or numpy.savez_compressed"
+                )
+            with zf.open(info) as fh:
+                return _read_array(fh, f"{name}[{key}]", max_bytes)
     except InputError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except Exception as exc:  # zipfile raises BadZipFile, NotImplementedError, RuntimeError, zlib.error, ...
         raise InputError(
             f"{name}: could not read the .npz ({_short(exc)}); the file may be truncated or corrupt"
         ) from None
@@ -335,10 +380,14 @@ def resolve_data(spec: str, *, sim_frames: int = 2048, sim_seed: int = 0, min_fr
         return DataSource(frames, f"sim(frames={sim_frames},seed={sim_seed})", frames_sha256(frames))
     if spec == "dmol":
         path = dmol_path()
-        frames = load_trajectory(path, min_frames=min_frames)
+        frames, digest = read_trajectory(path, min_frames=min_frames)  # parsed from the bytes it hashed
+        if digest != DMOL_SHA256:
+            raise InputError(
+                f"{path}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; re-download it"
+            )
         return DataSource(frames, "dmol", frames_sha256(frames), str(path), DMOL_SHA256)
-    frames = load_trajectory(spec, min_frames=min_frames)
-    return DataSource(frames, "file", frames_sha256(frames), str(spec), sha256_file(spec))
+    frames, file_sha256 = read_trajectory(spec, min_frames=min_frames)  # hashed and parsed from the same bytes
+    return DataSource(frames, "file", frames_sha256(frames), str(spec), file_sha256)
 
 
 __all__ += ["DataSource", "frames_sha256", "resolve_data"]

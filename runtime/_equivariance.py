@@ -14,10 +14,27 @@ import numpy as np
 from ._bundle import INPUT_MEANINGS, OUTPUT_MEANINGS
 from ._data import N_BEADS
 
-__all__ = ["CaseResult", "EquivarianceReport", "check_equivariance", "check_bundle", "random_rotation", "CASES"]
+__all__ = [
+    "CaseResult",
+    "EquivarianceReport",
+    "check_equivariance",
+    "check_bundle",
+    "check_frames",
+    "random_rotation",
+    "CASES",
+    "MIN_CHECK_FRAMES",
+    "MIN_EXAMPLE_FRAMES",
+]
 
 #: The cases :func:`check_equivariance` runs, in order.
 CASES = ("rotation", "improper", "mirror_z", "translation", "permutation", "planar")
+
+#: ``check_bundle`` generates this many seeded frames of its own (half polymer-like chains, half random clouds,
+#: half of each planar) besides the bundle's example, so a check never rests on the example alone.
+MIN_CHECK_FRAMES = 16
+
+#: The example re-check needs at least this many frames (export writes 16 or more); fewer is a FAIL.
+MIN_EXAMPLE_FRAMES = 4
 
 _MIRROR_Z = np.diag([1.0, 1.0, -1.0])
 
@@ -33,6 +50,7 @@ class CaseResult:
     trials: int
     threshold: float
     criterion: str = "relative"  # "relative" (equivariance) or "absolute" (the example re-check)
+    note: str = ""  # why a case failed on its evidence (no frames, non-finite or all-zero outputs)
 
 
 @dataclass
@@ -43,6 +61,7 @@ class EquivarianceReport:
     tolerance: float
     trials: int
     seed: int
+    frames: int = 0  # frames each case ran on
 
     @property
     def passed(self) -> bool:
@@ -66,6 +85,7 @@ class EquivarianceReport:
             "tolerance": self.tolerance,
             "trials": self.trials,
             "seed": self.seed,
+            "frames": self.frames,
             "cases": [asdict(c) for c in self.cases],
         }
 
@@ -75,12 +95,26 @@ class EquivarianceReport:
         for c in self.cases:
             verdict = "PASS" if c.passed else "FAIL"
             note = f"  (abs <= {c.threshold:g})" if c.criterion == "absolute" else ""
-            lines.append(f"{c.case:<12} {c.max_abs_error:>12.3e} {c.max_rel_error:>12.3e}  {verdict}{note}")
+            if c.note:
+                note += f"  [{c.note}]"
+            lines.append(f"{c.case:<12} {_num(c.max_abs_error):>12} {_num(c.max_rel_error):>12}  {verdict}{note}")
         lines.append(
             f"{'all' if self.passed else 'some'} cases {'PASS' if self.passed else 'FAIL'} "
-            f"(relative tolerance {self.tolerance:g}, {self.trials} trial(s), seed {self.seed})"
+            f"(relative tolerance {self.tolerance:g}, {self.trials} trial(s), seed {self.seed}, "
+            f"{self.frames} frames)"
         )
         return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return "nan" if np.isnan(v) else f"{v:.3e}"
+
+
+def _worse(a: float, b: float) -> float:
+    """The larger of two errors, NaN winning (``max(0, nan)`` is 0 in Python: a NaN must never pass)."""
+    if np.isnan(a) or np.isnan(b):
+        return float("nan")
+    return max(a, b)
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -120,14 +154,28 @@ def _expected(y: np.ndarray, output_meaning: str, g: np.ndarray, t: np.ndarray, 
 
 
 def _errors(pred: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """Max abs and relative error; NaN when anything is NaN, inf when anything is infinite (never 0 by default)."""
     pred = np.asarray(pred, dtype=np.float64)
+    if pred.shape != expected.shape or not expected.size:
+        return float("nan"), float("nan")
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(pred - expected)
-    abs_err = float(np.max(diff)) if diff.size else 0.0
-    if not np.all(np.isfinite(diff)):
-        abs_err = float("inf")
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    if np.isnan(diff).any():
+        return float("nan"), float("nan")
+    abs_err = float(np.max(diff))
+    scale = float(np.max(np.abs(expected)))
     return abs_err, abs_err / max(scale, 1e-12)
+
+
+def _evidence_problem(y: np.ndarray) -> str:
+    """Why outputs cannot serve as evidence: empty, non-finite, or all zero (any transform of 0 is 0)."""
+    if not y.size:
+        return "no outputs"
+    if not np.all(np.isfinite(y)):
+        return "non-finite outputs"
+    if not np.any(y):
+        return "all-zero outputs prove nothing"
+    return ""
 
 
 def check_equivariance(
@@ -149,7 +197,8 @@ def check_equivariance(
     and ``planar`` (frames with z = 0 must give outputs with z = 0; the base frames are projected onto
     z = 0 when they are not planar already). Positions map to g x + t, previous displacements to g v; the
     expected output is g y (+ t for ``next_positions``). A case passes when
-    max |pred - expected| / max(max |expected|, 1e-12) <= ``tolerance``.
+    max |pred - expected| / max(max |expected|, 1e-12) <= ``tolerance`` on finite, non-degenerate evidence: a case
+    whose base outputs are non-finite or all zero, or whose error is NaN, FAILS (with a note), never passes.
 
     Args:
         predict: maps inputs by name, each ``(B, 12, 3)`` float64, to the output ``(B, 12, 3)``.
@@ -173,9 +222,12 @@ def check_equivariance(
         a = np.asarray(arr, dtype=np.float64)
         if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3):
             raise ValueError(f"frames[{name!r}] has shape {a.shape}, expected (B, 12, 3)")
+        if not len(a):
+            raise ValueError(f"frames[{name!r}] holds no frames; a check needs evidence")
         base[name] = a
     rng = np.random.default_rng(seed)
     y0 = np.asarray(predict({k: v.copy() for k, v in base.items()}), dtype=np.float64)
+    problem = _evidence_problem(y0)
     eye = np.eye(3)
     zero = np.zeros(3)
 
@@ -184,9 +236,9 @@ def check_equivariance(
         for g, t, perm in draws:
             pred = predict(_transform(base, input_meanings, g, t, perm))
             a, r = _errors(pred, _expected(y0, output_meaning, g, t, perm))
-            worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-        ok = bool(np.isfinite(worst_rel) and worst_rel <= tolerance)
-        return CaseResult(name, worst_abs, worst_rel, ok, len(draws), tolerance)
+            worst_abs, worst_rel = _worse(worst_abs, a), _worse(worst_rel, r)
+        ok = bool(not problem and np.isfinite(worst_rel) and worst_rel <= tolerance)
+        return CaseResult(name, worst_abs, worst_rel, ok, len(draws), tolerance, note=problem)
 
     def translation() -> np.ndarray:
         d = rng.standard_normal(3)
@@ -202,33 +254,90 @@ def check_equivariance(
     # planar: z = 0 in, z = 0 out (for every meaning: displacement-like outputs and next positions alike)
     flat = {k: v * np.array([1.0, 1.0, 0.0]) for k, v in base.items()}
     yf = np.asarray(predict(flat), dtype=np.float64)
-    scale = float(np.max(np.abs(yf))) if yf.size else 0.0
-    with np.errstate(invalid="ignore"):
-        abs_z = float(np.max(np.abs(yf[..., 2]))) if yf.size else 0.0
-    if not np.all(np.isfinite(yf)):
-        abs_z = float("inf")
-    rel_z = abs_z / max(scale, 1e-12)
-    cases.append(CaseResult("planar", abs_z, rel_z, bool(np.isfinite(rel_z) and rel_z <= tolerance), 1, tolerance))
-    return EquivarianceReport(cases=cases, tolerance=tolerance, trials=trials, seed=seed)
+    flat_problem = _evidence_problem(yf[..., :2]) if yf.ndim == 3 and yf.shape[-1] == 3 else "wrong output shape"
+    if flat_problem:
+        abs_z = rel_z = float("nan") if flat_problem != "all-zero outputs prove nothing" else 0.0
+    else:
+        abs_z = float(np.max(np.abs(yf[..., 2]))) if np.all(np.isfinite(yf[..., 2])) else float("nan")
+        rel_z = abs_z / max(float(np.max(np.abs(yf))), 1e-12)
+    ok = bool(not flat_problem and np.isfinite(rel_z) and rel_z <= tolerance)
+    cases.append(CaseResult("planar", abs_z, rel_z, ok, 1, tolerance, note=flat_problem))
+    n = len(next(iter(base.values())))
+    return EquivarianceReport(cases=cases, tolerance=tolerance, trials=trials, seed=seed, frames=n)
+
+
+def check_frames(
+    input_meanings: Mapping[str, str], n: int = MIN_CHECK_FRAMES, *, seed: int = 0, like=None
+) -> dict[str, np.ndarray]:
+    """Seeded test frames of the check's own: half polymer-like chains, half random clouds, half of each planar.
+
+    Chains are random walks with bonds of the typical length of ``like`` (a ``(B, 12, 3)`` array of positions,
+    e.g. the example's; 0.36 without it) and random turns; clouds spread like the chains. Previous
+    displacements are small random vectors (planar for planar frames).
+
+    Shapes: each returned input ``(n, 12, 3)`` float64.
+    """
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n!r}")
+    rng = np.random.default_rng([seed, 0xC0FFEE])
+    bond = 0.36
+    if like is not None and len(like) and np.all(np.isfinite(like)):
+        lengths = np.linalg.norm(np.diff(np.asarray(like, dtype=np.float64), axis=1), axis=-1)
+        if np.median(lengths) > 0:
+            bond = float(np.median(lengths))
+    chains = (n + 1) // 2
+    planar = np.zeros(n, dtype=bool)
+    planar[: chains // 2] = True
+    planar[chains : chains + (n - chains) // 2] = True
+    steps = rng.standard_normal((chains, N_BEADS - 1, 3))
+    steps[planar[:chains], :, 2] = 0.0
+    steps /= np.linalg.norm(steps, axis=-1, keepdims=True)
+    pos = np.concatenate([np.zeros((chains, 1, 3)), np.cumsum(bond * steps, axis=1)], axis=1)
+    cloud = rng.normal(scale=bond * 2.0, size=(n - chains, N_BEADS, 3))
+    frames = np.concatenate([pos, cloud]) + rng.normal(scale=bond, size=(n, 1, 3))
+    frames[planar, :, 2] = 0.0
+    out = {}
+    for name, meaning in input_meanings.items():
+        if meaning == "positions":
+            out[name] = frames
+        else:
+            v = rng.normal(scale=0.02 * bond, size=(n, N_BEADS, 3))
+            v[planar, :, 2] = 0.0
+            out[name] = v
+    return out
 
 
 def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4) -> EquivarianceReport:
-    """Check a :class:`~e3traj.runtime.Bundle` on its example inputs and add the ``example`` re-check row.
+    """Check a :class:`~e3traj.runtime.Bundle` on its example frames and :data:`MIN_CHECK_FRAMES` frames of its own,
+    and add the ``example`` re-check row.
 
     The ``example`` row compares the model's outputs on ``example.npz`` with the stored reference and passes
-    when the max abs error is <= the manifest's ``example.atol``.
+    when the max abs error is <= the manifest's ``example.atol``, on at least :data:`MIN_EXAMPLE_FRAMES` frames
+    whose reference outputs are finite and not all zero: anything less FAILS (an empty example proves nothing).
     """
-    inputs, _ref = bundle.load_example()
+    inputs, ref = bundle.load_example()
+    own = check_frames(bundle.input_meanings, seed=seed, like=inputs.get(_positions_name(bundle)))
+    frames = {k: np.concatenate([inputs[k], own[k]]) for k in own} if len(ref) else own
     report = check_equivariance(
         bundle.predict,
         bundle.input_meanings,
         bundle.output_meaning,
-        inputs,
+        frames,
         trials=trials,
         seed=seed,
         tolerance=tolerance,
     )
-    err, rel = bundle.example_error()
     atol = bundle.example_atol
-    report.cases.append(CaseResult("example", err, rel, bool(err <= atol), 1, atol, criterion="absolute"))
+    if len(ref) < MIN_EXAMPLE_FRAMES:
+        note = f"the example holds {len(ref)} frame(s), at least {MIN_EXAMPLE_FRAMES} needed; re-export the bundle"
+        report.cases.append(CaseResult("example", float("nan"), float("nan"), False, 1, atol, "absolute", note))
+        return report
+    problem = _evidence_problem(ref)
+    err, rel = bundle.example_error()
+    ok = bool(not problem and np.isfinite(err) and err <= atol)
+    report.cases.append(CaseResult("example", err, rel, ok, 1, atol, criterion="absolute", note=problem))
     return report
+
+
+def _positions_name(bundle) -> str:
+    return next(n for n, m in bundle.input_meanings.items() if m == "positions")

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 import click
 
@@ -99,7 +100,10 @@ class _LazyGroup(click.Group):
         """Run the command; every failure leaves as one escaped line on stderr and a documented exit code."""
         restore = _catch_sigterm()
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # numpy's floating-point RuntimeWarnings would add lines to stderr; the outcome is said in one line
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return super().invoke(ctx)
         except E3TrajError as exc:
             raise _error(str(exc), exc.exit_code) from None
         except click.UsageError as exc:  # click's own parsing errors: one line instead of usage + hint + error
@@ -119,6 +123,8 @@ class _LazyGroup(click.Group):
             raise _error("out of memory; ask for fewer frames, steps, starts or a smaller batch", EXIT_USAGE) from None
         except RecursionError:
             raise _error("input nested too deeply to read; check the file you passed", EXIT_INPUT) from None
+        except (click.exceptions.Exit, click.exceptions.Abort):  # --help, ctx.exit(): click's own control flow
+            raise
         except Exception as exc:  # a bug of ours: one line and exit 1, the traceback with E3TRAJ_DEBUG=1
             if os.environ.get("E3TRAJ_DEBUG"):
                 raise

@@ -8,16 +8,24 @@ from pathlib import Path
 
 import click
 
-from .._errors import UsageError
+from .._errors import UsageError, one_line
 
-__all__ = ["bench", "parse_int_list"]
+__all__ = ["bench", "parse_int_list", "MAX_BATCH", "MAX_THREADS"]
+
+#: Caps checked before anything is allocated: the largest batch (frames per call; 65,536 frames of the
+#: 12-bead graph need about 0.5 GB of onnxruntime intermediates in 32-frame sub-batches), the most threads.
+MAX_BATCH = 65536
+MAX_THREADS = 256
+_MAX_REPEATS = 1000
+_MAX_SECONDS = 600.0
+_MAX_ROLLOUT_STEPS = 1_000_000
 
 
-def parse_int_list(option: str, text: str) -> list[int]:
+def parse_int_list(option: str, text: str, maximum: int | None = None) -> list[int]:
     """Parse ``"1,64,256"`` into ``[1, 64, 256]``.
 
     Raises:
-        UsageError: an item is not a positive integer, or the list is empty.
+        UsageError: an item is not a positive integer (or over ``maximum``), or the list is empty.
     """
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
@@ -28,14 +36,18 @@ def parse_int_list(option: str, text: str) -> list[int]:
             raise UsageError(
                 f"{option}: cannot read {item!r} in {text!r}; pass comma-separated positive integers like 1,64,256"
             )
+        if maximum is not None and int(item) > maximum:
+            raise UsageError(f"{option}: {item} is over the limit of {maximum}; pass a smaller value")
         out.append(int(item))
     return out
 
 
-def _positive(option: str, value, integer: bool = True, zero_ok: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero_ok):
+def _positive(option: str, value, integer: bool = True, zero_ok: bool = False, maximum=None) -> None:
+    if not value == value or value < 0 or (value == 0 and not zero_ok):  # NaN too
         kind = "integer" if integer else "number"
         raise UsageError(f"{option}: got {value}; pass a {'non-negative' if zero_ok else 'positive'} {kind}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{option}: {value} is over the limit of {maximum:g}; pass a smaller value")
 
 
 @click.command()
@@ -57,12 +69,12 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
     from .._bench import bench_bundle, bundle_size, machine_info, matmul_roofline_detail
     from .._bundle import verify_bundle
 
-    sizes = parse_int_list("--batch-sizes", batch_sizes)
-    threads = parse_int_list("--threads", threads_spec)
-    _positive("--repeats", repeats)
-    _positive("--seconds", seconds, integer=False)
-    _positive("--rollout-steps", rollout_steps, zero_ok=True)
-    _positive("--roofline-seconds", roofline_seconds, integer=False)
+    sizes = parse_int_list("--batch-sizes", batch_sizes, MAX_BATCH)
+    threads = parse_int_list("--threads", threads_spec, MAX_THREADS)
+    _positive("--repeats", repeats, maximum=_MAX_REPEATS)
+    _positive("--seconds", seconds, integer=False, maximum=_MAX_SECONDS)
+    _positive("--rollout-steps", rollout_steps, zero_ok=True, maximum=_MAX_ROLLOUT_STEPS)
+    _positive("--roofline-seconds", roofline_seconds, integer=False, maximum=_MAX_SECONDS)
     manifest = verify_bundle(bundle)
     roof = matmul_roofline_detail(seconds=roofline_seconds, threads=1)
     rows = bench_bundle(
@@ -101,7 +113,7 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
     shapes = ", ".join(f"{tuple(p['shape'])} {p['gflops']:.1f}" for p in roof["per_shape"])
     opens = ", ".join(dict.fromkeys(f"{r['open_s']:.3f} s ({r['threads']} thr)" for r in rows))
     load = " ".join(f"{v:g}" for v in info["load_average"]) if info["load_average"] else "?"
-    click.echo(f"bundle    {bundle} ({manifest.get('model', {}).get('kind', '?')}, {size / 1024:.0f} KiB)")
+    click.echo(one_line(f"bundle    {bundle} ({manifest.get('model', {}).get('kind', '?')}, {size / 1024:.0f} KiB)"))
     click.echo(
         f"machine   {info['cpu']}, {info['cores']} CPUs, load {load}; onnxruntime {info['onnxruntime']}, "
         f"numpy {info['numpy']}"

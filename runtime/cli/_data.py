@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .._data import save_trajectory
+from .._errors import one_line
 from .._io import check_output_path
 
 __all__ = ["simulate"]
@@ -27,4 +28,6 @@ def simulate(frames: int, seed: int, dim: str, output: str, force: bool) -> None
     out = check_output_path(output, force=force)
     traj = run(frames=frames, seed=seed, dim=int(dim))
     save_trajectory(out, traj, replace=force)
-    click.echo(f"wrote {out}: {traj.shape[0]} frames of {traj.shape[1]} beads in {traj.shape[2]}D (seed {seed})")
+    click.echo(
+        one_line(f"wrote {out}: {traj.shape[0]} frames of {traj.shape[1]} beads in {traj.shape[2]}D (seed {seed})")
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from .._data import DataSource, resolve_data
-from .._errors import MissingExtra
+from .._errors import MissingExtra, one_line
 from .._evaluate import evaluate_bundle, format_evaluation, is_bundle_path
 
 __all__ = ["evaluate", "make_evaluate"]
@@ -53,7 +53,8 @@ def make_evaluate(score_checkpoint: CheckpointScorer | None) -> click.Command:
         if as_json:
             click.echo(json.dumps(report, indent=2, sort_keys=True))
         else:
-            click.echo(format_evaluation(f"{report['model']['kind']} model {p} on {src.source}", report))
+            text = format_evaluation(f"{report['model']['kind']} model {p} on {src.source}", report)
+            click.echo("\n".join(one_line(line) for line in text.splitlines()))
 
     return evaluate
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .._errors import CheckFailed, InputError, RolloutIncomplete, UsageError
+from .._errors import CheckFailed, InputError, RolloutIncomplete, UsageError, one_line
 from .._io import check_output_path
 
 __all__ = ["rollout", "check", "inspect", "pack", "parse_frames"]
@@ -154,8 +154,10 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
             f"wrote the {result.steps_done + 1} frames before it to {written} (complete=False)"
         )
     click.echo(
-        f"wrote {written}: traj {tuple(result.traj.shape)} from {len(starts)} starting frame(s), "
-        f"{steps} steps in {elapsed:.2f} s"
+        one_line(
+            f"wrote {written}: traj {tuple(result.traj.shape)} from {len(starts)} starting frame(s), "
+            f"{steps} steps in {elapsed:.2f} s"
+        )
     )
 
 
@@ -193,8 +195,8 @@ def check(bundle, trials, seed, tolerance, threads, as_json):
         data.update({"bundle": str(bundle), "bundle_sha256": sha, "kind": kind, "equivariant": equivariant})
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(f"bundle {bundle} (kind {kind}, sha256 {sha[:12]}...)")
-        click.echo(report.table())
+        click.echo(one_line(f"bundle {bundle} (kind {kind}, sha256 {sha[:12]}...)"))
+        click.echo("\n".join(one_line(line) for line in report.table().splitlines()))
         if not equivariant:
             click.echo(
                 f"note: this {kind} model is not equivariant by design (manifest model.equivariant: false); "
@@ -270,7 +272,7 @@ def inspect(bundle, as_json):
         total += entry["size"]
         lines.append(f"  {name:<24} {entry['size']:>12,d} bytes  sha256 {entry['sha256'][:16]}...")
     lines.append(f"verified    {len(manifest['files'])} file(s), {total:,d} bytes: sizes and sha256 match the manifest")
-    click.echo("\n".join(lines))
+    click.echo("\n".join(one_line(line) for line in lines))  # names from the file system and the manifest
 
 
 @click.command()
@@ -282,4 +284,4 @@ def pack(bundle, output, force):
     from .._pack import pack_bundle
 
     out = pack_bundle(bundle, output, force=force)
-    click.echo(f"wrote {out} ({out.stat().st_size:,d} bytes)")
+    click.echo(one_line(f"wrote {out} ({out.stat().st_size:,d} bytes)"))

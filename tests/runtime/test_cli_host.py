@@ -7,6 +7,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -503,3 +504,185 @@ def test_newer_format_says_upgrade(cli, make_bundle, cli_error):
     m["format_version"] = 7
     write_manifest(path, m)
     cli_error(cli("inspect", path), 3, "format version 7", "upgrade e3traj")
+
+
+# --------------------------------------------------------------------------------------------- hostile input (issue 15)
+
+
+def _fixed_batch_model(toys, batch: int = 8):
+    """A graph that declares a dynamic batch but reshapes to ``batch`` frames: onnxruntime fails at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = toys.build_model("toy")
+    shape = numpy_helper.from_array(np.array([batch, 12, 3], dtype=np.int64), "fixed_shape")
+    graph = model.graph
+    graph.initializer.append(shape)
+    out = graph.node[-1].output[0]
+    graph.node[-1].output[0] = "pre"
+    graph.node.append(helper.make_node("Reshape", ["pre", "fixed_shape"], [out]))
+    assert TensorProto.FLOAT  # the value infos stay (batch, 12, 3)
+    return model
+
+
+@pytest.mark.parametrize("command", ["rollout", "check", "bench"])
+def test_onnxruntime_failing_at_run_time_is_one_line(cli, make_bundle, toys, tmp_path, command, cli_error):
+    bundle = make_bundle("toy", "fixed-batch", model=_fixed_batch_model(toys))
+    init = tmp_path / "init.npz"
+    np.savez(init, arr=toys.make_traj(40, seed=2))
+    if command == "rollout":  # 40 starts: the sub-batched path
+        r = cli("rollout", bundle, init, "--frames", "all", "--steps", 2, "-o", tmp_path / "r.npz")
+    elif command == "check":
+        r = cli("check", bundle, "--trials", 1)
+    else:
+        r = cli("bench", bundle, "--batch-sizes", "40", "--threads", "1", "--repeats", 1, "--seconds", "0.01",
+                "--rollout-steps", 0, "--roofline-seconds", "0.01")  # fmt: skip
+    line = cli_error(r, 3, "onnxruntime failed while running the model")
+    assert "fixed-batch" in line and not (tmp_path / "r.npz").exists()
+
+
+def test_onnxruntime_logs_nothing_of_its_own(make_bundle, toys, tmp_path):
+    # onnxruntime's C++ logger writes to the process's stderr directly, which only a subprocess shows
+    import subprocess
+    import sys
+
+    bundle = make_bundle("toy", "fixed-batch", model=_fixed_batch_model(toys))
+    init = tmp_path / "init.npz"
+    np.savez(init, arr=toys.make_traj(40, seed=2))
+    exe = Path(sys.executable).with_name("e3traj")
+    args = [
+        str(exe),
+        "rollout",
+        str(bundle),
+        str(init),
+        "--frames",
+        "all",
+        "--steps",
+        "2",
+        "-o",
+        str(tmp_path / "r.npz"),
+    ]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "onnxruntime failed while running the model" in lines[0], r.stderr
+
+
+def test_the_example_parsed_is_the_example_verified(toy_bundle, toys):
+    from e3traj.runtime import Bundle
+
+    with Bundle.open(toy_bundle) as b:
+        before = b.load_example()[1]
+        # swap in another valid example after verification (the race the issue measured 4 times in 25)
+        np.savez(toy_bundle / "example.npz", positions=np.ones((8, 12, 3), np.float32), prediction=np.ones((8, 12, 3)))
+        b._example = None  # force a re-read: it must come from the verified bytes, not from disk
+        np.testing.assert_array_equal(b.load_example()[1], before)
+        assert b.recheck_example() <= 1e-5
+
+
+def _set_zip_flags(path: Path, flag: int) -> None:
+    data = bytearray(path.read_bytes())
+    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (i := data.find(sig, start)) >= 0:
+            data[i + offset] |= flag
+            start = i + 4
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("flag", [0x01, 0x40], ids=["encrypted", "strong-encryption"])
+def test_encrypted_zip_members_are_one_line(cli, toy_bundle, toys, tmp_path, flag, cli_error):
+    init = tmp_path / "init.npz"
+    np.savez(init, arr=toys.make_traj(10))
+    _set_zip_flags(init, flag)
+    r = cli("rollout", toy_bundle, init, "--steps", 2, "-o", tmp_path / "r.npz")
+    cli_error(r, 3, "init.npz")
+    _set_zip_flags(toy_bundle / "example.npz", flag)
+    toys.rehash(toy_bundle)
+    cli_error(cli("check", toy_bundle), 3, "example.npz")
+
+
+def test_a_malformed_npy_header_is_one_line(cli, toy_bundle, tmp_path, cli_error):
+    bad = tmp_path / "bad.npy"
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 12,"  # never closed
+    bad.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    cli_error(cli("rollout", toy_bundle, bad, "--steps", 2, "-o", tmp_path / "r.npz"), 3, "bad.npy")
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda m: {**m, "model": json.loads("[" * 100000 + "]" * 100000)}, "nested too deeply"),
+        (lambda m: {**m, "inputs": [{**m["inputs"][0], "dtype": ["float32"]}]}, "dtype ['float32']"),
+        (lambda m: {**m, "outputs": [{**m["outputs"][0], "meaning": {"a": 1}}]}, "meaning"),
+        (lambda m: {**m, "onnx": {**m["onnx"], "min_onnxruntime": [1, 17]}}, "min_onnxruntime"),
+        (lambda m: {**m, "model": {**m["model"], "equivariant": "yes"}}, "equivariant"),
+    ],
+    ids=["deep-nesting", "dtype-list", "meaning-object", "version-list", "equivariant-string"],
+)
+def test_malformed_manifests_are_one_line(cli, toy_bundle, edit, fragment, cli_error):
+    path = toy_bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if "nested" in fragment:  # json.dumps cannot write it either: write the text by hand
+        text = json.dumps({**manifest, "model": 0}).replace('"model": 0', '"model": ' + "[" * 100000 + "]" * 100000)
+        path.write_text(text)
+    else:
+        path.write_text(json.dumps(edit(manifest)))
+    for command in ("inspect", "check"):
+        cli_error(cli(command, toy_bundle), 3, "manifest.json", fragment)
+
+
+def test_sizes_are_capped_before_allocation(cli, toy_bundle, tmp_path, cli_error):
+    from e3traj.runtime._simulate import MAX_SIM_FRAMES
+    from e3traj.runtime.cli._bench import MAX_BATCH
+
+    cli_error(cli("bench", toy_bundle, "--batch-sizes", "100000000"), 2, "--batch-sizes", f"limit of {MAX_BATCH}")
+    r = cli("simulate", "--frames", "10000000000", "-o", tmp_path / "s.npz")
+    cli_error(r, 2, f"at most {MAX_SIM_FRAMES:,}")
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_an_example_with_too_many_arrays_is_refused(cli, toy_bundle, toys, cli_error):
+    arrays = {f"a{i}": np.zeros((1, 12, 3), np.float32) for i in range(20)}
+    with np.load(toy_bundle / "example.npz") as z:
+        arrays.update({k: z[k] for k in z.files})
+    np.savez(toy_bundle / "example.npz", **arrays)
+    toys.rehash(toy_bundle)
+    cli_error(cli("check", toy_bundle), 3, "example.npz", "over the limit of 8")
+
+
+def test_an_archive_bomb_is_refused_in_memory(cli, tmp_path, cli_error, monkeypatch):
+    import io
+
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("b/model.onnx")
+        info.size = 70 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    assert archive.stat().st_size < 200_000  # ~70 KB that would unpack to 70 MB
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    cli_error(cli("inspect", archive), 3, "bomb.tar.gz", "over")
+    assert list(spool.iterdir()) == []
+
+
+def test_control_characters_in_names_are_escaped(cli, toy_bundle, tmp_path, cli_error):
+    evil = tmp_path / "evil\x1b[31m\nname"
+    shutil.copytree(toy_bundle, evil)
+    (evil / "stray.txt").write_text("x")
+    line = cli_error(cli("check", evil), 3, "evil\\x1b[31m\\nname", "stray.txt")
+    assert "\x1b" not in line
+    r = cli("rollout", toy_bundle, tmp_path / "no\x07such.npz", "--steps", 1, "-o", tmp_path / "r.npz")
+    assert "\x07" not in cli_error(r, 3, "no\\x07such.npz")
+
+
+def test_an_over_long_output_name_is_one_line(cli, toy_bundle, traj_file, tmp_path, cli_error):
+    out = tmp_path / ("x" * 300 + ".npz")
+    r = cli("rollout", toy_bundle, traj_file, "--steps", 1, "-o", out)
+    cli_error(r, 3, "File name too long", "use a shorter name")
+    assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path)) and not any(
+        n.startswith(".") for n in os.listdir(tmp_path)
+    )

@@ -185,3 +185,91 @@ def test_check_bundle_example_row_fails_on_a_wrong_reference(make_bundle):
     row = report.case("example")
     assert row.threshold == 0.0 and row.max_abs_error > 0 and not row.passed
     assert report.failed == ["example"]
+
+
+# --------------------------------------------------------------------------------------------- evidence (issue 15)
+
+
+def test_no_frames_is_refused_not_passed():
+    with pytest.raises(ValueError, match="holds no frames"):
+        check_equivariance(baseline, POS, "next_positions", {"positions": np.zeros((0, 12, 3))})
+
+
+def test_nan_errors_fail_and_show_as_nan():
+    def nan_after_rotation(inputs):
+        y = toy(inputs)
+        if abs(inputs["positions"][0, 0, 1]) > 1.5:  # any transform that moves bead 0 far: NaN out
+            y = y * np.nan
+        return y
+
+    frames = _frames()
+    report = check_equivariance(nan_after_rotation, POS, "displacement", {"positions": frames + [0, 2.0, 0]})
+    assert not report.passed
+    bad = [c for c in report.cases if np.isnan(c.max_rel_error)]
+    assert bad and all(not c.passed for c in bad)
+    assert " nan " in report.table() and "inf" not in report.table()
+
+
+@pytest.mark.parametrize("output", ["zeros", "nan"])
+def test_degenerate_outputs_fail_every_case(output):
+    def degenerate(inputs):
+        x = inputs["positions"]
+        return np.zeros_like(x) if output == "zeros" else np.full_like(x, np.nan)
+
+    report = check_equivariance(degenerate, POS, "displacement", {"positions": _frames()})
+    assert not any(c.passed for c in report.cases), report.table()
+    note = "all-zero outputs prove nothing" if output == "zeros" else "non-finite outputs"
+    assert note in report.table()
+
+
+def test_check_frames_are_seeded_polymer_like_and_planar_in_part():
+    from e3traj.runtime._equivariance import MIN_CHECK_FRAMES, check_frames
+
+    a = check_frames(VEL, seed=3)
+    b = check_frames(VEL, seed=3)
+    assert a["positions"].shape == (MIN_CHECK_FRAMES, 12, 3) and MIN_CHECK_FRAMES >= 16
+    np.testing.assert_array_equal(a["positions"], b["positions"])
+    assert not np.array_equal(a["positions"], check_frames(VEL, seed=4)["positions"])
+    chains = a["positions"][: MIN_CHECK_FRAMES // 2]
+    np.testing.assert_allclose(np.linalg.norm(np.diff(chains, axis=1), axis=-1), 0.36, rtol=1e-12)
+    planar = np.all(a["positions"][..., 2] == 0, axis=1)
+    assert 0 < planar.sum() < MIN_CHECK_FRAMES and np.all(a["previous_displacement"][planar, :, 2] == 0)
+
+
+def _rewrite_example(bundle, toys, **arrays):
+    np.savez(bundle / "example.npz", **arrays)
+    toys.rehash(bundle)
+
+
+def test_an_empty_example_fails_the_check_and_the_model_is_still_tested(make_bundle, toys, cli):
+    # a non-equivariant model (the baseline) with a 0-frame example used to print "all cases PASS"
+    path = make_bundle("baseline", "empty-example")
+    empty = np.zeros((0, 12, 3), dtype=np.float32)
+    _rewrite_example(path, toys, positions=empty, prediction=empty)
+    with Bundle.open(path) as b:
+        report = check_bundle(b, trials=1)
+    assert report.frames >= 16 and not report.passed
+    assert not report.case("rotation").passed and not report.case("translation").passed  # on its own frames
+    example = report.case("example")
+    assert not example.passed and "0 frame(s)" in example.note and np.isnan(example.max_abs_error)
+    r = cli("check", path, "--trials", "1")
+    assert r.exit_code == 4 and "all cases PASS" not in r.stdout and "example" in r.stderr
+
+
+def test_an_equivariant_bundle_with_an_empty_example_still_fails_on_the_example(make_bundle, toys):
+    path = make_bundle("toy", "toy-empty-example")
+    empty = np.zeros((0, 12, 3), dtype=np.float32)
+    _rewrite_example(path, toys, positions=empty, prediction=empty)
+    with Bundle.open(path) as b:
+        report = check_bundle(b, trials=1)
+    assert report.failed == ["example"], report.table()  # the model itself passes on the generated frames
+
+
+def test_an_all_zero_reference_fails_the_example_row(make_bundle, toys):
+    path = make_bundle("toy", "zero-ref")
+    with np.load(path / "example.npz") as z:
+        x = z["positions"]
+    _rewrite_example(path, toys, positions=x, prediction=np.zeros_like(x))
+    with Bundle.open(path) as b:
+        row = check_bundle(b, trials=1).case("example")
+    assert not row.passed and row.note == "all-zero outputs prove nothing"
