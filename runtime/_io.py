@@ -15,6 +15,7 @@ Rules every output follows:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import errno
 import hashlib
@@ -27,7 +28,27 @@ from pathlib import Path
 
 from ._errors import UsageError
 
-__all__ = ["atomic_output", "atomic_outputs", "atomic_output_dir", "check_output_path", "sha256_file"]
+__all__ = [
+    "atomic_output",
+    "atomic_outputs",
+    "atomic_output_dir",
+    "check_output_path",
+    "replacing",
+    "sha256_file",
+]
+
+#: What ``atomic_output(replace=None)`` does: a command sets it from its ``--force`` with :func:`replacing`.
+_REPLACE: contextvars.ContextVar[bool] = contextvars.ContextVar("e3traj_replace_outputs", default=True)
+
+
+@contextlib.contextmanager
+def replacing(flag: bool) -> Iterator[None]:
+    """Within the block, outputs written with ``replace=None`` replace an existing file only if ``flag``."""
+    token = _REPLACE.set(bool(flag))
+    try:
+        yield
+    finally:
+        _REPLACE.reset(token)
 
 
 def _umask() -> int:
@@ -188,13 +209,16 @@ def _temp_file(final: Path, suffix: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str | None = None, *, replace: bool = True) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, suffix: str | None = None, *, replace: bool | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error (or interrupt) delete it.
 
     ``replace=False`` refuses, at the rename, a ``path`` that exists by then (:class:`UsageError`); ``replace=True``
-    replaces a regular file only. The temporary name keeps the final suffix (numpy and others look at it).
+    replaces a regular file only; ``None`` follows :func:`replacing` (default: replace). The temporary name keeps
+    the final suffix (numpy and others look at it).
     """
     final = Path(path)
+    if replace is None:
+        replace = _REPLACE.get()
     tmp_path = _temp_file(final, suffix)
     try:
         yield tmp_path

@@ -7,13 +7,14 @@ imports matplotlib only when a figure is drawn.
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import click
 import numpy as np
 
 from .._errors import InputError, UsageError
-from .._io import check_output_path
+from .._io import check_output_path, replacing
 
 __all__ = ["plot", "load_rollout", "ALL_FIGURES"]
 
@@ -45,6 +46,17 @@ def _not_in_bundle(out: Path, bundles) -> None:
         except ValueError:
             continue
         raise UsageError(f"{out}: is inside the bundle folder {b}; write figures somewhere else")
+
+
+def _honours_force(fn):
+    """Run a plot command with its ``--force`` as the output policy, down to the final rename of each figure."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with replacing(kwargs.get("force", False)):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _prepare(out: Path, inputs, bundles, force: bool) -> Path:
@@ -285,6 +297,7 @@ def plot():
 @click.option("--start", default=0, show_default=True, type=int, help="Which of the rollout's starting frames.")
 @click.option("--label", default=None, help="Model name in the title [default: the rollout's bundle sha256].")
 @click.option("--full-view", is_flag=True, help="Fit every predicted frame, however far it drifts.")
+@_honours_force
 def trajectory(data, rollout, output, force, start, label, full_view):
     """True frames of DATA next to the frames of ROLLOUT (from 'e3traj rollout'), one starting frame.
 
@@ -306,6 +319,7 @@ def trajectory(data, rollout, output, force, start, label, full_view):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="Trajectory file, 'sim' or 'dmol'.")
 @_output_option
+@_honours_force
 def parity(bundle, data, output, force):
     """Predicted vs true one-step displacements of BUNDLE on the validation part of DATA, with R².
 
@@ -327,6 +341,7 @@ def parity(bundle, data, output, force):
 @_output_option
 @click.option("--starts", "n_starts", default=16, show_default=True, type=int, help="Validation starting frames.")
 @click.option("--horizon", default=100, show_default=True, type=int, help="Steps to roll out (capped to the data).")
+@_honours_force
 def rmsd(bundle, data, output, force, n_starts, horizon):
     """Rollout RMSD vs steps of BUNDLE, persistence and constant velocity, from validation starting frames
     of DATA (mean and min..max band, log-log).
@@ -354,6 +369,7 @@ def _check_tolerance(tolerance: float) -> None:
 @click.option("--trials", default=3, show_default=True, type=int, help="Random draws per symmetry case.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random transformations.")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float, help="Relative tolerance (the red line).")
+@_honours_force
 def equivariance(bundles, output, force, trials, seed, tolerance):
     """Max relative error per symmetry case for each of BUNDLES (grouped bars, log scale, tolerance line).
 
@@ -372,6 +388,7 @@ def equivariance(bundles, output, force, trials, seed, tolerance):
 @plot.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_output_option
+@_honours_force
 def training(bundles, output, force):
     """Validation MSE vs wall time from each bundle's training history (manifest training.history), with
     the persistence and constant-velocity MSE as horizontal lines.
@@ -402,6 +419,7 @@ def training(bundles, output, force):
 @click.option("--horizon", default=100, show_default=True, type=int, help="Steps for the RMSD figure.")
 @click.option("--trials", default=3, show_default=True, type=int, help="Random draws per symmetry case.")
 @click.option("--full-view", is_flag=True, help="Trajectory figure: fit every predicted frame.")
+@_honours_force
 def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, horizon, trials, full_view):
     """Write trajectory, parity, rmsd, equivariance and training figures into the folder OUTPUT.
 

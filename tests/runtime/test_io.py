@@ -179,3 +179,34 @@ def test_a_signal_during_a_packed_rollout_leaves_no_temp_folder(tmp_path):
     # .ses: onnxruntime's own session-id file, which it writes into TMPDIR when it is imported
     assert _leftovers(tmp_path / "tmp", {".ses"}) == []
     assert _leftovers(tmp_path, {"tmp", "b", "b.tar.gz", "init.npz"}) == []
+
+
+def test_replacing_sets_the_policy_of_outputs_that_do_not_say(tmp_path):
+    from e3traj.runtime._io import replacing
+
+    target = tmp_path / "fig.svg"
+    target.write_text("old")
+    with replacing(False), pytest.raises(UsageError, match="appeared while"):
+        with atomic_output(target) as tmp:
+            tmp.write_text("new")
+    assert target.read_text() == "old"
+    with atomic_output(target) as tmp:  # outside the block: the default, replace
+        tmp.write_text("new")
+    assert target.read_text() == "new" and _leftovers(tmp_path, {"fig.svg"}) == []
+
+
+def test_plot_without_force_keeps_a_figure_that_appears_meanwhile(cli, toy_bundle, tmp_path, monkeypatch):
+    import e3traj.runtime._plot as plot_mod
+
+    out = tmp_path / "eq.svg"
+
+    def appear_then_save(fig, path):
+        Path(path).write_text("someone's figure")
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="svg")
+        return Path(path)
+
+    monkeypatch.setattr(plot_mod, "_save", appear_then_save)
+    r = cli("plot", "equivariance", toy_bundle, "-o", out, "--trials", 1)
+    assert r.exit_code == 2 and "appeared while" in r.stderr, r.output
+    assert out.read_text() == "someone's figure"
