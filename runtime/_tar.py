@@ -43,6 +43,15 @@ def _fail(where: str, what: str) -> InputError:
     return InputError(f"{where}: {what}")
 
 
+def _unreadable(where: str, exc: BaseException) -> InputError:
+    text = str(exc).strip().splitlines()
+    return _fail(
+        where,
+        f"not a readable .tar.gz ({text[0] if text else type(exc).__name__}); the archive may be truncated, "
+        "re-pack it with 'e3traj pack'",
+    )
+
+
 def _decompress(path: Path, where: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -57,12 +66,7 @@ def _decompress(path: Path, where: str) -> bytes:
         with gzip.GzipFile(fileobj=io.BytesIO(packed), mode="rb") as gz:
             raw = gz.read(MAX_ARCHIVE_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:
-        text = str(exc).strip().splitlines()
-        raise _fail(
-            where,
-            f"not a readable .tar.gz ({text[0] if text else type(exc).__name__}); the archive may be truncated, "
-            "re-pack it with 'e3traj pack'",
-        ) from None
+        raise _unreadable(where, exc) from None
     if len(raw) > MAX_ARCHIVE_BYTES:
         raise _fail(where, f"members add up to over {MAX_ARCHIVE_BYTES} bytes; refusing the archive")
     return raw
@@ -170,12 +174,7 @@ def read_archive(path: str | Path, *, label: str | None = None) -> Archive:
     except InputError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as exc:
-        text = str(exc).strip().splitlines()
-        raise _fail(
-            where,
-            f"not a readable .tar.gz ({text[0] if text else type(exc).__name__}); the archive may be truncated, "
-            "re-pack it with 'e3traj pack'",
-        ) from None
+        raise _unreadable(where, exc) from None
     if top is None:
         raise _fail(where, "the archive is empty; re-pack the bundle with 'e3traj pack'")
     return Archive(top=top, files=files)
