@@ -1,7 +1,7 @@
 """Export a checkpoint to a bundle: ONNX (and TorchScript on request) over the fixed 12-node graph.
 
 For e3nn models the radial MLPs are exported as a cubic table of the edge length whose error is measured first
-(:func:`e3traj.train._model.tabulate_radial`; ``radial="mlp"`` keeps them). Nothing is written unless every check
+(:func:`e3traj.train.tabulate_radial`; ``radial="mlp"`` keeps them). Nothing is written unless every check
 passes: exported vs eager parity on training and random frames, the ONNX graph's shape (no NonZero, weights
 inside, ``onnx.checker`` full check), equivariance of the exported model through the runtime's own checker (e3nn
 models), and a final re-open of the finished bundle with the runtime, the way a host will open it.
@@ -25,23 +25,29 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from e3traj.runtime._bundle import Bundle, write_manifest
-from e3traj.runtime._equivariance import check_equivariance
-from e3traj.runtime._errors import CheckFailed, InputError, UsageError
-from e3traj.runtime._io import atomic_output_dir
-from e3traj.runtime._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
-from e3traj.train._checkpoint import build_model, load_checkpoint
-from e3traj.train._model import reference_flops_per_frame, tabulate_radial
+from e3traj.runtime import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    Bundle,
+    CheckFailed,
+    InputError,
+    UsageError,
+    __version__,
+    atomic_output_dir,
+    check_equivariance,
+    write_manifest,
+)
+from e3traj.runtime import contract as C
+from e3traj.train import KINDS, build_model, load_checkpoint, reference_flops_per_frame, tabulate_radial
 
 __all__ = ["export_checkpoint", "ExportSettings", "DEFAULT_OPSET", "MIN_ONNXRUNTIME"]
 
 DEFAULT_OPSET = 18
 #: the oldest onnxruntime the bundles declare (IR version 10 / opset 18 need >= 1.17)
 MIN_ONNXRUNTIME = "1.17.0"
-INPUT = "positions"
-PREVIOUS = "previous_displacement"
-OUTPUT = "prediction"
-MEANING = {"e3nn": "displacement", "baseline": "next_positions", "e3nn-velocity": "velocity_correction"}
+INPUT = C.POSITIONS
+PREVIOUS = C.PREVIOUS_DISPLACEMENT
+OUTPUT = C.OUTPUT_NAME
 FORBIDDEN_OPS = {"NonZero", "Loop", "If", "Scan"}
 
 
@@ -76,7 +82,8 @@ class ExportSettings:
 
 
 def _input_names(kind: str) -> list[str]:
-    return [INPUT, PREVIOUS] if kind == "e3nn-velocity" else [INPUT]
+    """The graph's inputs: the kind's input meanings, which are also their names."""
+    return list(KINDS[kind].inputs)
 
 
 def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str, np.ndarray]:
@@ -94,7 +101,7 @@ def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str,
     # planar random frames too: the chapter's data is planar and the check verifies planar stays planar
     rand[: n_random // 2, :, 2] = center[2]
     out = {INPUT: np.concatenate([real, rand]).astype(np.float32)}
-    if ckpt["kind"] == "e3nn-velocity":
+    if PREVIOUS in KINDS[ckpt["kind"]].inputs:
         prev = ckpt.get("sample_previous")
         real_v = real - prev.double().numpy() if isinstance(prev, torch.Tensor) and len(real) else np.zeros((0, 12, 3))
         step = float(ckpt.get("input_scale", 0.005))
@@ -226,7 +233,7 @@ def export_checkpoint(
     n_frames = len(ref)
     if not np.all(np.isfinite(ref)):
         raise InputError(f"{ckpt_path}: the model gives non-finite outputs on training frames; retrain it")
-    radial: dict[str, Any] | None = None if kind == "baseline" else {"form": "mlp"}
+    radial: dict[str, Any] | None = {"form": "mlp"} if KINDS[kind].e3nn else None
     if radial is not None and s.radial == "table":
         t0 = time.perf_counter()
         tabulated, radial = tabulate_radial(model, rtol=s.radial_rtol)
@@ -281,16 +288,16 @@ def export_checkpoint(
         report = check_equivariance(
             lambda inp: _run(sess, inp).astype(np.float64),
             {n: m for n, m in zip(names, ("positions", "previous_displacement"))},
-            MEANING[kind],
+            KINDS[kind].output,
             {k: v.astype(np.float64) for k, v in inputs.items()},
             trials=3,
             seed=s.seed,
             tolerance=s.equivariance_tol,
         )
         manifest["verification"]["equivariance"] = report.to_dict()
-        if kind != "baseline" and not report.passed:
+        if KINDS[kind].equivariant and not report.passed:
             raise CheckFailed(f"{out}: the exported model is not equivariant:\n{report.table()}")
-        say("equivariance PASS" if report.passed else "equivariance FAIL (expected for the baseline)")
+        say("equivariance PASS" if report.passed else f"equivariance FAIL (expected for the {kind}, not equivariant)")
 
         if "torchscript" in s.formats:
             ts_path = tmp / "model.torchscript.pt"
@@ -356,7 +363,7 @@ def _manifest(ckpt, kind, graph, exporter, s: ExportSettings, parity: float, n_f
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {
             "kind": kind,
-            "equivariant": kind != "baseline",
+            "equivariant": KINDS[kind].equivariant,
             "hyperparameters": hyper,
             "max_radius": hyper.get("max_radius"),
             "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
@@ -366,10 +373,9 @@ def _manifest(ckpt, kind, graph, exporter, s: ExportSettings, parity: float, n_f
             "dtype": "float32",
         },
         "inputs": [
-            {"name": n, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": m}
-            for n, m in zip(_input_names(kind), ("positions", "previous_displacement"))
+            {"name": n, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": n} for n in _input_names(kind)
         ],
-        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": MEANING[kind]}],
+        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": KINDS[kind].output}],
         "onnx": {
             "file": "model.onnx",
             "opset": graph["opset"],

@@ -1,21 +1,59 @@
-"""e3traj runtime: everything a host needs (numpy, onnxruntime and click only)."""
+"""e3traj runtime: everything a host needs (numpy, onnxruntime and click only).
 
-from ._version import __version__
+The public API is what this module exports; train/ and export/ use these names, never a private module.
+"""
 
-__all__ = ["__version__"]
+from . import _contract as contract
+from ._bundle import Bundle, verify_bundle, write_manifest
+from ._data import (
+    N_BEADS,
+    DataSource,
+    Split,
+    dmol_path,
+    frames_sha256,
+    load_trajectory,
+    read_trajectory,
+    resolve_data,
+    save_trajectory,
+    split_pairs,
+    validate_frames,
+)
+from ._equivariance import CaseResult, EquivarianceReport, check_bundle, check_equivariance
+from ._errors import (
+    EXIT_CHECK,
+    EXIT_INCOMPLETE,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    CheckFailed,
+    E3TrajError,
+    InputError,
+    MissingExtra,
+    RolloutIncomplete,
+    UsageError,
+)
+from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file
+from ._metrics import evaluate_predictor, one_step_metrics
+from ._pack import pack_bundle, unpack_bundle
+from ._rollout import RolloutResult, rollout, save_rollout, write_xyz
+from ._simulate import simulate
+from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION, __version__
 
-# host side: bundles, packing, rollouts, equivariance checks
-from ._bundle import Bundle, verify_bundle, write_manifest  # noqa: E402
-from ._equivariance import CaseResult, EquivarianceReport, check_bundle, check_equivariance  # noqa: E402
-from ._pack import pack_bundle, unpack_bundle  # noqa: E402
-from ._rollout import RolloutResult, rollout, save_rollout, write_xyz  # noqa: E402
-
-__all__ += [
+__all__ = [
+    "__version__",
+    "contract",
+    # bundles
     "Bundle",
     "verify_bundle",
     "write_manifest",
     "pack_bundle",
     "unpack_bundle",
+    "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_VERSION",
+    "CHECKPOINT_FORMAT_VERSION",
+    # rollouts, checks, metrics
     "RolloutResult",
     "rollout",
     "save_rollout",
@@ -24,4 +62,40 @@ __all__ += [
     "EquivarianceReport",
     "check_equivariance",
     "check_bundle",
+    "evaluate_predictor",
+    "one_step_metrics",
+    # data
+    "N_BEADS",
+    "DataSource",
+    "Split",
+    "dmol_path",
+    "frames_sha256",
+    "load_trajectory",
+    "read_trajectory",
+    "resolve_data",
+    "save_trajectory",
+    "split_pairs",
+    "validate_frames",
+    "simulate",
+    # errors and exit codes
+    "E3TrajError",
+    "UsageError",
+    "InputError",
+    "CheckFailed",
+    "RolloutIncomplete",
+    "MissingExtra",
+    "EXIT_USAGE",
+    "EXIT_INPUT",
+    "EXIT_CHECK",
+    "EXIT_INCOMPLETE",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "EXIT_INTERNAL",
+    # safe outputs
+    "atomic_output",
+    "atomic_outputs",
+    "atomic_output_dir",
+    "check_output_path",
+    "replacing",
+    "sha256_file",
 ]

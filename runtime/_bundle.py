@@ -22,7 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from ._data import N_BEADS
+from ._contract import (
+    DISPLACEMENT,
+    INPUT_MEANINGS,
+    N_BEADS,
+    NEXT_POSITIONS,
+    OUTPUT_MEANINGS,
+    POSITIONS,
+    PREVIOUS_DISPLACEMENT,
+    VELOCITY_CORRECTION,
+    needs_previous,
+    next_frame,
+)
 from ._errors import CheckFailed, InputError, UsageError
 from ._io import atomic_output, sha256_file
 from ._tar import MAX_ARCHIVE_BYTES, read_archive
@@ -40,11 +51,6 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 
-#: What each model input carries.
-INPUT_MEANINGS = ("positions", "previous_displacement")
-
-#: How the next frame follows from a model output (see artifacts/README.md).
-OUTPUT_MEANINGS = ("displacement", "next_positions", "velocity_correction")
 
 _MAX_MANIFEST_BYTES = 16 << 20
 #: Largest bundle file a host reads (model.onnx, example.npz; a bundle's files are a few MB).
@@ -870,7 +876,7 @@ class Bundle:
     @property
     def needs_previous(self) -> bool:
         """True when :meth:`step` needs the previous frame (velocity-aware bundles)."""
-        return self.output_meaning == "velocity_correction" or "previous_displacement" in self._input_meanings.values()
+        return needs_previous(self.output_meaning, self._input_meanings.values())
 
     @property
     def threads(self) -> int:
@@ -980,10 +986,10 @@ class Bundle:
             raise UsageError(f"{self._path}: bundle is closed; open it again")
         shape = (batch, N_BEADS, 3)
         bufs = {n: np.empty(shape, dtype=self._input_dtypes[n]) for n in self._input_meanings}
-        pos_names = [n for n, m in self._input_meanings.items() if m == "positions"]
-        disp_names = [n for n, m in self._input_meanings.items() if m == "previous_displacement"]
+        pos_names = [n for n, m in self._input_meanings.items() if m == POSITIONS]
+        disp_names = [n for n, m in self._input_meanings.items() if m == PREVIOUS_DISPLACEMENT]
         meaning = self.output_meaning
-        velocity = np.empty(shape, dtype=np.float64) if disp_names or meaning == "velocity_correction" else None
+        velocity = np.empty(shape, dtype=np.float64) if disp_names or meaning == VELOCITY_CORRECTION else None
         # one sub-batch: onnxruntime writes into a bound buffer, read directly below (float32 -> float64 in the
         # additions is exact, as in the copy into ``y`` of the sub-batched path)
         run = self._bound_run(bufs, shape) if batch <= CHUNK else None
@@ -1005,9 +1011,11 @@ class Bundle:
                 pred = y
             else:
                 pred = run()
-            if meaning == "displacement":
+            # contract.next_frame in place (no allocation per step); the same operations in the same order,
+            # so the same bits (tests/runtime/test_rollout.py compares the two)
+            if meaning == DISPLACEMENT:
                 np.add(x, pred, out=out)
-            elif meaning == "next_positions":
+            elif meaning == NEXT_POSITIONS:
                 out[...] = pred
             else:
                 np.add(x, velocity, out=out)
@@ -1072,13 +1080,9 @@ class Bundle:
         """
         x = np.asarray(positions, dtype=np.float64)
         y = self.predict(self.model_inputs(x, previous))
-        meaning = self.output_meaning
+        prev = None if previous is None else np.asarray(previous, dtype=np.float64)
         with np.errstate(all="ignore"):
-            if meaning == "displacement":
-                return x + y
-            if meaning == "next_positions":
-                return y
-            return x + (x - np.asarray(previous, dtype=np.float64)) + y
+            return next_frame(self.output_meaning, x, y, prev)
 
     # ---- the stored example
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._contract import N_BEADS
 from ._errors import InputError
 from ._io import atomic_output, sha256_file
 
@@ -30,8 +31,6 @@ __all__ = [
     "split_pairs",
 ]
 
-#: The polymer has 12 beads; every model and bundle is built for exactly this graph.
-N_BEADS = 12
 
 #: The dmol-book chapter's trajectory (2048 frames, (2048, 12, 2) float64, key ``arr``).
 DMOL_URL = "https://github.com/whitead/dmol-book/raw/main/data/paths.npz"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._contract import VELOCITY_CORRECTION, next_frame
 from ._data import Split
 
 __all__ = [
@@ -53,8 +54,8 @@ def persistence_step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
 
 
 def constant_velocity_step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """x_t + (x_t - x_{t-1})."""
-    return 2.0 * np.asarray(x, dtype=np.float64) - np.asarray(prev, dtype=np.float64)
+    """x_t + (x_t - x_{t-1}): the velocity-correction rule with no correction."""
+    return next_frame(VELOCITY_CORRECTION, np.asarray(x, dtype=np.float64), 0.0, np.asarray(prev, dtype=np.float64))
 
 
 def one_step_metrics(step: StepFn, split: Split, batch_size: int = 4096) -> dict[str, float]:

@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from e3traj.runtime._errors import InputError
-from e3traj.runtime._io import atomic_output
-from e3traj.runtime._version import CHECKPOINT_FORMAT_VERSION, __version__
+from e3traj.runtime import CHECKPOINT_FORMAT_VERSION, InputError, __version__, atomic_output
+
+from ._kinds import KINDS, get_kind, positive_float
 
 __all__ = ["CHECKPOINT_FORMAT", "MODEL_KINDS", "save_checkpoint", "load_checkpoint", "build_model"]
 
 CHECKPOINT_FORMAT = "e3traj-checkpoint"
-MODEL_KINDS = ("baseline", "e3nn", "e3nn-velocity")
+MODEL_KINDS = tuple(KINDS)
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
@@ -61,9 +61,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{name}: checkpoint format_version {version!r} is newer than this e3traj reads "
             f"({CHECKPOINT_FORMAT_VERSION}); upgrade e3traj"
         )
-    kind = ckpt.get("kind")
-    if kind not in MODEL_KINDS:
-        raise InputError(f"{name}: field 'kind' is {kind!r}, expected one of {', '.join(MODEL_KINDS)}")
+    get_kind(ckpt.get("kind"), error=InputError, where=f"{name}: field 'kind' is")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not state:
         raise InputError(f"{name}: field 'state_dict' is missing or empty; retrain the model")
@@ -79,37 +77,29 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (strict)."""
-    kind = ckpt["kind"]
-    if kind == "baseline":
-        from ._baseline import LinearBaseline
-
-        model = LinearBaseline()
-    else:
-        from ._model import DisplacementModel, E3nnConfig
+    """Rebuild the model a checkpoint describes (its kind's registry entry) and load its weights (strict)."""
+    kind = get_kind(ckpt["kind"], error=InputError, where=f"{name}: field 'kind' is")
+    config = None
+    if kind.e3nn:
+        from ._model import E3nnConfig
 
         try:
             config = E3nnConfig.from_dict(ckpt["config"])
         except (TypeError, ValueError, KeyError) as exc:
             raise InputError(f"{name}: field 'config' is invalid ({exc}); retrain the model") from None
-        if kind == "e3nn-velocity":
-            from ._velocity import VelocityModel
-
-            input_scale = ckpt.get("input_scale")
-            if not isinstance(input_scale, float) or not math.isfinite(input_scale) or input_scale <= 0:
-                raise InputError(f"{name}: field 'input_scale' is {input_scale!r}, expected a positive float; retrain")
-            try:
-                model = VelocityModel(config, scale=float(ckpt["scale"]), input_scale=input_scale)
-            except ValueError as exc:
-                raise InputError(f"{name}: field 'config' does not fit a velocity model ({exc}); retrain") from None
-        else:
-            model = DisplacementModel(config, scale=float(ckpt["scale"]))
+    input_scale = ckpt.get("input_scale", 1.0)
+    if kind.uses_input_scale and not positive_float(input_scale):
+        raise InputError(f"{name}: field 'input_scale' is {input_scale!r}, expected a positive float; retrain")
+    try:
+        model = kind.build(config, float(ckpt["scale"]), float(input_scale), 0)
+    except ValueError as exc:
+        raise InputError(f"{name}: field 'config' does not fit a {kind.name} model ({exc}); retrain") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(
-            f"{name}: weights do not fit a {kind} model ({first[:160]}); was it written by another version?"
+            f"{name}: weights do not fit a {kind.name} model ({first[:160]}); was it written by another version?"
         ) from None
     model.eval()
     return model

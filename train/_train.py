@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from e3traj.runtime._data import DataSource, Split, split_pairs
-from e3traj.runtime._errors import InputError, UsageError
-from e3traj.runtime._metrics import evaluate_predictor, one_step_metrics
+from e3traj.runtime import DataSource, InputError, Split, UsageError, evaluate_predictor, one_step_metrics, split_pairs
+from e3traj.runtime import contract as C
 
-from ._baseline import LinearBaseline
-from ._checkpoint import MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
+from ._checkpoint import build_model, load_checkpoint, save_checkpoint
+from ._kinds import KINDS, ModelKind, get_kind
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "step_function", "evaluate_checkpoint"]
 
@@ -32,7 +31,7 @@ class TrainConfig:
     epochs: int = 200
     max_time: float | None = 120.0
     batch_size: int = 32
-    lr: float | None = None  # default: 1e-3 (e3nn), 3e-3 (e3nn-velocity), 1e-2 (baseline)
+    lr: float | None = None  # default: the kind's (train/_kinds.py: 1e-3 e3nn, 3e-3 e3nn-velocity, 1e-2 baseline)
     lr_factor: float = 0.5  # ReduceLROnPlateau on validation MSE
     lr_patience: int = 3
     min_lr: float = 1e-5
@@ -43,8 +42,7 @@ class TrainConfig:
     e3nn: dict[str, Any] = field(default_factory=dict)  # overrides of E3nnConfig fields
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_KINDS:
-            raise UsageError(f"model kind {self.model!r} is unknown; use one of {', '.join(MODEL_KINDS)}")
+        get_kind(self.model, error=UsageError)
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs!r}")
         if self.max_time is not None and not self.max_time > 0:
@@ -53,8 +51,12 @@ class TrainConfig:
             raise UsageError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
     @property
+    def kind(self) -> ModelKind:
+        return KINDS[self.model]
+
+    @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else {"baseline": 1e-2, "e3nn": 1e-3, "e3nn-velocity": 3e-3}[self.model]
+        return self.lr if self.lr is not None else self.kind.learning_rate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,46 +75,34 @@ class TrainResult:
 
 
 def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0) -> torch.nn.Module:
-    if cfg.model == "baseline":
-        return LinearBaseline(seed=cfg.seed)
-    from ._model import DisplacementModel, E3nnConfig
+    kind = cfg.kind
+    config = None
+    if kind.e3nn:
+        from ._model import E3nnConfig
 
-    overrides = dict(cfg.e3nn)
-    if cfg.model == "e3nn-velocity":
-        overrides["irreps_in"] = "1x1o"
-    try:
-        config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **overrides})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"e3nn hyperparameters: {exc}") from None
-    if cfg.model == "e3nn-velocity":
-        from ._velocity import VelocityModel
-
-        return VelocityModel(config, scale=scale, input_scale=input_scale)
-    return DisplacementModel(config, scale=scale)
+        overrides = dict(cfg.e3nn)
+        if kind.node_features is not None:
+            overrides["irreps_in"] = kind.node_features
+        try:
+            config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **overrides})
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"e3nn hyperparameters: {exc}") from None
+    return kind.build(config, scale, input_scale, cfg.seed)
 
 
-def _raw(model: torch.nn.Module, kind: str, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """What training regresses: next positions (baseline) or the scaled network output (e3nn kinds)."""
-    if kind == "baseline":
-        return model(x)
-    if kind == "e3nn":
-        return model.net(x)
-    return model.raw(x, v)
-
-
-def _predict_next(model: torch.nn.Module, kind: str, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+def _predict_next(model: torch.nn.Module, kind: ModelKind, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """Next positions (float64) from float64 positions and previous frames; the model sees float32."""
     x32 = x.float()
-    if kind == "baseline":
-        return model(x32).double()
-    if kind == "e3nn":
-        return x + model(x32).double()
-    v = x - prev
-    return x + v + model(x32, v.float()).double()
+    if C.PREVIOUS_DISPLACEMENT in kind.inputs:
+        y = model(x32, (x - prev).float())
+    else:
+        y = model(x32)
+    return C.next_frame(kind.output, x, y.double(), prev)
 
 
-def step_function(model: torch.nn.Module, kind: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def step_function(model: torch.nn.Module, kind: ModelKind | str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A numpy ``step(positions, previous) -> next positions`` for metrics; positions kept in float64."""
+    kind = kind if isinstance(kind, ModelKind) else get_kind(kind)
 
     def step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -150,7 +140,8 @@ def train_model(
         torch.set_num_threads(cfg.threads)
     split: Split = split_pairs(data.frames, cfg.train_fraction)
     frames = torch.as_tensor(split.frames, dtype=torch.float64)
-    t0 = 1 if cfg.model == "e3nn-velocity" else 0  # the velocity model needs the frame before
+    kind = cfg.kind
+    t0 = 1 if kind.needs_previous else 0  # the velocity model needs the frame before
     x64 = frames[t0 : split.n_train]
     prev64 = frames[max(t0 - 1, 0) : split.n_train - 1] if t0 else x64
     y64 = frames[t0 + 1 : split.n_train + 1]
@@ -159,12 +150,9 @@ def train_model(
     vx = torch.as_tensor(split.val_x, dtype=torch.float64)
     vprev = torch.as_tensor(split.val_prev, dtype=torch.float64)
     vy = torch.as_tensor(split.val_y, dtype=torch.float64)
-    if cfg.model == "e3nn-velocity":
-        target64 = y64 - 2 * x64 + prev64  # the correction to constant velocity (the acceleration)
-    else:
-        target64 = y64 - x64  # the displacement
+    target64 = kind.target(x64, y64, prev64)  # what the output stands for: displacement or correction
     scale = float(torch.sqrt((target64**2).mean()))
-    input_scale = float(torch.sqrt((tv.double() ** 2).mean())) if cfg.model == "e3nn-velocity" else 1.0
+    input_scale = float(torch.sqrt((tv.double() ** 2).mean())) if kind.uses_input_scale else 1.0
     if not math.isfinite(scale) or scale <= 0 or not math.isfinite(input_scale) or input_scale <= 0:
         raise InputError(
             f"{data.path or data.source}: training frames do not move (RMS target {scale}); check the data"
@@ -198,16 +186,15 @@ def train_model(
         best_state = resume["state_dict"]
         history = list(resume.get("history", []))
 
-    kind = cfg.model
     n = len(tx)
-    labels = y64.float() if kind == "baseline" else (target64 / scale).float()
+    labels = (target64 / scale).float() if kind.scaled_labels else y64.float()
     start = time.perf_counter()
     stopped = "epochs"
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {kind}", unit="epoch", leave=True)
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {kind.name}", unit="epoch", leave=True)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -215,7 +202,7 @@ def train_model(
             total, count = 0.0, 0
             for i in range(0, n, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
-                out = _raw(model, kind, tx[idx], tv[idx])
+                out = kind.raw(model, tx[idx], tv[idx])
                 loss = torch.mean((out - labels[idx]) ** 2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -265,10 +252,10 @@ def train_model(
     metrics = one_step_metrics(step_function(model, kind), split)
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = history[-1]["time"] if history else 0.0
-    config = {} if kind == "baseline" else model.net.config.to_dict()
+    config = model.net.config.to_dict() if kind.e3nn else {}
     sample_idx = torch.as_tensor(np.linspace(1, split.n_train - 1, 16).astype(np.int64))
     ckpt = {
-        "kind": kind,
+        "kind": kind.name,
         "config": config,
         "state_dict": best_state,
         "scale": scale,
@@ -306,7 +293,7 @@ def train_model(
 
 
 def evaluate_checkpoint(ckpt: dict[str, Any], data: DataSource, *, train_fraction: float | None = None, **kw):
-    """Metrics of a checkpoint's model on ``data`` (see :func:`e3traj.runtime._metrics.evaluate_predictor`)."""
+    """Metrics of a checkpoint's model on ``data`` (see :func:`e3traj.runtime.evaluate_predictor`)."""
     model = build_model(ckpt)
     frac = train_fraction if train_fraction is not None else ckpt.get("train", {}).get("train_fraction", 0.8)
     split = split_pairs(data.frames, frac)

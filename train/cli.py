@@ -6,17 +6,23 @@ from pathlib import Path
 
 import click
 
-from e3traj.runtime._data import resolve_data
-from e3traj.runtime._io import check_output_path
-from e3traj.runtime.cli._evaluate import DATA_HELP as _DATA_HELP
-from e3traj.runtime.cli._evaluate import make_evaluate
+from e3traj.runtime import check_output_path, resolve_data
+from e3traj.runtime.cli import DATA_HELP as _DATA_HELP
+from e3traj.runtime.cli import make_evaluate
+
+from ._kinds import KINDS
 
 __all__ = ["train", "evaluate"]
 
 
 @click.command()
 @click.option(
-    "--model", "kind", type=click.Choice(["baseline", "e3nn", "e3nn-velocity"]), default="e3nn", show_default=True
+    "--model",
+    "kind",
+    type=click.Choice(list(KINDS)),
+    default="e3nn",
+    show_default=True,
+    help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()),
 )
 @click.option("--data", default="sim", show_default=True, help=_DATA_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
@@ -100,8 +106,8 @@ def train(
         }.items()
         if v is not None
     }
-    if kind == "baseline" and overrides:
-        raise click.UsageError(f"e3nn options ({', '.join(overrides)}) do not apply to --model baseline")
+    if not KINDS[kind].e3nn and overrides:
+        raise click.UsageError(f"e3nn options ({', '.join(overrides)}) do not apply to --model {kind}")
     resume = load_checkpoint(resume_path) if resume_path else None
     cfg = TrainConfig(
         model=kind,

@@ -29,8 +29,9 @@ from .._errors import (
     one_line,
 )
 from .._version import __version__
+from ._evaluate import DATA_HELP, make_evaluate  # for train/cli.py: the shared --data help and evaluate command
 
-__all__ = ["main", "COMMANDS", "EXTRAS"]
+__all__ = ["main", "COMMANDS", "EXTRAS", "DATA_HELP", "make_evaluate"]
 
 #: name -> (module, attribute, extra or None, one-line help shown by ``e3traj --help``)
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
