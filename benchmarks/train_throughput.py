@@ -95,7 +95,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from e3traj.runtime._data import resolve_data, split_pairs
+    from e3traj.runtime import resolve_data, split_pairs
     from e3traj.runtime._errors import InputError
 
     try:

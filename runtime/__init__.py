@@ -4,16 +4,13 @@ The public API is what this module exports; train/ and export/ use these names, 
 """
 
 from . import _contract as contract
-from ._bundle import Bundle, verify_bundle, write_manifest
+from ._bundle import Bundle
 from ._data import (
     N_BEADS,
-    DataSource,
     Split,
-    dmol_path,
     frames_sha256,
     load_trajectory,
     read_trajectory,
-    resolve_data,
     save_trajectory,
     split_pairs,
     validate_frames,
@@ -35,10 +32,13 @@ from ._errors import (
     UsageError,
 )
 from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file
+from ._manifest import write_manifest
 from ._metrics import evaluate_predictor, one_step_metrics
 from ._pack import pack_bundle, unpack_bundle
 from ._rollout import RolloutResult, rollout, save_rollout, write_xyz
 from ._simulate import simulate
+from ._sources import DMOL_SHA256, DataSource, dmol_path, resolve_data
+from ._verify import verify_bundle
 from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION, __version__
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "DataSource",
     "Split",
     "dmol_path",
+    "DMOL_SHA256",
     "frames_sha256",
     "load_trajectory",
     "read_trajectory",

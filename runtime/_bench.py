@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ._bundle import _fields, _ProtoError
 from ._data import N_BEADS
 from ._errors import InputError, UsageError
+from ._onnx_wire import _fields, _ProtoError
 
 __all__ = [
     "ROOFLINE_SHAPES",
@@ -154,7 +154,7 @@ def _tensor_dims(buf: memoryview, start: int, end: int) -> tuple[str, list[int]]
 
 
 def _fields_packed(buf: memoryview, start: int, end: int):
-    from ._bundle import _varint
+    from ._onnx_wire import _varint
 
     pos = start
     while pos < end:
@@ -225,7 +225,7 @@ def _profile_shapes(data: bytes, feed: dict[str, np.ndarray], where: str = "mode
             sess.run(None, feed)
             events = json.loads(Path(sess.end_profiling()).read_text())
         except Exception as exc:  # onnxruntime's own error classes
-            from ._bundle import _clean_ort_error
+            from ._session import _clean_ort_error
 
             raise InputError(
                 f"{where}: onnxruntime failed while running the model to count its work: {_clean_ort_error(exc)}; "

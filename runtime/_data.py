@@ -1,12 +1,10 @@
-"""Trajectory files: loading, validation, the chapter's data set and the chapter's split (numpy only)."""
+"""Trajectory files: loading (read once, hashed and parsed from the same bytes), validation, saving, the split."""
 
 from __future__ import annotations
 
 import io
 import math
 import os
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,26 +13,20 @@ import numpy as np
 
 from ._contract import N_BEADS
 from ._errors import InputError
-from ._io import atomic_output, sha256_file
+from ._io import atomic_output
 
 __all__ = [
     "N_BEADS",
-    "DMOL_URL",
-    "DMOL_SHA256",
     "MAX_TRAJECTORY_BYTES",
     "load_trajectory",
     "read_trajectory",
     "save_trajectory",
     "validate_frames",
-    "dmol_path",
     "Split",
     "split_pairs",
+    "frames_sha256",
 ]
 
-
-#: The dmol-book chapter's trajectory (2048 frames, (2048, 12, 2) float64, key ``arr``).
-DMOL_URL = "https://github.com/whitead/dmol-book/raw/main/data/paths.npz"
-DMOL_SHA256 = "502d6085c40c3e5a0edaad076a54f418d12cf13a4eb00387fdba30de9b7aec3e"
 
 #: Largest array a trajectory file may declare (checked from the header, before anything is read).
 MAX_TRAJECTORY_BYTES = 1 << 30
@@ -224,65 +216,6 @@ def save_trajectory(path: str | os.PathLike, frames: np.ndarray, *, replace: boo
     return out
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "e3traj"
-
-
-def _candidates() -> list[Path]:
-    out = []
-    env = os.environ.get("E3TRAJ_DATA")
-    if env:
-        e = Path(env)
-        out.append(e / "paths.npz" if e.is_dir() else e)
-    out.append(_cache_dir() / "paths.npz")
-    # a source checkout keeps the team's shared copy beside the project root
-    root = Path(__file__).resolve().parents[1]
-    out.append(root.parent / "shared" / "data" / "paths.npz")
-    out.append(Path.cwd().parent / "shared" / "data" / "paths.npz")
-    return out
-
-
-def dmol_path(*, download: bool = True, timeout: float = 30.0) -> Path:
-    """Return a verified local copy of the chapter's ``paths.npz``, downloading it to the cache if needed.
-
-    Looks in ``$E3TRAJ_DATA`` (a file or a folder), the user cache (``~/.cache/e3traj``), and the shared data
-    folder beside a source checkout; every copy is checked against :data:`DMOL_SHA256`.
-
-    Raises:
-        InputError: a copy with the wrong checksum, or no copy and no network (says where to put the file).
-    """
-    for cand in _candidates():
-        if cand.is_file():
-            digest = sha256_file(cand)
-            if digest != DMOL_SHA256:
-                raise InputError(
-                    f"{cand}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; "
-                    "delete it or fix E3TRAJ_DATA"
-                )
-            return cand
-    target = _cache_dir() / "paths.npz"
-    if not download:
-        raise InputError(f"{target}: the chapter's data is not here; download {DMOL_URL} there or set E3TRAJ_DATA")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(DMOL_URL, timeout=timeout) as resp, atomic_output(target, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                while block := resp.read(1 << 16):
-                    fh.write(block)
-            digest = sha256_file(tmp)
-            if digest != DMOL_SHA256:
-                raise InputError(
-                    f"{DMOL_URL}: downloaded file has sha256 {digest[:12]}..., expected {DMOL_SHA256[:12]}..."
-                )
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise InputError(
-            f"{target}: cannot download the chapter's data (offline? {_short(exc)}); "
-            f"put paths.npz (sha256 {DMOL_SHA256[:12]}...) there, or set E3TRAJ_DATA=/path/to/paths.npz"
-        ) from None
-    return target
-
-
 @dataclass(frozen=True)
 class Split:
     """The chapter's split of a trajectory into (frame, next frame) pairs, 80:20, without shuffling.
@@ -345,48 +278,8 @@ def split_pairs(frames: np.ndarray, train_fraction: float = 0.8) -> Split:
     return Split(frames=frames, n_train=n_train)
 
 
-@dataclass(frozen=True)
-class DataSource:
-    """A loaded trajectory and where it came from.
-
-    ``sha256`` is the digest of the canonical array (float64, C order, shape ``(T, 12, 3)``), so the same
-    frames give the same digest whichever file format carried them; ``file_sha256`` is the file's own.
-    """
-
-    frames: np.ndarray
-    source: str
-    sha256: str
-    path: str | None = None
-    file_sha256: str | None = None
-
-
 def frames_sha256(frames: np.ndarray) -> str:
     """sha256 of the canonical float64 C-order bytes of a ``(T, 12, 3)`` array."""
     import hashlib
 
     return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.float64).tobytes()).hexdigest()
-
-
-def resolve_data(spec: str, *, sim_frames: int = 2048, sim_seed: int = 0, min_frames: int = 3) -> DataSource:
-    """Turn ``--data`` into frames: ``sim`` (the embedded simulator), ``dmol`` (the chapter's data) or a path.
-
-    Shapes: returns frames ``(T, 12, 3)`` float64.
-    """
-    if spec == "sim":
-        from ._simulate import simulate
-
-        frames = validate_frames(simulate(frames=sim_frames, seed=sim_seed), "sim", min_frames=min_frames)
-        return DataSource(frames, f"sim(frames={sim_frames},seed={sim_seed})", frames_sha256(frames))
-    if spec == "dmol":
-        path = dmol_path()
-        frames, digest = read_trajectory(path, min_frames=min_frames)  # parsed from the bytes it hashed
-        if digest != DMOL_SHA256:
-            raise InputError(
-                f"{path}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; re-download it"
-            )
-        return DataSource(frames, "dmol", frames_sha256(frames), str(path), DMOL_SHA256)
-    frames, file_sha256 = read_trajectory(spec, min_frames=min_frames)  # hashed and parsed from the same bytes
-    return DataSource(frames, "file", frames_sha256(frames), str(spec), file_sha256)
-
-
-__all__ += ["DataSource", "frames_sha256", "resolve_data"]

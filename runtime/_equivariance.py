@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._bundle import INPUT_MEANINGS, OUTPUT_MEANINGS
+from ._contract import INPUT_MEANINGS, OUTPUT_MEANINGS
 from ._data import N_BEADS
 
 __all__ = [

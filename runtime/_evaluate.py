@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._data import DataSource, split_pairs
+from ._data import split_pairs
 from ._metrics import evaluate_predictor
+from ._sources import DataSource
 
 __all__ = ["is_bundle_path", "evaluate_bundle", "format_evaluation"]
 

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ._contract import VELOCITY_CORRECTION, next_frame
-from ._data import Split
+from ._data import N_BEADS, Split, split_pairs
+from ._errors import InputError
 
 __all__ = [
     "StepFn",
@@ -25,6 +27,7 @@ __all__ = [
     "rollout_starts",
     "rollout_rmsd",
     "evaluate_predictor",
+    "trajectory_stats",
 ]
 
 #: ``step(positions, previous) -> next positions``; all ``(B, 12, 3)`` float64. ``previous`` is the frame before.
@@ -137,3 +140,70 @@ def evaluate_predictor(
     )
     starts = roll.pop("_starts", {}).get("starts", [])
     return {"one_step": one, "rollout_rmsd": roll, "rollout_starts": starts}
+
+
+def trajectory_stats(frames) -> dict:
+    """Statistics of a trajectory, to compare a simulated one with the chapter's data.
+
+    Args:
+        frames: positions, ``(T, 12, 2|3)`` with ``T >= 3``.
+
+    Returns:
+        A dict of floats:
+        ``bond_mean``, ``bond_std`` (bond lengths over all frames and bonds);
+        ``rms_disp`` (RMS of ``x_{t+1} - x_t`` per coordinate);
+        ``rms_second_diff`` (RMS of ``x_{t+1} - 2 x_t + x_{t-1}`` per coordinate);
+        ``vacf1`` (lag-1 autocorrelation of the per-frame displacements);
+        ``max_pair`` (largest distance between two beads in any frame);
+        ``rg_mean`` (mean radius of gyration);
+        ``cos_bond_mean``, ``cos_bond_std`` (cosine between successive bond vectors, 1 = straight);
+        ``persistence_mse``, ``const_velocity_mse`` and their ratio ``cv_gain`` (one-step MSE on the chapter's
+        validation split, 2D lifted to 3D with z = 0 so the figures match the chapter's).
+
+    Shapes: ``frames`` ``(T, 12, 2|3)``.
+    """
+    a = np.asarray(frames, dtype=np.float64)
+    if a.ndim != 3 or a.shape[1] != N_BEADS or a.shape[2] not in (2, 3) or a.shape[0] < 3:
+        raise ValueError(f"trajectory_stats: expected shape (T >= 3, {N_BEADS}, 2|3), got {a.shape}")
+    if a.shape[2] == 2:
+        a = np.concatenate([a, np.zeros(a.shape[:2] + (1,))], axis=-1)
+    bonds = a[:, 1:] - a[:, :-1]
+    blen = np.linalg.norm(bonds, axis=-1)
+    cos = np.einsum("tbi,tbi->tb", bonds[:, 1:], bonds[:, :-1]) / (blen[:, 1:] * blen[:, :-1])
+    step = np.diff(a, axis=0)
+    planar = bool(np.all(a[..., 2] == 0))
+    ncoord = 2 if planar else 3
+    second = a[2:] - 2 * a[1:-1] + a[:-2]
+    flat = step.reshape(len(step), -1)
+    vacf1 = float(np.sum(flat[1:] * flat[:-1]) / np.sum(flat[:-1] ** 2)) if np.any(flat) else float("nan")
+    max_pair2 = 0.0
+    for lo in range(0, len(a), 4096):  # in blocks, to bound memory on long trajectories
+        diff = a[lo : lo + 4096, :, None] - a[lo : lo + 4096, None]
+        max_pair2 = max(max_pair2, float(np.max(np.einsum("tijk,tijk->tij", diff, diff))))
+    com = a.mean(axis=1, keepdims=True)
+    rg = np.sqrt(np.mean(np.sum((a - com) ** 2, axis=-1), axis=1))
+    stats = {
+        "frames": int(a.shape[0]),
+        "bond_mean": float(blen.mean()),
+        "bond_std": float(blen.std()),
+        # per moving coordinate: the z = 0 of a planar trajectory is not counted
+        "rms_disp": float(np.sqrt(np.sum(step**2) / (step[..., 0].size * ncoord))),
+        "rms_second_diff": float(np.sqrt(np.sum(second**2) / (second[..., 0].size * ncoord))),
+        "vacf1": vacf1,
+        "max_pair": math.sqrt(max_pair2),
+        "rg_mean": float(rg.mean()),
+        "cos_bond_mean": float(cos.mean()),
+        "cos_bond_std": float(cos.std()),
+    }
+    # the chapter's split: pairs (frames[:-1], frames[1:]), the first int(0.8 * pairs) train, the rest validate
+    pers = cv = gain = float("nan")
+    try:
+        split = split_pairs(a)
+    except InputError:
+        split = None
+    if split is not None:
+        pers = float(np.mean((split.val_y - split.val_x) ** 2))
+        cv = float(np.mean((split.val_y - (2 * split.val_x - split.val_prev)) ** 2))
+        gain = pers / cv if cv > 0 else float("inf")
+    stats.update(persistence_mse=pers, const_velocity_mse=cv, cv_gain=gain)
+    return stats

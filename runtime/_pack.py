@@ -15,10 +15,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ._bundle import MANIFEST_NAME, MAX_FILE_BYTES, _read_regular, _verify_archive, _verify_dir
 from ._errors import InputError, UsageError
 from ._io import atomic_output, check_output_path
+from ._manifest import MANIFEST_NAME
 from ._tar import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, read_archive
+from ._verify import MAX_FILE_BYTES, _read_regular, _verify_archive, _verify_dir
 
 __all__ = ["pack_bundle", "unpack_bundle", "MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_MEMBERS"]
 

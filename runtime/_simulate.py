@@ -20,9 +20,9 @@ Model (reduced units: mass, energy ``k_B T`` and length of order one):
 
 ``dim=2`` moves the beads in the plane (as in the chapter), ``dim=3`` in space. A frame is saved every
 ``steps_per_frame`` steps after ``burn_in`` steps. The defaults are tuned so the chapter's statistics are met
-(see :func:`trajectory_stats`): mean bond about 0.36, per-frame displacement about 0.006 per coordinate and small
-friction, so the motion is underdamped and predicting ``x_t + (x_t - x_{t-1})`` beats copying ``x_t`` by about
-100x in mean squared error, as on the real data.
+(see :func:`e3traj.runtime._metrics.trajectory_stats`): mean bond about 0.36, per-frame displacement about 0.006
+per coordinate and small friction, so the motion is underdamped and predicting ``x_t + (x_t - x_{t-1})`` beats
+copying ``x_t`` by about 100x in mean squared error, as on the real data.
 
 Same bits on every machine: a chaotic run turns one ulp into another trajectory after a few hundred steps, so
 everything that feeds the trajectory is computed with correctly rounded IEEE operations only (``+ - * /`` and
@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from decimal import Decimal, localcontext
 
 import numpy as np
 
-from ._data import N_BEADS, split_pairs
-from ._errors import InputError, UsageError
+from ._data import N_BEADS
+from ._errors import UsageError
+from ._exact import _WCA_FACTOR, _centred, _cos_exact, _dot_last, _exp_exact, _Normals, _sum_axis1
 
-__all__ = ["MAX_SIM_FRAMES", "SimParams", "simulate", "trajectory_stats"]
+__all__ = ["MAX_SIM_FRAMES", "SimParams", "simulate"]
 
 #: Most frames one call may return (288 MB of float64 positions in 3D at the cap, about 3 minutes).
 MAX_SIM_FRAMES = 1_000_000
@@ -124,137 +124,6 @@ class SimParams:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-# -- deterministic arithmetic -----------------------------------------------------------------------------------
-
-_DECIMAL_DIGITS = 40
-
-
-def _exp_exact(x: float) -> float:
-    """``exp(x)`` correctly rounded from 40 decimal digits (software arithmetic: the same on every machine)."""
-    with localcontext() as ctx:
-        ctx.prec = _DECIMAL_DIGITS
-        return float(Decimal(x).exp())
-
-
-def _cos_exact(x: float) -> float:
-    """``cos(x)`` for ``|x| <= 4`` by its Taylor series in 40-digit decimal arithmetic (the same on every machine)."""
-    if not abs(x) <= 4.0:
-        raise UsageError(f"_cos_exact: expected |x| <= 4, got {x!r}")
-    with localcontext() as ctx:
-        ctx.prec = _DECIMAL_DIGITS + 5
-        x2 = Decimal(x) * Decimal(x)
-        term = total = Decimal(1)
-        k = 0
-        while abs(term) > Decimal(10) ** -(_DECIMAL_DIGITS + 3):
-            k += 2
-            term = -term * x2 / (k * (k - 1))
-            total += term
-        return float(total)
-
-
-def _wca_factor() -> float:
-    """``2^(1/6)``, the WCA cutoff in units of sigma, in 40-digit decimal arithmetic (not the C library's pow)."""
-    with localcontext() as ctx:
-        ctx.prec = _DECIMAL_DIGITS
-        return float((Decimal(2).ln() / 6).exp())
-
-
-_WCA_FACTOR = _wca_factor()
-_TWO_M51 = math.ldexp(1.0, -51)
-_LN2 = 0.6931471805599453  # ln 2 rounded to float64
-_SQRT_HALF = 0.7071067811865476
-#: 2 atanh(t) = 2 t (1 + t^2/3 + t^4/5 + ...): with |t| <= 0.1716 the terms up to t^24 reach 1e-18
-_ATANH_COEFS = tuple(1.0 / (2 * k + 1) for k in range(12, -1, -1))
-
-
-def _log(s: np.ndarray) -> np.ndarray:
-    """Natural logarithm of positive finite floats in elementwise IEEE arithmetic only (within 2 ulp).
-
-    ``s = m 2^e`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` (``frexp`` is exact); ``ln m = 2 atanh(t)``,
-    ``t = (m - 1) / (m + 1)``, by a fixed Horner scheme. No libm or SIMD-dispatched call, so the bits are the same
-    on every machine.
-
-    Shapes: any -> the same.
-    """
-    m, e = np.frexp(s)
-    low = m < _SQRT_HALF
-    m = np.where(low, m * 2.0, m)
-    e = (e - low).astype(np.float64)
-    t = (m - 1.0) / (m + 1.0)
-    t2 = t * t
-    acc = np.full_like(t, _ATANH_COEFS[0])
-    for c in _ATANH_COEFS[1:]:
-        acc = acc * t2 + c
-    return e * _LN2 + 2.0 * t * acc
-
-
-class _Normals:
-    """Standard normal deviates from a seed, bit-identical on every machine.
-
-    Marsaglia's polar method on the raw 64-bit PCG64 stream: two words give ``u, v`` in ``(-1, 1)`` (exact
-    conversions), kept when ``0 < s = u^2 + v^2 < 1``, giving ``u sqrt(-2 ln s / s)`` and ``v sqrt(...)``. The
-    sequence depends on the seed alone, not on how many are taken at a time.
-    """
-
-    _BLOCK = 8192  # pairs of words per refill; any size gives the same sequence
-
-    def __init__(self, seed: int) -> None:
-        self._bits = np.random.PCG64(seed)
-        self._buf = np.empty(0)
-
-    def _refill(self) -> None:
-        raw = self._bits.random_raw(2 * self._BLOCK)
-        u = ((raw >> np.uint64(12)).astype(np.float64) + 0.5) * _TWO_M51 - 1.0  # exact: (2k + 1) 2^-52 - 1
-        u, v = u[0::2], u[1::2]
-        s = u * u + v * v
-        keep = (s > 0.0) & (s < 1.0)
-        u, v, s = u[keep], v[keep], s[keep]
-        r = np.sqrt(-2.0 * _log(s) / s)
-        pairs = np.empty((len(s), 2))
-        pairs[:, 0] = u * r
-        pairs[:, 1] = v * r
-        self._buf = np.concatenate([self._buf, pairs.reshape(-1)])
-
-    def take(self, shape) -> np.ndarray:
-        """The next ``prod(shape)`` deviates. Shapes: -> ``shape``."""
-        n = int(np.prod(shape, dtype=np.int64))
-        while len(self._buf) < n:
-            self._refill()
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out.reshape(shape)
-
-    def scalar(self) -> float:
-        return float(self.take(1)[0])
-
-
-def _sum_axis1(a: np.ndarray) -> np.ndarray:
-    """Sum over axis 1 in a fixed order of elementwise additions (no reduction kernel decides it).
-
-    Halving: the second half is added to the first (``a[:, k] + a[:, k + m // 2]``), an odd last column is
-    carried over, until one column is left; for four terms ``(a0 + a2) + (a1 + a3)``.
-
-    Shapes: ``(n, m, ...)`` -> ``(n, ...)``.
-    """
-    while a.shape[1] > 1:
-        h = a.shape[1] // 2
-        s = a[:, :h] + a[:, h : 2 * h]
-        a = np.concatenate([s, a[:, 2 * h :]], axis=1) if a.shape[1] % 2 else s
-    return a[:, 0]
-
-
-def _dot_last(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``sum(a * b, axis=-1)`` over 2 or 3 coordinates, spelled out. Shapes: ``(..., dim)`` x2 -> ``(...)``."""
-    out = a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1]
-    if a.shape[-1] == 3:
-        out = out + a[..., 2] * b[..., 2]
-    return out
-
-
-def _centred(x: np.ndarray) -> np.ndarray:
-    """``x - mean(x, axis=0)`` with the mean summed in a fixed order. Shapes: ``(n, dim)`` -> ``(n, dim)``."""
-    return x - _sum_axis1(x.T[:, :, None])[:, 0] / x.shape[0]
 
 
 class _Forces:
@@ -474,70 +343,3 @@ def _check_stable(out: np.ndarray, p: SimParams) -> None:
             f"simulate: the integration became unstable (bond {i} of frame {t} is {bonds[t, i]:.3g} long, "
             f"over {limit:.3g}); {_hint(p)}"
         )
-
-
-def trajectory_stats(frames) -> dict:
-    """Statistics of a trajectory, to compare a simulated one with the chapter's data.
-
-    Args:
-        frames: positions, ``(T, 12, 2|3)`` with ``T >= 3``.
-
-    Returns:
-        A dict of floats:
-        ``bond_mean``, ``bond_std`` (bond lengths over all frames and bonds);
-        ``rms_disp`` (RMS of ``x_{t+1} - x_t`` per coordinate);
-        ``rms_second_diff`` (RMS of ``x_{t+1} - 2 x_t + x_{t-1}`` per coordinate);
-        ``vacf1`` (lag-1 autocorrelation of the per-frame displacements);
-        ``max_pair`` (largest distance between two beads in any frame);
-        ``rg_mean`` (mean radius of gyration);
-        ``cos_bond_mean``, ``cos_bond_std`` (cosine between successive bond vectors, 1 = straight);
-        ``persistence_mse``, ``const_velocity_mse`` and their ratio ``cv_gain`` (one-step MSE on the chapter's
-        validation split, 2D lifted to 3D with z = 0 so the figures match the chapter's).
-
-    Shapes: ``frames`` ``(T, 12, 2|3)``.
-    """
-    a = np.asarray(frames, dtype=np.float64)
-    if a.ndim != 3 or a.shape[1] != N_BEADS or a.shape[2] not in (2, 3) or a.shape[0] < 3:
-        raise ValueError(f"trajectory_stats: expected shape (T >= 3, {N_BEADS}, 2|3), got {a.shape}")
-    if a.shape[2] == 2:
-        a = np.concatenate([a, np.zeros(a.shape[:2] + (1,))], axis=-1)
-    bonds = a[:, 1:] - a[:, :-1]
-    blen = np.linalg.norm(bonds, axis=-1)
-    cos = np.einsum("tbi,tbi->tb", bonds[:, 1:], bonds[:, :-1]) / (blen[:, 1:] * blen[:, :-1])
-    step = np.diff(a, axis=0)
-    planar = bool(np.all(a[..., 2] == 0))
-    ncoord = 2 if planar else 3
-    second = a[2:] - 2 * a[1:-1] + a[:-2]
-    flat = step.reshape(len(step), -1)
-    vacf1 = float(np.sum(flat[1:] * flat[:-1]) / np.sum(flat[:-1] ** 2)) if np.any(flat) else float("nan")
-    max_pair2 = 0.0
-    for lo in range(0, len(a), 4096):  # in blocks, to bound memory on long trajectories
-        diff = a[lo : lo + 4096, :, None] - a[lo : lo + 4096, None]
-        max_pair2 = max(max_pair2, float(np.max(np.einsum("tijk,tijk->tij", diff, diff))))
-    com = a.mean(axis=1, keepdims=True)
-    rg = np.sqrt(np.mean(np.sum((a - com) ** 2, axis=-1), axis=1))
-    stats = {
-        "frames": int(a.shape[0]),
-        "bond_mean": float(blen.mean()),
-        "bond_std": float(blen.std()),
-        # per moving coordinate: the z = 0 of a planar trajectory is not counted
-        "rms_disp": float(np.sqrt(np.sum(step**2) / (step[..., 0].size * ncoord))),
-        "rms_second_diff": float(np.sqrt(np.sum(second**2) / (second[..., 0].size * ncoord))),
-        "vacf1": vacf1,
-        "max_pair": math.sqrt(max_pair2),
-        "rg_mean": float(rg.mean()),
-        "cos_bond_mean": float(cos.mean()),
-        "cos_bond_std": float(cos.std()),
-    }
-    # the chapter's split: pairs (frames[:-1], frames[1:]), the first int(0.8 * pairs) train, the rest validate
-    pers = cv = gain = float("nan")
-    try:
-        split = split_pairs(a)
-    except InputError:
-        split = None
-    if split is not None:
-        pers = float(np.mean((split.val_y - split.val_x) ** 2))
-        cv = float(np.mean((split.val_y - (2 * split.val_x - split.val_prev)) ** 2))
-        gain = pers / cv if cv > 0 else float("inf")
-    stats.update(persistence_mse=pers, const_velocity_mse=cv, cv_gain=gain)
-    return stats

@@ -26,7 +26,7 @@ if [[ " $sources " == *" sim "* ]]; then
 fi
 if [[ " $sources " != *" dmol "* ]]; then
   echo "SOURCES=$sources: kept the committed dmol-* bundles and figures as they are"
-elif paths=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path(download=False))" 2>/dev/null); then
+elif paths=$(python -c "from e3traj.runtime import dmol_path; print(dmol_path(download=False))" 2>/dev/null); then
   build dmol dmol
   # the README's figures, from the chapter's data
   mkdir -p docs

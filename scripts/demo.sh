@@ -24,7 +24,7 @@ if [ "$DATA" = "sim" ]; then
 else
   step "1. use the chapter's data ($DATA)"
   if [ "$DATA" = "dmol" ]; then
-    TRAJ=$(python -c "from e3traj.runtime._data import dmol_path; print(dmol_path())")
+    TRAJ=$(python -c "from e3traj.runtime import dmol_path; print(dmol_path())")
   else
     TRAJ="$DATA"
   fi

@@ -67,7 +67,7 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
     (the roofline) that the model's MatMul work reaches. Machines are noisy: compare rows of one run.
     """
     from .._bench import bench_bundle, bundle_size, machine_info, matmul_roofline_detail
-    from .._bundle import verify_bundle
+    from .._verify import verify_bundle
 
     sizes = parse_int_list("--batch-sizes", batch_sizes, MAX_BATCH)
     threads = parse_int_list("--threads", threads_spec, MAX_THREADS)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from .._data import DataSource, resolve_data
 from .._errors import MissingExtra, one_line
 from .._evaluate import evaluate_bundle, format_evaluation, is_bundle_path
+from .._sources import DataSource, resolve_data
 
 __all__ = ["evaluate", "make_evaluate"]
 

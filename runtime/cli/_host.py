@@ -234,7 +234,7 @@ def _io_line(spec: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect(bundle, as_json):
     """Verify BUNDLE's files against its manifest and show what the model is and how it was made."""
-    from .._bundle import _ort_version, verify_bundle
+    from .._verify import _ort_version, verify_bundle
 
     manifest = verify_bundle(bundle)
     if as_json:

@@ -305,7 +305,7 @@ def trajectory(data, rollout, output, force, start, label, full_view):
     starting frame; both panels share axes limits and colour scale. A prediction that drifts more than
     1.5 true extents away is cut off at that distance (the title says how far it went) unless --full-view.
     """
-    from .._data import resolve_data
+    from .._sources import resolve_data
 
     out = _prepare(output, [*_data_inputs(data), rollout], [], force)
     if not rollout.exists():
@@ -326,7 +326,7 @@ def parity(bundle, data, output, force):
     Planar (2D) data: the z coordinate, 0 everywhere, is left out.
     """
     from .._bundle import Bundle
-    from .._data import resolve_data
+    from .._sources import resolve_data
 
     out = _prepare(output, _data_inputs(data), [bundle], force)
     ds = resolve_data(data)
@@ -347,7 +347,7 @@ def rmsd(bundle, data, output, force, n_starts, horizon):
     of DATA (mean and min..max band, log-log).
     """
     from .._bundle import Bundle
-    from .._data import resolve_data
+    from .._sources import resolve_data
 
     _positive("--starts", n_starts)
     _positive("--horizon", horizon)
@@ -393,8 +393,8 @@ def training(bundles, output, force):
     """Validation MSE vs wall time from each bundle's training history (manifest training.history), with
     the persistence and constant-velocity MSE as horizontal lines.
     """
-    from .._bundle import verify_bundle
     from .._plot import training_curve
+    from .._verify import verify_bundle
 
     out = _prepare(output, [], bundles, force)
     manifests = [verify_bundle(p) for p in bundles]
@@ -426,8 +426,8 @@ def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, hor
     Parity and RMSD use the first --bundle; equivariance shows every bundle; training shows the bundles
     whose manifest holds a training history (skipped when none does).
     """
-    from .._data import resolve_data
     from .._plot import training_curve
+    from .._sources import resolve_data
 
     _positive("--starts", n_starts)
     _positive("--horizon", horizon)

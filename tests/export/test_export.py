@@ -10,8 +10,7 @@ from click.testing import CliRunner
 
 from e3traj.export import ExportSettings, export_checkpoint
 from e3traj.export import _export as ex
-from e3traj.runtime._bundle import Bundle, verify_bundle
-from e3traj.runtime._data import resolve_data, save_trajectory
+from e3traj.runtime import Bundle, resolve_data, save_trajectory, verify_bundle
 from e3traj.runtime._errors import CheckFailed, InputError, UsageError
 from e3traj.runtime._simulate import simulate
 from e3traj.runtime.cli import main

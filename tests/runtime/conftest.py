@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from e3traj.runtime._bundle import write_manifest
+from e3traj.runtime import write_manifest
 
 # onnx is imported inside the builders only, so merely collecting these tests does not load it
 # (a no-torch/no-onnx check elsewhere may look at sys.modules).

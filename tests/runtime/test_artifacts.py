@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e3traj.runtime._bundle import Bundle, verify_bundle
-from e3traj.runtime._data import DMOL_SHA256, frames_sha256
+from e3traj.runtime import DMOL_SHA256, Bundle, frames_sha256, verify_bundle
 from e3traj.runtime._equivariance import check_bundle
 from e3traj.runtime._simulate import simulate
 

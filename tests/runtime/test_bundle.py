@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from e3traj.runtime import Bundle, verify_bundle, write_manifest
-from e3traj.runtime._bundle import CHUNK, _ProtoError, scan_onnx
 from e3traj.runtime._errors import CheckFailed, InputError, UsageError
+from e3traj.runtime._onnx_wire import _ProtoError, scan_onnx
+from e3traj.runtime._session import CHUNK
 
 
 def _frames(batch: int, seed: int = 0) -> np.ndarray:

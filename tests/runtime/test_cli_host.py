@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e3traj.runtime import pack_bundle
-from e3traj.runtime._bundle import write_manifest
+from e3traj.runtime import pack_bundle, write_manifest
 from e3traj.runtime._errors import UsageError
 from e3traj.runtime.cli._host import parse_frames
 

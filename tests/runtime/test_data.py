@@ -5,12 +5,11 @@ import zipfile
 import numpy as np
 import pytest
 
+from e3traj.runtime import DMOL_SHA256
 from e3traj.runtime._data import (
-    DMOL_SHA256,
     InputError,
     frames_sha256,
     load_trajectory,
-    resolve_data,
     save_trajectory,
     split_pairs,
     validate_frames,
@@ -124,35 +123,6 @@ def test_frames_sha256_is_format_independent(tmp_path):
     np.savez(tmp_path / "a.npz", arr=a)
     np.save(tmp_path / "a.npy", a.astype(np.float64))
     assert frames_sha256(load_trajectory(tmp_path / "a.npz")) == frames_sha256(load_trajectory(tmp_path / "a.npy"))
-
-
-def test_resolve_data_path(tmp_path):
-    np.savez(tmp_path / "a.npz", arr=_frames(6, 2))
-    src = resolve_data(str(tmp_path / "a.npz"))
-    assert src.source == "file" and src.frames.shape == (6, 12, 3) and len(src.file_sha256) == 64
-
-
-def test_dmol_offline_message(tmp_path, monkeypatch):
-    from e3traj.runtime import _data
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("E3TRAJ_DATA", raising=False)
-    monkeypatch.setattr(_data, "_candidates", lambda: [tmp_path / "nowhere" / "paths.npz"])
-    monkeypatch.setattr(_data, "DMOL_URL", "http://127.0.0.1:9/paths.npz")  # nothing listens on port 9
-    with pytest.raises(InputError) as e:
-        _data.dmol_path(timeout=2)
-    msg = str(e.value)
-    assert "cannot download" in msg and "E3TRAJ_DATA" in msg and str(tmp_path / "cache") in msg
-
-
-def test_dmol_wrong_checksum_refused(tmp_path, monkeypatch):
-    from e3traj.runtime import _data
-
-    bad = tmp_path / "paths.npz"
-    np.savez(bad, arr=_frames(3, 2))
-    monkeypatch.setenv("E3TRAJ_DATA", str(bad))
-    with pytest.raises(InputError, match="sha256"):
-        _data.dmol_path(download=False)
 
 
 def test_real_data_checksum_and_split(shared_paths):

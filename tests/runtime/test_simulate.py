@@ -9,19 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from e3traj.runtime._data import load_trajectory, validate_frames
-from e3traj.runtime._simulate import (
-    MAX_SIM_FRAMES,
-    SimParams,
-    _cos_exact,
-    _exp_exact,
-    _Forces,
-    _initial_chain,
-    _log,
-    _Normals,
-    _sum_axis1,
-    simulate,
-    trajectory_stats,
-)
+from e3traj.runtime._exact import _cos_exact, _exp_exact, _log, _Normals, _sum_axis1
+from e3traj.runtime._metrics import trajectory_stats
+from e3traj.runtime._simulate import MAX_SIM_FRAMES, SimParams, _Forces, _initial_chain, simulate
 from e3traj.runtime.cli import main
 
 
@@ -113,7 +103,7 @@ def test_trajectory_stats_on_a_chain_in_uniform_motion():
 
 def test_trajectory_stats_matches_the_chapter_figures():
     """The brief's figures for paths.npz, reproduced on a copy when the shared data is here."""
-    from e3traj.runtime._data import dmol_path
+    from e3traj.runtime import dmol_path
     from e3traj.runtime._errors import InputError
 
     try:

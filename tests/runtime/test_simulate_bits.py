@@ -177,10 +177,12 @@ def _violations(func) -> list[str]:
 def test_the_integration_path_uses_no_blas_libm_or_dispatched_kernel():
     import ast
 
-    import e3traj.runtime._simulate as mod
+    import e3traj.runtime._exact as exact
+    import e3traj.runtime._simulate as sim
 
-    tree = ast.parse(Path(mod.__file__).read_text())
-    found = dict(_functions(tree))
+    found = {}
+    for mod in (sim, exact):
+        found.update(_functions(ast.parse(Path(mod.__file__).read_text())))
     assert _DETERMINISTIC <= set(found), _DETERMINISTIC - set(found)
     bad = {name: _violations(found[name]) for name in sorted(_DETERMINISTIC)}
     assert not any(bad.values()), {k: v for k, v in bad.items() if v}

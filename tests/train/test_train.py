@@ -24,7 +24,7 @@ def traj(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(traj):
-    from e3traj.runtime._data import resolve_data
+    from e3traj.runtime import resolve_data
 
     return resolve_data(str(traj))
 
@@ -86,7 +86,7 @@ def test_resume_refuses_other_kind_or_data(e3nn_ckpt, data):
     ck = load_checkpoint(e3nn_ckpt)
     with pytest.raises(UsageError, match="resume"):
         train_model(data, TrainConfig(model="baseline", epochs=1), resume=ck, progress=False)
-    from e3traj.runtime._data import DataSource
+    from e3traj.runtime import DataSource
 
     other = DataSource(data.frames + 1.0, "file", "0" * 64)
     with pytest.raises(UsageError, match="other data"):

@@ -1,0 +1,182 @@
+"""The bundle format's one definition: ``manifest.json`` written (export side) and parsed and checked (host side).
+
+The manifest lists every other file with its sha256 and size, the model's inputs and outputs with their meanings
+(:mod:`e3traj.runtime._contract`), the ONNX file's opset and IR version and the example's tolerance; see
+artifacts/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._contract import INPUT_MEANINGS, OUTPUT_MEANINGS
+from ._errors import InputError
+from ._io import atomic_output, sha256_file
+from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
+
+__all__ = ["MANIFEST_NAME", "write_manifest"]
+
+MANIFEST_NAME = "manifest.json"
+
+_MAX_MANIFEST_BYTES = 16 << 20
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"manifest value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> dict:
+    """Fill ``manifest["files"]`` from the folder and write ``manifest.json`` (sorted keys, indent 2), atomically.
+
+    Every regular file of ``bundle_dir`` except ``manifest.json`` is listed with its sha256 and size;
+    ``format``/``format_version`` are added when missing. The dict is updated in place and returned.
+
+    Raises:
+        InputError: the folder is missing or holds a subfolder, a symlink or a special file (a bundle may not).
+    """
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; write the bundle files into a folder first")
+    files: dict[str, dict[str, Any]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name == MANIFEST_NAME:
+            continue
+        where = root / entry.name
+        if entry.is_symlink():
+            raise InputError(f"{where}: is a symlink; a bundle holds only regular files, copy the file instead")
+        if entry.is_dir(follow_symlinks=False):
+            raise InputError(f"{where}: is a folder; a bundle holds no subfolders, remove it")
+        if not entry.is_file(follow_symlinks=False):
+            raise InputError(f"{where}: is not a regular file; remove it from the bundle folder")
+        files[entry.name] = {"sha256": sha256_file(where), "size": entry.stat(follow_symlinks=False).st_size}
+    manifest.setdefault("format", BUNDLE_FORMAT)
+    manifest.setdefault("format_version", BUNDLE_FORMAT_VERSION)
+    manifest["files"] = files
+    text = json.dumps(manifest, sort_keys=True, indent=2, default=_json_default) + "\n"
+    with atomic_output(root / MANIFEST_NAME, suffix=".tmp") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return manifest
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MANIFEST_NAME)
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+    )
+
+
+def _parse_manifest(raw: bytes, where: str) -> tuple[dict, str]:
+    """Parse the very bytes that were read (and are hashed here): the manifest and its sha256."""
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise InputError(f"{where}: {len(raw)} bytes, over the {_MAX_MANIFEST_BYTES}-byte limit; re-export the bundle")
+    try:
+        manifest = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); re-export the bundle") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to read; re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{where}: holds a JSON {type(manifest).__name__}, not an object; re-export the bundle")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def _check_manifest(manifest: dict, where: str) -> None:
+    fmt = manifest.get("format")
+    if fmt != BUNDLE_FORMAT:
+        raise InputError(f"{where}: format is {fmt!r}, not {BUNDLE_FORMAT!r}; this is not an e3traj bundle")
+    ver = manifest.get("format_version")
+    if not _is_int(ver) or ver < 1:
+        raise InputError(f"{where}: format_version is {ver!r}, not a positive integer; re-export the bundle")
+    if ver > BUNDLE_FORMAT_VERSION:
+        raise InputError(
+            f"{where}: bundle format version {ver} is newer than the {BUNDLE_FORMAT_VERSION} this e3traj reads; "
+            "upgrade e3traj (pip install -U e3traj)"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise InputError(f"{where}: field 'files' is missing or not an object; re-export the bundle")
+    for name, entry in files.items():
+        if not _plain_name(name):
+            raise InputError(f"{where}: files lists {name!r}, which is not a plain file name; re-export the bundle")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not _SHA_RE.match(entry["sha256"])
+            or not _is_int(entry.get("size"))
+            or entry["size"] < 0
+        ):
+            raise InputError(
+                f"{where}: files[{name!r}] needs a hex 'sha256' and an integer 'size'; re-export the bundle"
+            )
+    for key in ("inputs", "outputs"):
+        items = manifest.get(key)
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            raise InputError(f"{where}: field '{key}' is missing or not a list of objects; re-export the bundle")
+        names = [i.get("name") for i in items]
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise InputError(f"{where}: {key} need unique non-empty 'name's (got {names}); re-export the bundle")
+        for i in items:
+            dtype = i.get("dtype", "float32")
+            if not isinstance(dtype, str) or dtype not in _DTYPES:
+                raise InputError(f"{where}: {key} '{i['name']}' has dtype {dtype!r}; expected float32 or float64")
+    meanings = [i.get("meaning") for i in manifest["inputs"]]
+    for m in meanings:
+        if not isinstance(m, str) or m not in INPUT_MEANINGS:
+            raise InputError(f"{where}: input meaning {m!r} is not one of {list(INPUT_MEANINGS)}; upgrade e3traj")
+    if meanings.count("positions") != 1 or meanings.count("previous_displacement") > 1:
+        raise InputError(f"{where}: inputs {meanings} need exactly one 'positions' input; re-export the bundle")
+    out_meaning = manifest["outputs"][0].get("meaning")
+    if not isinstance(out_meaning, str) or out_meaning not in OUTPUT_MEANINGS:
+        raise InputError(
+            f"{where}: outputs[0].meaning {out_meaning!r} is not one of {list(OUTPUT_MEANINGS)}; upgrade e3traj"
+        )
+    for section in ("onnx", "example"):
+        sec = manifest.get(section)
+        if not isinstance(sec, dict) or not isinstance(sec.get("file"), str):
+            raise InputError(f"{where}: field '{section}.file' is missing; re-export the bundle")
+        if sec["file"] not in files or sec["file"] == MANIFEST_NAME:
+            raise InputError(f"{where}: {section}.file {sec['file']!r} is not listed in 'files'; re-export the bundle")
+    ts = manifest.get("torchscript")
+    if isinstance(ts, dict) and isinstance(ts.get("file"), str) and ts["file"] not in files:
+        raise InputError(f"{where}: torchscript.file {ts['file']!r} is not listed in 'files'; re-export the bundle")
+    atol = manifest["example"].get("atol", 1e-5)
+    if not isinstance(atol, int | float) or isinstance(atol, bool) or not math.isfinite(atol) or atol < 0:
+        raise InputError(f"{where}: example.atol is {atol!r}; expected a non-negative number")
+    onnx = manifest["onnx"]
+    for key in ("opset", "ir_version"):
+        if key in onnx and (not _is_int(onnx[key]) or onnx[key] < 1):
+            raise InputError(f"{where}: onnx.{key} is {onnx[key]!r}; expected a positive integer")
+    model = manifest.get("model", {})
+    if not isinstance(model, dict):
+        raise InputError(f"{where}: field 'model' is not an object; re-export the bundle")
+    for key in ("kind",):
+        if key in model and not isinstance(model[key], str):
+            raise InputError(f"{where}: model.{key} is {model[key]!r}, not a string; re-export the bundle")
+    if "equivariant" in model and not isinstance(model["equivariant"], bool):
+        raise InputError(f"{where}: model.equivariant is {model['equivariant']!r}, not true/false; re-export")
+    need = onnx.get("min_onnxruntime")
+    if need is not None and not isinstance(need, str):
+        raise InputError(f"{where}: onnx.min_onnxruntime is {need!r}, not a version string; re-export the bundle")
