@@ -12,7 +12,7 @@ figure is the median of repeats and the implementations are timed in interleaved
 The model is ``DisplacementModel(E3nnConfig(), scale)`` with seeded random (perturbed) weights, exported with the
 project's own exporter (parity-checked) into a temporary folder; frames come from the embedded simulator. Nothing
 is written into the repository. The roofline is numpy's float32 matmul speed at the model's shapes on one thread
-(:func:`e3traj.runtime._bench.matmul_roofline`). The fraction of it is judged, as the Performance issue defines it,
+(:func:`e3traj.runtime._flops.matmul_roofline`). The fraction of it is judged, as the Performance issue defines it,
 by the work of e3nn's Network on the complete 12-node graph as torch's FlopCounterMode counts it (≈ 5.0 MFLOP,
 "roofline ≈ 11,700 frames/s per thread"); the MatMul work each implementation itself runs is printed beside it for
 information (the exported graph's radial MLPs are a table, so it does far less MatMul work than the eager module).
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from e3traj.runtime import Bundle, rollout
-    from e3traj.runtime._bench import bundle_size, machine_info, matmul_flops_per_frame, matmul_roofline_detail
+    from e3traj.runtime._bench import bundle_size, machine_info
+    from e3traj.runtime._flops import matmul_flops_per_frame, matmul_roofline_detail
     from e3traj.train._model import reference_flops_per_frame
 
     def say(msg: str) -> None:

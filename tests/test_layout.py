@@ -13,7 +13,6 @@ MAX_LINES = 400
 KNOWN_LARGE = {
     "train/_model.py": 860,
     "runtime/_plot.py": 580,
-    "runtime/_bench.py": 560,
     "runtime/cli/_plot.py": 480,
     "export/_export.py": 420,
 }

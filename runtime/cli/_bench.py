@@ -66,7 +66,8 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
     and prints frames/s, latency and the fraction of this machine's single-thread numpy float32 matmul speed
     (the roofline) that the model's MatMul work reaches. Machines are noisy: compare rows of one run.
     """
-    from .._bench import bench_bundle, bundle_size, machine_info, matmul_roofline_detail
+    from .._bench import bench_bundle, bundle_size, machine_info
+    from .._flops import matmul_roofline_detail
     from .._verify import verify_bundle
 
     sizes = parse_int_list("--batch-sizes", batch_sizes, MAX_BATCH)

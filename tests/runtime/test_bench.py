@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from e3traj.runtime import Bundle, rollout
-from e3traj.runtime._bench import bench_bundle, bundle_size, format_rows, matmul_flops_per_frame, reference_flops
+from e3traj.runtime._bench import bench_bundle, bundle_size, format_rows
+from e3traj.runtime._flops import matmul_flops_per_frame, reference_flops
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_E3NN = REPO / "artifacts" / "sim-e3nn"
