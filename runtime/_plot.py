@@ -1,5 +1,8 @@
 """The chapter's figures, drawn with matplotlib (the ``plot`` extra) from plain arrays and dicts.
 
+Trajectory, parity and rollout RMSD are drawn here; equivariance and training in
+:mod:`e3traj.runtime._plot_reports`; what they show is computed in :mod:`e3traj.runtime._plot_data`.
+
 Every function takes numpy arrays (or the dicts the rest of the runtime produces) and writes one figure,
 atomically, as PNG (150 dpi) or SVG chosen by the output's suffix. matplotlib is imported only when a figure is
 drawn, through its object API (``Figure``; pyplot and the global backend are never touched), so importing this
@@ -11,30 +14,23 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ._data import N_BEADS
-from ._errors import InputError, MissingExtra, UsageError
+from ._errors import MissingExtra, UsageError
 from ._io import atomic_output
-from ._metrics import StepFn, _roll, rmsd
+from ._plot_data import _frames, r2_score
 
 __all__ = [
     "DPI",
     "FIGURE_FORMATS",
-    "TrainingCurve",
     "figure_format",
-    "r2_score",
-    "rollout_rmsd_curves",
-    "training_curve",
     "plot_trajectory",
     "plot_parity",
     "plot_rmsd",
-    "plot_equivariance",
-    "plot_training",
 ]
 
 #: Resolution of PNG output.
@@ -53,9 +49,6 @@ _RC = {
     "figure.titlesize": 13,
     "svg.hashsalt": "e3traj",  # stable element ids: the same data gives the same SVG
 }
-
-#: Lowest floor of the equivariance axis (errors of exactly 0 are drawn on the floor, labelled "0").
-_ERROR_FLOOR = 1e-17
 
 
 def _mpl():
@@ -98,13 +91,6 @@ def _save(fig, path: str | os.PathLike) -> Path:
     with atomic_output(out) as tmp:
         fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
     return out
-
-
-def _frames(arr, name: str) -> np.ndarray:
-    a = np.asarray(arr, dtype=np.float64)
-    if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3) or a.shape[0] < 1:
-        raise UsageError(f"{name}: shape {a.shape}; expected (T, {N_BEADS}, 3) with T >= 1")
-    return a
 
 
 # --------------------------------------------------------------------------------------------- trajectory
@@ -212,22 +198,6 @@ def plot_trajectory(
 # --------------------------------------------------------------------------------------------- parity
 
 
-def r2_score(pred: np.ndarray, true: np.ndarray) -> float:
-    """Coefficient of determination over every coordinate: 1 - SS_res / SS_tot (NaN when SS_tot is 0).
-
-    Shapes: any, equal.
-    """
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    t = np.asarray(true, dtype=np.float64).ravel()
-    if p.shape != t.shape:
-        raise UsageError(f"pred has {p.size} values, true has {t.size}; pass arrays of the same shape")
-    ss_tot = float(np.sum((t - t.mean()) ** 2)) if t.size else 0.0
-    if ss_tot == 0.0:
-        return float("nan")
-    with np.errstate(over="ignore", invalid="ignore"):
-        return float(1.0 - np.sum((p - t) ** 2) / ss_tot)
-
-
 def plot_parity(
     true_disp: np.ndarray,
     pred_disp: np.ndarray,
@@ -279,34 +249,6 @@ def plot_parity(
 
 
 # --------------------------------------------------------------------------------------------- rollout RMSD
-
-
-def rollout_rmsd_curves(
-    steps: Mapping[str, StepFn], frames: np.ndarray, starts: Sequence[int] | np.ndarray, horizon: int
-) -> dict[str, np.ndarray]:
-    """RMSD to the true frames after k = 1..horizon autoregressive steps, per predictor and starting frame.
-
-    A predictor that becomes non-finite gives NaN from that step on.
-
-    Shapes: ``frames`` ``(T, 12, 3)``; ``starts`` ``(S,)`` with ``1 <= start`` and ``start + horizon < T``
-    -> each curve ``(horizon, S)``.
-    """
-    frames = _frames(frames, "frames")
-    st = np.asarray(starts, dtype=np.int64)
-    if isinstance(horizon, bool) or int(horizon) < 1:
-        raise UsageError(f"horizon: got {horizon!r}; pass a positive number of steps")
-    horizon = int(horizon)
-    if st.ndim != 1 or not st.size or st.min() < 1 or st.max() + horizon >= len(frames):
-        raise UsageError(
-            f"starts: {st.tolist()} need 1 <= start and start + {horizon} < {len(frames)} (the frames available)"
-        )
-    truth = np.stack([frames[st + k] for k in range(horizon + 1)])
-    out = {}
-    for name, fn in steps.items():
-        with np.errstate(all="ignore"):
-            pred = _roll(fn, frames, st, horizon)
-            out[name] = rmsd(pred, truth)[1:]
-    return out
 
 
 _RMSD_STYLE = {
@@ -381,194 +323,4 @@ def plot_rmsd(
 # --------------------------------------------------------------------------------------------- equivariance
 
 
-def plot_equivariance(
-    reports: Sequence[tuple[str, Mapping]],
-    path: str | os.PathLike,
-    *,
-    title: str | None = None,
-) -> Path:
-    """Grouped bars of the max relative error per case for each bundle, log scale, with the tolerance line.
-
-    Args:
-        reports: ``(label, EquivarianceReport.to_dict())`` per bundle. The axis starts two decades below the
-            smallest non-zero error (errors of exactly 0 are labelled "0" on it); infinite or NaN errors are bars
-            to the top of the axis marked "inf"; failed cases are hatched.
-        title: default "Equivariance: max relative error per case (N trials)".
-    """
-    matplotlib, _ = _mpl()
-    if not reports:
-        raise UsageError("reports: empty; pass at least one (label, report dict)")
-    cases: list[str] = []
-    for _, rep in reports:
-        for c in rep.get("cases", []):
-            if c["case"] not in cases:
-                cases.append(c["case"])
-    finite = [
-        float(c["max_rel_error"])
-        for _, rep in reports
-        for c in rep.get("cases", [])
-        if np.isfinite(c["max_rel_error"]) and c["max_rel_error"] > 0
-    ]
-    tolerances = sorted({float(rep["tolerance"]) for _, rep in reports if "tolerance" in rep})
-    top = max(finite + tolerances + [1.0]) * 30.0
-    # the axis starts two decades below the smallest error; exact zeros sit on that floor, labelled "0"
-    floor = max(10.0 ** (math.floor(math.log10(min(finite + tolerances + [1.0]))) - 2), _ERROR_FLOOR)
-    n = len(reports)
-    width = 0.8 / n
-    x = np.arange(len(cases))
-    with matplotlib.rc_context(_RC):
-        from matplotlib.patches import Patch
-
-        fig, ax = _new_figure((max(8.0, 1.1 * len(cases) + 3.0), 5.2))
-        any_failed = False
-        for j, (label, rep) in enumerate(reports):
-            by_case = {c["case"]: c for c in rep.get("cases", [])}
-            heights, hatches, marks = [], [], []
-            for name in cases:
-                c = by_case.get(name)
-                v = float("nan") if c is None else float(c["max_rel_error"])
-                mark = ""
-                if c is None:
-                    heights.append(0.0)
-                    mark = "n/a"
-                elif not np.isfinite(v):
-                    heights.append(top - floor)
-                    mark = "inf"
-                elif v <= floor:
-                    heights.append(0.0)
-                    mark = "0" if v == 0 else ""
-                else:
-                    heights.append(v - floor)
-                failed = c is not None and not c.get("passed", True)
-                any_failed |= failed
-                hatches.append("//" if failed else "")
-                marks.append(mark)
-            pos = x - 0.4 + width * (j + 0.5)
-            bars = ax.bar(pos, heights, width, bottom=floor, color=f"C{j}", label=label, edgecolor="black", lw=0.6)
-            for bar, hatch, mark in zip(bars, hatches, marks, strict=True):
-                bar.set_hatch(hatch)
-                if mark:
-                    y = top / 3 if mark == "inf" else floor * 1.5
-                    va = "top" if mark == "inf" else "bottom"
-                    ax.text(bar.get_x() + bar.get_width() / 2, y, mark, ha="center", va=va, fontsize=10)
-        for tol in tolerances:
-            ax.axhline(tol, color="red", ls="--", lw=1.2, label=f"tolerance {tol:g}")
-        handles, _labels = ax.get_legend_handles_labels()
-        if any_failed:
-            handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="FAIL"))
-        ax.set_yscale("log")
-        ax.set_ylim(floor, top)
-        ax.set_xticks(x, cases)
-        ax.set_ylabel("max relative error")
-        trials = sorted({int(rep.get("trials", 0)) for _, rep in reports})
-        ax.set_title(
-            title
-            or f"Equivariance: max relative error per case ({'/'.join(map(str, trials))} trial(s); example: vs export)"
-        )
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        ax.grid(True, axis="y", which="major", alpha=0.3)
-        return _save(fig, path)
-
-
 # --------------------------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class TrainingCurve:
-    """Validation MSE over wall time for one model, with the trivial predictors' MSE on the same pairs.
-
-    Shapes: ``time``, ``val_mse`` ``(E,)`` (one value per epoch).
-    """
-
-    label: str
-    time: np.ndarray
-    val_mse: np.ndarray
-    persistence_mse: float | None = None
-    constant_velocity_mse: float | None = None
-
-
-def _number(v) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v)
-
-
-def training_curve(manifest: Mapping, label: str, where: str = "manifest.json") -> TrainingCurve:
-    """Read ``training.history`` (and ``training.metrics``) of a bundle manifest.
-
-    Raises:
-        InputError: no or an empty history, or entries without numeric ``time``/``val_mse`` (``where`` names
-            the manifest in the message).
-    """
-    training = manifest.get("training")
-    history = training.get("history") if isinstance(training, Mapping) else None
-    if history is None or (isinstance(history, list) and not history):
-        state = "is empty" if isinstance(history, list) else "is missing"
-        raise InputError(
-            f"{where}: training.history {state}, so there is no training curve to plot; "
-            "export a checkpoint made by 'e3traj train' (it records the history) or leave this bundle out"
-        )
-    if not isinstance(history, list):
-        raise InputError(f"{where}: training.history is a {type(history).__name__}, not a list; re-export the bundle")
-    times, vals = [], []
-    for i, entry in enumerate(history):
-        t = _number(entry.get("time")) if isinstance(entry, Mapping) else None
-        v = entry.get("val_mse") if isinstance(entry, Mapping) else None
-        v = float("nan") if v is None else _number(v)  # JSON null: a diverged epoch
-        if t is None or v is None:
-            raise InputError(
-                f"{where}: training.history[{i}] is {entry!r}; each entry needs numeric 'time' and 'val_mse'"
-            )
-        times.append(t)
-        vals.append(v)
-    metrics = training.get("metrics") if isinstance(training.get("metrics"), Mapping) else {}
-    return TrainingCurve(
-        label=label,
-        time=np.asarray(times, dtype=np.float64),
-        val_mse=np.asarray(vals, dtype=np.float64),
-        persistence_mse=_number(metrics.get("persistence_mse")),
-        constant_velocity_mse=_number(metrics.get("constant_velocity_mse")),
-    )
-
-
-def plot_training(
-    curves: Sequence[TrainingCurve], path: str | os.PathLike, *, title: str = "Training: validation MSE"
-) -> Path:
-    """Validation MSE (log scale) against wall time, one line per model, with the persistence and
-    constant-velocity MSE as horizontal lines (one grey pair when every curve shares the same values).
-    """
-    matplotlib, _ = _mpl()
-    if not curves:
-        raise UsageError("curves: empty; pass at least one TrainingCurve")
-    with matplotlib.rc_context(_RC):
-        fig, ax = _new_figure((7.5, 5.2))
-        for j, c in enumerate(curves):
-            t = np.asarray(c.time, dtype=np.float64)
-            v = np.asarray(c.val_mse, dtype=np.float64)
-            if t.shape != v.shape or t.ndim != 1:
-                raise UsageError(f"{c.label}: time {t.shape} and val_mse {v.shape} need the same (E,) shape")
-            v = np.where(np.isfinite(v) & (v > 0), v, np.nan)
-            best = np.nanmin(v) if np.isfinite(v).any() else float("nan")
-            ax.plot(t, v, "-o", color=f"C{j}", ms=3.5, lw=1.6, label=f"{c.label} (best {best:.3g})")
-        for attr, style, name in (
-            ("persistence_mse", "--", "persistence"),
-            ("constant_velocity_mse", ":", "constant velocity"),
-        ):
-            values = [(j, getattr(c, attr)) for j, c in enumerate(curves) if getattr(c, attr) is not None]
-            values = [(j, v) for j, v in values if np.isfinite(v) and v > 0]
-            if not values:
-                continue
-            distinct = {round(v, 12) for _, v in values}
-            if len(distinct) == 1:
-                v = values[0][1]
-                ax.axhline(v, color="grey", ls=style, lw=1.4, label=f"{name} MSE {v:.3g}")
-            else:
-                for j, v in values:
-                    ax.axhline(v, color=f"C{j}", ls=style, lw=1.2, label=f"{name} ({curves[j].label}) {v:.3g}")
-        ax.set_yscale("log")
-        ax.set_xlabel("wall time (s)")
-        ax.set_ylabel("validation MSE (one step)")
-        ax.set_title(title)
-        ax.legend(loc="best", framealpha=0.85)
-        ax.grid(True, which="major", alpha=0.3)
-        return _save(fig, path)

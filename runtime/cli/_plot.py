@@ -188,7 +188,8 @@ def _step_fn(b):
 
 def _parity(b, label: str, ds, data_name: str, out: Path) -> str:
     from .._data import split_pairs
-    from .._plot import plot_parity, r2_score
+    from .._plot import plot_parity
+    from .._plot_data import r2_score
 
     split = split_pairs(ds.frames)
     x, y, prev = split.val_x, split.val_y, split.val_prev
@@ -216,7 +217,8 @@ def _parity(b, label: str, ds, data_name: str, out: Path) -> str:
 def _rmsd(b, label: str, ds, data_name: str, n_starts: int, horizon: int, out: Path) -> str:
     from .._data import split_pairs
     from .._metrics import constant_velocity_step, persistence_step, rollout_starts
-    from .._plot import plot_rmsd, rollout_rmsd_curves
+    from .._plot import plot_rmsd
+    from .._plot_data import rollout_rmsd_curves
 
     split = split_pairs(ds.frames)
     n_val = len(split.frames) - 1 - split.val_start
@@ -244,7 +246,7 @@ def _rmsd(b, label: str, ds, data_name: str, n_starts: int, horizon: int, out: P
 
 def _equivariance(bundles, labels, trials: int, seed: int, tolerance: float, out: Path) -> str:
     from .._equivariance import check_bundle
-    from .._plot import plot_equivariance
+    from .._plot_reports import plot_equivariance
 
     reports = [
         (lab, check_bundle(b, trials=trials, seed=seed, tolerance=tolerance).to_dict())
@@ -259,7 +261,7 @@ def _equivariance(bundles, labels, trials: int, seed: int, tolerance: float, out
 
 
 def _training(curves, manifests, out: Path) -> str:
-    from .._plot import plot_training
+    from .._plot_reports import plot_training
 
     sources = {str((m.get("training") or {}).get("data_source")) for m in manifests}
     data = f" (data: {sources.pop()})" if len(sources) == 1 and "None" not in sources else ""
@@ -393,7 +395,7 @@ def training(bundles, output, force):
     """Validation MSE vs wall time from each bundle's training history (manifest training.history), with
     the persistence and constant-velocity MSE as horizontal lines.
     """
-    from .._plot import training_curve
+    from .._plot_data import training_curve
     from .._verify import verify_bundle
 
     out = _prepare(output, [], bundles, force)
@@ -426,7 +428,7 @@ def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, hor
     Parity and RMSD use the first --bundle; equivariance shows every bundle; training shows the bundles
     whose manifest holds a training history (skipped when none does).
     """
-    from .._plot import training_curve
+    from .._plot_data import training_curve
     from .._sources import resolve_data
 
     _positive("--starts", n_starts)

@@ -196,7 +196,7 @@ def test_replacing_sets_the_policy_of_outputs_that_do_not_say(tmp_path):
 
 
 def test_plot_without_force_keeps_a_figure_that_appears_meanwhile(cli, toy_bundle, tmp_path, monkeypatch):
-    import e3traj.runtime._plot as plot_mod
+    import e3traj.runtime._plot_reports as plot_mod
 
     out = tmp_path / "eq.svg"
 

@@ -18,18 +18,9 @@ pytest.importorskip("matplotlib")
 from e3traj.runtime._data import split_pairs  # noqa: E402
 from e3traj.runtime._errors import InputError, UsageError  # noqa: E402
 from e3traj.runtime._metrics import constant_velocity_step, persistence_step, rmsd, rollout_starts  # noqa: E402
-from e3traj.runtime._plot import (  # noqa: E402
-    TrainingCurve,
-    figure_format,
-    plot_equivariance,
-    plot_parity,
-    plot_rmsd,
-    plot_training,
-    plot_trajectory,
-    r2_score,
-    rollout_rmsd_curves,
-    training_curve,
-)
+from e3traj.runtime._plot import figure_format, plot_parity, plot_rmsd, plot_trajectory  # noqa: E402
+from e3traj.runtime._plot_data import TrainingCurve, r2_score, rollout_rmsd_curves, training_curve  # noqa: E402
+from e3traj.runtime._plot_reports import plot_equivariance, plot_training  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -388,6 +379,7 @@ def test_cli_all_writes_every_figure(cli, cli_error, make_bundle, data_file, tmp
     assert {n: (out / f"{n}.png").read_bytes() for n in names} == stamp  # nothing touched
     # no bundle with a history: training is skipped, the rest is written (drawing stubbed: only the choice matters)
     import e3traj.runtime._plot as plot_lib
+    import e3traj.runtime._plot_reports as report_lib
 
     drawn = []
 
@@ -399,8 +391,10 @@ def test_cli_all_writes_every_figure(cli, cli_error, make_bundle, data_file, tmp
 
         return _draw
 
-    for name in ("trajectory", "parity", "rmsd", "equivariance", "training"):
+    for name in ("trajectory", "parity", "rmsd"):
         monkeypatch.setattr(plot_lib, f"plot_{name}", stub(name))
+    for name in ("equivariance", "training"):
+        monkeypatch.setattr(report_lib, f"plot_{name}", stub(name))
     out2 = tmp_path / "figs2"
     r = cli("plot", "all", "--data", data_file, "--bundle", base, "--rollout", roll, "-o", out2, "--format", "svg")
     assert r.exit_code == 0, r.output
@@ -440,7 +434,7 @@ def test_plot_without_matplotlib_says_how_to_install(args):
 def test_plot_modules_import_without_matplotlib_and_say_how_to_install():
     r = _run_without_matplotlib(
         "import numpy as np\n"
-        "import e3traj.runtime, e3traj.runtime._plot as p, e3traj.runtime.cli._plot\n"
+        "import e3traj.runtime, e3traj.runtime._plot as p, e3traj.runtime._plot_reports, e3traj.runtime.cli._plot\n"
         "assert 'matplotlib' not in sys.modules\n"
         "from e3traj.runtime._errors import MissingExtra\n"
         "try:\n"
