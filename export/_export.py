@@ -9,7 +9,6 @@ models), and a final re-open of the finished bundle with the runtime, the way a 
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import os
@@ -21,18 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from e3traj.runtime import (
-    BUNDLE_FORMAT,
-    BUNDLE_FORMAT_VERSION,
     Bundle,
     CheckFailed,
     InputError,
     UsageError,
-    __version__,
     atomic_output_dir,
     check_equivariance,
     write_manifest,
@@ -40,15 +34,15 @@ from e3traj.runtime import (
 from e3traj.runtime import contract as C
 from e3traj.train import KINDS, build_model, load_checkpoint, reference_flops_per_frame, tabulate_radial
 
+from ._manifest import MIN_ONNXRUNTIME, _manifest
+from ._onnx import _eager, _finish_onnx, _metadata_props, _parity, _quiet, _run, _session, _torch_export
+
 __all__ = ["export_checkpoint", "ExportSettings", "DEFAULT_OPSET", "MIN_ONNXRUNTIME"]
 
 DEFAULT_OPSET = 18
-#: the oldest onnxruntime the bundles declare (IR version 10 / opset 18 need >= 1.17)
-MIN_ONNXRUNTIME = "1.17.0"
 INPUT = C.POSITIONS
 PREVIOUS = C.PREVIOUS_DISPLACEMENT
 OUTPUT = C.OUTPUT_NAME
-FORBIDDEN_OPS = {"NonZero", "Loop", "If", "Scan"}
 
 
 @dataclass
@@ -109,96 +103,6 @@ def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str,
         rand_v[: n_random // 2, :, 2] = 0.0
         out[PREVIOUS] = np.concatenate([real_v, rand_v]).astype(np.float32)
     return out
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _run(sess: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    return sess.run([OUTPUT], {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})[0]
-
-
-def _eager(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    with torch.no_grad():
-        return model(*(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in inputs.values())).numpy()
-
-
-def _parity(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray], ref: np.ndarray
-) -> float:
-    """Max abs error over the whole batch and over single frames (batch 1)."""
-    err = float(np.max(np.abs(run(inputs).astype(np.float64) - ref)))
-    for i in range(min(4, len(ref))):
-        one = {k: v[i : i + 1] for k, v in inputs.items()}
-        err = max(err, float(np.max(np.abs(run(one).astype(np.float64) - ref[i : i + 1]))))
-    return err
-
-
-def _torch_export(
-    model: torch.nn.Module,
-    x: tuple[torch.Tensor, ...],
-    path: Path,
-    opset: int,
-    dynamo: bool,
-    names: list[str] | None = None,
-) -> None:
-    names = names or [INPUT]
-    if dynamo:
-        batch = torch.export.Dim("batch", min=1, max=1 << 20)
-        prog = torch.onnx.export(
-            model,
-            tuple(x),
-            dynamo=True,
-            input_names=names,
-            output_names=[OUTPUT],
-            dynamic_shapes=tuple({0: batch} for _ in names),
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
-        )
-        prog.save(str(path), external_data=False)
-    else:
-        torch.onnx.export(
-            model,
-            tuple(x),
-            str(path),
-            dynamo=False,
-            input_names=names,
-            output_names=[OUTPUT],
-            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-
-
-def _finish_onnx(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    """Inline any external data, refuse forbidden ops, run the full checker, add metadata_props."""
-    model = onnx.load(str(path), load_external_data=True)
-    ops = {n.op_type for n in model.graph.node}
-    bad = sorted(ops & FORBIDDEN_OPS)
-    if bad:
-        raise CheckFailed(f"{path.name}: the exported graph contains {', '.join(bad)} (data-dependent); not written")
-    del model.metadata_props[:]
-    for k, v in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    for extra in path.parent.glob(path.name + "*.data"):
-        extra.unlink()
-    for f in path.parent.iterdir():
-        if f.suffix == ".data":
-            f.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
-    return {
-        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-        "ir_version": int(model.ir_version),
-        "nodes": len(model.graph.node),
-        "op_types": sorted(ops),
-    }
 
 
 def export_checkpoint(
@@ -321,97 +225,3 @@ def export_checkpoint(
             bundle.recheck_example()
     say(f"wrote {out}")
     return json.loads((out / "manifest.json").read_text())
-
-
-class _quiet:
-    """Silence torch.onnx's warnings and progress chatter on stdout/stderr during export."""
-
-    def __enter__(self):
-        import contextlib
-        import warnings
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
-        return False
-
-
-def _versions() -> dict[str, str]:
-    import e3nn
-
-    return {
-        "torch": torch.__version__,
-        "e3nn": e3nn.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def _manifest(ckpt, kind, graph, exporter, s: ExportSettings, parity: float, n_frames: int) -> dict[str, Any]:
-    metrics = ckpt.get("metrics", {})
-    hyper = dict(ckpt.get("config") or {})
-    return {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "e3traj_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {
-            "kind": kind,
-            "equivariant": KINDS[kind].equivariant,
-            "hyperparameters": hyper,
-            "max_radius": hyper.get("max_radius"),
-            "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
-            "num_nodes": 12,
-            "target_scale": float(ckpt.get("scale", 1.0)),
-            "input_scale": float(ckpt.get("input_scale", 1.0)),
-            "dtype": "float32",
-        },
-        "inputs": [
-            {"name": n, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": n} for n in _input_names(kind)
-        ],
-        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": KINDS[kind].output}],
-        "onnx": {
-            "file": "model.onnx",
-            "opset": graph["opset"],
-            "ir_version": graph["ir_version"],
-            "min_onnxruntime": MIN_ONNXRUNTIME,
-            "exporter": f"torch.onnx ({exporter})",
-            "nodes": graph["nodes"],
-            "op_types": graph["op_types"],
-        },
-        "example": {"file": "example.npz", "atol": s.parity_tol, "frames": n_frames},
-        "training": {
-            "data_sha256": ckpt.get("data", {}).get("sha256"),
-            "data_file_sha256": ckpt.get("data", {}).get("file_sha256"),
-            "data_source": ckpt.get("data", {}).get("source"),
-            "metrics": {
-                k: metrics.get(k)
-                for k in ("val_mse", "val_rmse", "persistence_mse", "constant_velocity_mse", "skill", "best_epoch")
-            },
-            "stopped_because": ckpt.get("stopped_because"),
-            "history": ckpt.get("history", []),
-        },
-        "versions": _versions(),
-        "verification": {"parity_max_abs": parity, "parity_frames": n_frames, "parity_tolerance": s.parity_tol},
-    }
-
-
-def _metadata_props(manifest: dict[str, Any]) -> dict[str, str]:
-    """Key manifest fields mirrored into the ONNX file, for Netron and other ONNX tools."""
-    m = manifest["model"]
-    return {
-        "e3traj.format": f"{manifest['format']}/{manifest['format_version']}",
-        "e3traj.version": manifest["e3traj_version"],
-        "e3traj.kind": m["kind"],
-        "e3traj.equivariant": str(m["equivariant"]).lower(),
-        "e3traj.output_meaning": manifest["outputs"][0]["meaning"],
-        "e3traj.num_nodes": "12",
-        "e3traj.hyperparameters": json.dumps(m["hyperparameters"], sort_keys=True),
-        "e3traj.training_data_sha256": str(manifest["training"]["data_sha256"]),
-    }

@@ -1,0 +1,83 @@
+"""The manifest export writes: what the model is, how it was trained and verified (the format's reader is the
+runtime's :mod:`e3traj.runtime._manifest`)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from e3traj.runtime import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
+from e3traj.runtime import contract as C
+from e3traj.train import KINDS
+
+__all__ = ["MIN_ONNXRUNTIME"]
+
+OUTPUT = C.OUTPUT_NAME
+#: the oldest onnxruntime the bundles declare (IR version 10 / opset 18 need >= 1.17)
+MIN_ONNXRUNTIME = "1.17.0"
+
+
+def _versions() -> dict[str, str]:
+    import e3nn
+
+    return {
+        "torch": torch.__version__,
+        "e3nn": e3nn.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int) -> dict[str, Any]:
+    metrics = ckpt.get("metrics", {})
+    hyper = dict(ckpt.get("config") or {})
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "e3traj_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "kind": kind,
+            "equivariant": KINDS[kind].equivariant,
+            "hyperparameters": hyper,
+            "max_radius": hyper.get("max_radius"),
+            "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
+            "num_nodes": 12,
+            "target_scale": float(ckpt.get("scale", 1.0)),
+            "input_scale": float(ckpt.get("input_scale", 1.0)),
+            "dtype": "float32",
+        },
+        "inputs": [
+            {"name": n, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": n} for n in KINDS[kind].inputs
+        ],
+        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": KINDS[kind].output}],
+        "onnx": {
+            "file": "model.onnx",
+            "opset": graph["opset"],
+            "ir_version": graph["ir_version"],
+            "min_onnxruntime": MIN_ONNXRUNTIME,
+            "exporter": f"torch.onnx ({exporter})",
+            "nodes": graph["nodes"],
+            "op_types": graph["op_types"],
+        },
+        "example": {"file": "example.npz", "atol": s.parity_tol, "frames": n_frames},
+        "training": {
+            "data_sha256": ckpt.get("data", {}).get("sha256"),
+            "data_file_sha256": ckpt.get("data", {}).get("file_sha256"),
+            "data_source": ckpt.get("data", {}).get("source"),
+            "metrics": {
+                k: metrics.get(k)
+                for k in ("val_mse", "val_rmse", "persistence_mse", "constant_velocity_mse", "skill", "best_epoch")
+            },
+            "stopped_because": ckpt.get("stopped_because"),
+            "history": ckpt.get("history", []),
+        },
+        "versions": _versions(),
+        "verification": {"parity_max_abs": parity, "parity_frames": n_frames, "parity_tolerance": s.parity_tol},
+    }
