@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from e3traj.runtime._bench import median_time
-from e3traj.train._model import DisplacementModel, E3nnConfig, load_reference_weights
+from e3traj.train import DisplacementModel, E3nnConfig, load_reference_weights
 
 
 def _median_time(fn, n_inner: int, repeats: int = 5) -> float:

@@ -80,8 +80,8 @@ def _frames(n: int) -> np.ndarray:
 def _build(tmp: Path, frames: np.ndarray, say) -> tuple[torch.nn.Module, torch.nn.Module, Path, float]:
     """The model (seeded random weights), e3nn's Network with the same weights, the exported bundle, export time."""
     from e3traj.export._export import ExportSettings, export_checkpoint
+    from e3traj.train import DisplacementModel, E3nnConfig, load_reference_weights
     from e3traj.train._checkpoint import save_checkpoint
-    from e3traj.train._model import DisplacementModel, E3nnConfig, load_reference_weights
 
     torch.manual_seed(0)
     config = E3nnConfig()
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from e3traj.runtime import Bundle, rollout
     from e3traj.runtime._bench import bundle_size, machine_info
     from e3traj.runtime._flops import matmul_flops_per_frame, matmul_roofline_detail
-    from e3traj.train._model import reference_flops_per_frame
+    from e3traj.train import reference_flops_per_frame
 
     def say(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ def chapter_loop(split, seconds: float, eval_every: float):
     """The chapter's training loop for ``seconds``; returns frames/s and (time, val MSE) points."""
     from torch_geometric.data import Data
 
-    from e3traj.train._model import E3nnConfig, FixedGraphNetwork, build_reference_network
+    from e3traj.train import E3nnConfig, FixedGraphNetwork, build_reference_network
 
     torch.manual_seed(0)
     net = build_reference_network(E3nnConfig())

@@ -4,8 +4,11 @@ The public API is what this module exports; export/ uses these names, never a pr
 """
 
 from ._checkpoint import CHECKPOINT_FORMAT, MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
+from ._config import E3nnConfig, build_reference_network, load_reference_weights
 from ._kinds import KINDS, ModelKind, get_kind
-from ._model import E3nnConfig, FixedGraphNetwork, reference_flops_per_frame, tabulate_radial
+from ._model import DisplacementModel
+from ._network import FixedGraphNetwork
+from ._radial import reference_flops_per_frame, tabulate_radial
 from ._train import TrainConfig, TrainResult, evaluate_checkpoint, step_function, train_model
 
 __all__ = [
@@ -18,6 +21,9 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "E3nnConfig",
+    "build_reference_network",
+    "load_reference_weights",
+    "DisplacementModel",
     "FixedGraphNetwork",
     "reference_flops_per_frame",
     "tabulate_radial",

@@ -81,7 +81,7 @@ def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.M
     kind = get_kind(ckpt["kind"], error=InputError, where=f"{name}: field 'kind' is")
     config = None
     if kind.e3nn:
-        from ._model import E3nnConfig
+        from ._config import E3nnConfig
 
         try:
             config = E3nnConfig.from_dict(ckpt["config"])

@@ -78,7 +78,7 @@ def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0) -> torch.nn
     kind = cfg.kind
     config = None
     if kind.e3nn:
-        from ._model import E3nnConfig
+        from ._config import E3nnConfig
 
         overrides = dict(cfg.e3nn)
         if kind.node_features is not None:

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from ._model import E3nnConfig, FixedGraphNetwork
+from ._config import E3nnConfig
+from ._network import FixedGraphNetwork
 
 __all__ = ["VelocityModel"]
 

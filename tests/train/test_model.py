@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from e3traj.train._model import (
+from e3traj.train import (
     DisplacementModel,
     E3nnConfig,
     FixedGraphNetwork,
-    _fctp_structure,
-    _path_classes,
-    _path_pattern,
     build_reference_network,
     load_reference_weights,
     reference_flops_per_frame,
     tabulate_radial,
 )
+from e3traj.train._plan import _fctp_structure, _path_classes, _path_pattern
 
 CONFIGS = {
     "default": E3nnConfig(),

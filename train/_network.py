@@ -1,0 +1,479 @@
+"""e3nn's ``gate_points_2101.Network`` over a fixed fully connected graph, as dense batched tensor algebra.
+
+e3nn's Network builds its graph with ``radius_graph`` (``nonzero``: data-dependent shapes, slow, not exportable)
+and runs its tensor products through many small code-generated einsums. :class:`FixedGraphNetwork` owns an e3nn
+``Network`` (so its parameters *are* e3nn's) and evaluates exactly the same function with a handful of batched
+MatMuls over the ``n * (n - 1)`` ordered bead pairs, with the cutoff acting as a mask:
+
+* **Graph.** Edges are all ordered pairs ``i != j``, neighbour-major: edge ``e = k * n + i`` has destination ``i`` and
+  source ``(i + k + 1) % n``, and edge tensors are laid out ``(features, k, i, B)``, so summing over neighbours adds
+  whole contiguous rows. e3nn's smooth cutoff already makes edge attributes vanish for ``r >= max_radius``; e3nn's
+  ``radius_graph`` also drops pairs with ``r == 0`` (``r > 0``), which is reproduced by multiplying edge attributes by
+  ``(r > 0)``: **coincident beads do not interact**, as in e3nn's Network. Edge lengths use ``sqrt(clamp(r2, tiny))``
+  so forward and backward stay finite at ``r == 0``.
+* **Linear maps.** Node attributes are the constant scalar 1, so ``sc``, ``lin1`` and ``lin2`` (tensor products
+  with a ``0e`` second input) are linear maps. Their dense matrices are gathered from e3nn's flat weight vectors
+  with constant index/coefficient tables (``matrix = weights[idx] * coef``: exact and differentiable).
+* **Convolution.** e3nn's ``tp`` (mode ``uvu``, per-edge weights) is, for an input channel ``u`` of irrep
+  ``l1`` and a path ``(l2, l3)``, ``pw * w_e[u] * x_src[u, :] @ Q_e`` with ``Q_e[a, m] = sum_b C[a, b, m] Y_e[b]``
+  (``C`` the Wigner 3j symbol). The spherical harmonics are homogeneous polynomials of the unit edge vector, so
+  every ``Q_e`` entry of every layer (times the smooth cutoff) comes from one MatMul of the cutoff-scaled edge
+  monomials with a constant matrix. Input channels are grouped by ``l1`` and their set of paths (both parities
+  share a group when their paths agree). Only the structurally non-zero entries of ``Q`` are multiplied: a path
+  reaching ``S`` components ``m = sigma_s(a)`` per input component ``a`` (1 for ``(1, 0, 1)`` (diagonal) and
+  ``(1, 1, 0)``, 2 for the cross product ``(1, 1, 1)``, 3 for ``(1, 2, 1)``) contributes the terms
+  ``x[u, a] * w[u, c] * Q[c, s, a]``, one broadcast product per group (or one per ``S`` when that saves enough
+  work); the sum over neighbours ``k`` adds whole contiguous rows, and
+  the sum over ``a`` into each ``m`` is folded into ``lin2``'s matrix, which also carries the path weights,
+  ``1 / sqrt(num_neighbors)``, e3nn's sc/conv mixing and the gate's channel order.
+* **Layout.** Node tensors are node-major rows ``(n * B, features)``: linear maps are one MatMul each, and copying
+  nodes onto edges is one Gather of whole rows (``(n, B * features)`` -> ``(k, i, B * features)``) followed by one 2-D
+  transpose to the feature-first edge layout. No gather ever copies single elements (onnxruntime's Gather is slow
+  then), no reduction runs over a short innermost axis, and nothing depends on the data's values.
+* **Radial MLP.** Edge lengths are symmetric, so the MLPs run (batch-first) on the ``n (n - 1) / 2`` unordered pairs
+  only; the outputs of all layers' MLPs are copied to the edges by one Gather of whole rows. For export,
+  :func:`tabulate_radial` replaces the MLPs (functions of the edge length alone) by a cubic Hermite table on
+  ``[0, max_radius]`` with a measured error (default: at most 1e-6 of their largest value): one row Gather and one
+  small MatMul per pair instead of 8 MatMuls and 4 SiLUs.
+* **Gate.** Column slices and activations; each gate reaches its gated channels by a one-hot MatMul (exact); the
+  activations' normalisation constants are folded into the next layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._config import E3nnConfig, build_reference_network, o3
+from ._plan import (
+    _act_segments,
+    _apply,
+    _Consts,
+    _elementwise_structure,
+    _fctp_structure,
+    _fixed_graph,
+    _monomial_to_sh,
+    _path_classes,
+    _path_pattern,
+    _rows_to_edges,
+)
+
+__all__ = ["FixedGraphNetwork"]
+
+
+_RADIAL_COEFFS = 4  # cubic Hermite pieces: coefficients of 1, f, f**2, f**3 per interval
+
+
+_TINY = 1e-30  # r2 floor for the edge length: keeps sqrt and 1/r finite (forward and backward) at r == 0
+
+
+class FixedGraphNetwork(torch.nn.Module):
+    """e3nn's ``gate_points_2101.Network`` (``reduce_output=False``) over the fixed complete graph, batched.
+
+    ``self.network`` is an e3nn ``Network`` whose parameters are used (never its forward): ``state_dict()`` has only
+    ``network.*`` keys, and with that prefix stripped it loads into :func:`build_reference_network` (and back).
+    Internally node tensors are ``(n * B, features)`` and edge tensors ``(features, k, i, B)`` (see the module
+    docstring) so every gather, broadcast and reduction works on contiguous blocks and every linear map is one MatMul.
+
+    Shapes: pos ``(B, n, 3)``, node_features ``(B, n, dim(irreps_in))`` (only when ``config.irreps_in`` is set),
+    output ``(B, n, dim(irreps_out))``, ``n = config.num_nodes``.
+    """
+
+    def __init__(self, config: E3nnConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.network = build_reference_network(config)
+        n = config.num_nodes
+        src, dst, pair_edge, edge_pair = _fixed_graph(n)
+        self.n_nodes, self.n_edges, self.n_pairs = n, len(src), len(pair_edge)
+        self._dim_in = o3.Irreps(config.irreps_in).dim if config.irreps_in is not None else 1
+        self._dim_out = o3.Irreps(config.irreps_out).dim
+        consts = _Consts()
+        if not np.array_equal(dst, np.tile(np.arange(n), n - 1)):
+            raise AssertionError("edges must be neighbour-major")
+        consts.const("src", src)  # rows gathered from node-major tensors (n, ...) -> (k, i, ...)
+        consts.const("pair_edge", pair_edge)
+        consts.const("edge_pair", edge_pair)
+        self.consts = consts
+
+        convs, gates = [], []
+        for lay in self.network.layers:
+            if hasattr(lay, "first"):
+                convs.append(lay.first)
+                gates.append(lay.second)
+            else:
+                convs.append(lay)
+                gates.append(None)
+        self._convs = convs  # plain list: these are submodules of self.network, not registered twice
+
+        # radial embedding (e3nn soft_one_hot_linspace, gaussian, cutoff=False, times sqrt(number_of_basis))
+        nb = config.number_of_basis
+        values = np.linspace(0.0, config.max_radius, nb)
+        step = values[1] - values[0]
+        consts.const("rb_values", values)
+        self._rb_inv_step = 1.0 / step
+        rb_scale = nb**0.5 / 1.12  # folded into the first radial layer
+
+        # radial MLPs (e3nn FullyConnectedNet): per layer the weight scale and the activation; the activation's
+        # normalisation constant and sqrt(var_out) are folded into the next layer's scale
+        self._fc_meta = []
+        for conv in convs:
+            meta = []
+            carry = rb_scale
+            for k in range(len(conv.fc.hs) - 1):
+                lay = getattr(conv.fc, f"layer{k}")
+                if lay.act is not None:
+                    meta.append((carry / (lay.h_in * lay.var_in) ** 0.5, lay.act.f))
+                    carry = (1.0 if lay.act._is_id else lay.act.cst) * lay.var_out**0.5
+                else:
+                    meta.append((carry / (lay.h_in * lay.var_in / lay.var_out) ** 0.5, None))
+            self._fc_meta.append(meta)
+
+        sh_l = [mul_ir.ir.l for mul_ir in o3.Irreps.spherical_harmonics(config.lmax)]
+        self._plans = torch.nn.ModuleList()
+        self._metas = []
+        q_keys: dict[tuple, tuple] = {}  # (l1, combos, S) -> (row offset in the Q matrix, the product's sigma)
+        q_rows = 0
+        row_scale = np.ones(convs[0].irreps_in.dim)
+        for conv, gate in zip(convs, gates):
+            plan, meta, row_scale = self._build_plan(conv, gate, row_scale, sh_l)
+            for g in meta["groups"]:
+                for cl in g["classes"]:
+                    key = (g["l1"], cl["combos"], cl["S"])
+                    if key not in q_keys:
+                        q_keys[key] = (q_rows, cl["sigma"])
+                        q_rows += (2 * g["l1"] + 1) * cl["C"] * cl["S"]
+                    cl["q_off"] = q_keys[key][0]
+            self._plans.append(plan)
+            self._metas.append(meta)
+
+        self._n_w_all = sum(m["n_w"] for m in self._metas)  # edge-weight rows of all layers
+        # (intervals, 4 * sum n_w) power-basis coefficients of the radial MLPs, set by tabulate_radial on a frozen
+        # copy for export; a plain attribute (not a buffer) so that state_dict keeps only e3nn's parameters
+        self._radial_table: torch.Tensor | None = None
+
+        # Q: per edge and per product (l1, combos, S) the (C, S, 2 l1 + 1) terms sum_b w3j[a, b, m] Y_l2[b] with
+        # m = sigma_c[a][s] (zero where a path has fewer than S terms), times the smooth cutoff: one MatMul of the
+        # cutoff-scaled unit-vector monomials (degrees 0..max l2) with a constant matrix
+        max_l2 = max((l2 for key in q_keys for l2, _ in key[1]), default=0)
+        self._mono_degree = max_l2
+        mono_off, n_mono = {0: 0}, 1
+        for deg in range(1, max_l2 + 1):
+            mono_off[deg] = n_mono
+            n_mono += 3**deg
+        sh_poly = {deg: _monomial_to_sh(deg) for deg in range(1, max_l2 + 1)}
+        q_mat = np.zeros((q_rows, n_mono))
+        for (l1, combos, n_t), (off, sigma) in q_keys.items():  # the terms the post matrix expects (same sigma)
+            for c, (l2, l3) in enumerate(combos):
+                w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()  # (2l1+1, 2l2+1, 2l3+1)
+                poly = np.ones((1, 1)) if l2 == 0 else sh_poly[l2]  # Y_0 = 1
+                for a, ms in enumerate(sigma[c]):
+                    for s, m in enumerate(ms):
+                        row = off + (c * n_t + s) * (2 * l1 + 1) + a
+                        q_mat[row, mono_off[l2] : mono_off[l2] + 3**l2] = poly @ w3j[a, :, m]
+        consts.const("q_mat", q_mat)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _build_plan(self, conv, gate, row_scale: np.ndarray, sh_l: list[int]):
+        """Constant tables of one convolution (+ gate), and the row scale of the next layer's input."""
+        irreps_in, irreps_out = conv.irreps_in, conv.irreps_out
+        d_in, d_out = irreps_in.dim, irreps_out.dim
+        plan = _Consts()
+
+        # gate: rows of the conv output reordered to [scalars | gates | gated] (e3nn's Extract), constants
+        if gate is not None:
+            cut = gate.sc.cut
+            perm = []
+            for ins in cut.instructions:
+                for i_in in ins:
+                    start = cut.irreps_in[:i_in].dim
+                    perm.extend(range(start, start + cut.irreps_in[i_in].dim))
+            perm = np.array(perm, dtype=np.int64)
+            if sorted(perm.tolist()) != list(range(d_out)):
+                raise NotImplementedError("unexpected gate layout")
+            n_s, n_g, n_gated = gate.irreps_scalars.dim, gate.irreps_gates.dim, gate.irreps_gated.dim
+            segs_s, cst_s = _act_segments(gate.act_scalars)
+            if n_g:
+                segs_g, cst_g = _act_segments(gate.act_gates)
+                gidx, gcoef = _elementwise_structure(gate.mul, n_gated, n_g)
+                plan.const("gsel", np.eye(n_g)[:, gidx])  # gates -> gated channels as one MatMul (exact)
+                next_row_scale = np.concatenate([cst_s, gcoef * cst_g[gidx]])
+            else:
+                segs_g, next_row_scale = [], cst_s
+        else:
+            perm = np.arange(d_out)
+            n_s = n_g = 0
+            segs_s = segs_g = []
+            next_row_scale = None
+
+        # e3nn's Convolution output: c_s * sc(x) + c_x' * lin2(agg), c_x' = 1 where sc has no path
+        c_s, c_x = math.sin(math.pi / 8), math.cos(math.pi / 8)
+        mask = conv.sc.output_mask.detach().double().numpy()
+        c_x_col = (1 - mask) + c_x * mask
+
+        # input channels grouped by irrep (l1, p1): lin1's output rows in grouped layout (U, 2 l1 + 1)
+        # tp paths (uvu, one sh copy per l2): the (l2, l3) combos of each input irrep
+        tp, mid = conv.tp, conv.tp.irreps_out
+        ir_combos: dict = {mul_ir.ir: set() for mul_ir in irreps_in}
+        for ins in tp.instructions:
+            if ins.connection_mode != "uvu" or not ins.has_weight or tp.irreps_in2[ins.i_in2].mul != 1:
+                raise NotImplementedError(f"unexpected tp instruction {ins}")
+            ir_combos[irreps_in[ins.i_in1].ir].add((sh_l[ins.i_in2], mid[ins.i_out].ir.l))
+
+        # input channels grouped by (l1, combos): irreps of both parities with the same paths share one group
+        # (one broadcast product per group); lin1's output rows in grouped layout (U, 2 l1 + 1)
+        groups, by_key, uoff = [], {}, {}
+        keys = {ir: (ir.l, tuple(sorted(combos))) for ir, combos in ir_combos.items()}
+        pos = 0
+        for key in sorted(set(keys.values())):
+            u = 0
+            for i1, mul_ir in enumerate(irreps_in):
+                if keys[mul_ir.ir] == key:
+                    uoff[i1] = u
+                    u += mul_ir.mul
+            g = {"l1": key[0], "U": u, "x_start": pos, "combos": key[1]}
+            groups.append(g)
+            by_key[key] = g
+            pos += u * (2 * key[0] + 1)
+        gmap = {ir: by_key[key] for ir, key in keys.items()}
+        lin1_cols = np.zeros(d_in, dtype=np.int64)
+        for i1, (mul_ir, sl) in enumerate(zip(irreps_in, irreps_in.slices())):
+            g, d = gmap[mul_ir.ir], mul_ir.ir.dim
+            for u in range(mul_ir.mul):
+                for a in range(d):
+                    lin1_cols[g["x_start"] + (uoff[i1] + u) * d + a] = sl.start + u * d + a
+        idx_sc, coef_sc = _fctp_structure(conv.sc)
+        idx_l1, coef_l1 = _fctp_structure(conv.lin1)
+        n_sc = conv.sc.weight_numel
+        # weights vector: [sc.weight, 0, lin1.weight, 0]
+        pre_idx = np.concatenate([idx_sc[:, perm], idx_l1[:, lin1_cols] + n_sc + 1], axis=1)
+        pre_coef = np.concatenate([coef_sc[:, perm] * c_s, coef_l1[:, lin1_cols]], axis=1) * row_scale[:, None]
+        plan.const("pre_idx", pre_idx.T)
+        plan.const("pre_coef", pre_coef.T)
+
+        # per group: its products (path classes by number of terms S; see _path_classes)
+        groups = [g for g in groups if g["combos"]]
+        d_pos = w_pos = 0
+        where = {}  # (group key, (l2, l3)) -> (class, index in the class)
+        for g in groups:
+            dim1 = 2 * g["l1"] + 1
+            g["classes"] = []
+            for combos, n_t in _path_classes(g["l1"], g["combos"], g["U"]):
+                cl = {"combos": combos, "S": n_t, "C": len(combos), "d_start": d_pos, "w_start": w_pos}
+                cl["sigma"] = [_path_pattern(g["l1"], *c) for c in combos]
+                g["classes"].append(cl)
+                for cc, combo in enumerate(combos):
+                    where[(g["l1"], g["combos"], combo)] = (cl, cc)
+                d_pos += g["U"] * len(combos) * n_t * dim1
+                w_pos += g["U"] * len(combos)
+        n_d, n_w = d_pos, w_pos
+
+        # per path: radial weight column, and (D row -> tp output index, path weight); D rows per class are
+        # (u, c, s, a) with m = sigma_c[a][s] (padding rows stay -1: zero in the post matrix)
+        wn = tp.weight_numel
+        w_cols = np.full(n_w, wn, dtype=np.int64)  # wn -> an appended zero column
+        w_xrow = np.zeros(n_w, dtype=np.int64)  # the input row (component a = 0) of each weight's channel
+        d_mid = np.full(n_d, -1)
+        d_pw = np.zeros(n_d)
+        mid_slices = mid.slices()
+        w_off = 0
+        for ins in tp.instructions:
+            mul_ir = irreps_in[ins.i_in1]
+            l2, l3 = sh_l[ins.i_in2], mid[ins.i_out].ir.l
+            g = gmap[mul_ir.ir]
+            cl, cc = where[(g["l1"], g["combos"], (l2, l3))]
+            dim1 = 2 * g["l1"] + 1
+            for u in range(mul_ir.mul):
+                ug = uoff[ins.i_in1] + u
+                w_cols[cl["w_start"] + ug * cl["C"] + cc] = w_off + u
+                w_xrow[cl["w_start"] + ug * cl["C"] + cc] = g["x_start"] + ug * dim1
+                for a, ms in enumerate(cl["sigma"][cc]):
+                    for s, m in enumerate(ms):
+                        dd = cl["d_start"] + ((ug * cl["C"] + cc) * cl["S"] + s) * dim1 + a
+                        d_mid[dd] = mid_slices[ins.i_out].start + u * (2 * l3 + 1) + m
+                        d_pw[dd] = ins.path_weight
+            w_off += math.prod(ins.path_shape)
+        if w_off != wn:
+            raise NotImplementedError("tp weight layout mismatch")
+        plan.const("w_cols", w_cols)
+        plan.const("w_xrow", w_xrow)
+
+        # post: lin2 after the neighbour sum, with path weights, 1/sqrt(num_neighbors) and the output mixing
+        idx_l2, coef_l2 = _fctp_structure(conv.lin2)
+        valid = d_mid >= 0
+        post_idx = np.full((n_d, d_out), conv.lin2.weight_numel, dtype=np.int64)
+        post_coef = np.zeros((n_d, d_out))
+        post_idx[valid] = idx_l2[d_mid[valid]]
+        post_coef[valid] = coef_l2[d_mid[valid]] * d_pw[valid, None]
+        post_coef *= c_x_col[None, :] / self.config.num_neighbors**0.5
+        plan.const("post_idx", post_idx[:, perm].T)
+        plan.const("post_coef", post_coef[:, perm].T)
+
+        meta = {
+            "d_in": d_in,
+            "d_out": d_out,
+            "n_w": n_w,
+            "groups": groups,
+            "gate": gate is not None,
+            "n_s": n_s,
+            "n_g": n_g,
+            "segs_s": segs_s,
+            "segs_g": segs_g,
+        }
+        return plan, meta, next_row_scale
+
+    def _pre_matrices(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per layer the self-connection and lin1 as one matrix ``(d_in, d_out + d_in)``; weights only."""
+        pres = []
+        for conv, plan in zip(self._convs, self._plans):
+            zero = conv.sc.weight.new_zeros(1)
+            wpre = torch.cat([conv.sc.weight, zero, conv.lin1.weight, zero])
+            pre = torch.index_select(wpre, 0, plan.pre_idx.reshape(-1)).reshape(plan.pre_idx.shape)
+            pres.append((pre * plan.pre_coef.to(dtype)).t())
+        return pres
+
+    def _radial_mlp(self, r: torch.Tensor, pres: list[torch.Tensor]) -> torch.Tensor:
+        """The radial MLPs of all layers (batch-first) with their last layers' columns in the weight-row order.
+
+        ``pres``: :meth:`_pre_matrices`; without node features layer 0's lin1 output for the constant node input
+        (its first row's lin1 part) is folded into layer 0's last radial layer.
+        Shapes: r ``(M,)`` -> ``(M, sum n_w)``.
+        """
+        c = self.consts
+        x0 = pres[0][0, self._metas[0]["d_out"] :] if self.config.irreps_in is None else None  # (d_in,)
+        diff = (r[:, None] - c.rb_values.to(r.dtype)) * self._rb_inv_step
+        emb = torch.exp(-(diff * diff))  # (M, number_of_basis)
+        outs = []
+        for conv, plan, fc_meta in zip(self._convs, self._plans, self._fc_meta):
+            h = emb
+            last = len(fc_meta) - 1
+            for k in range(len(fc_meta)):
+                scale, act = fc_meta[k]
+                weight = getattr(conv.fc, f"layer{k}").weight
+                if k == last:
+                    weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
+                    weight = torch.index_select(weight, 1, plan.w_cols)
+                    if x0 is not None and not outs:
+                        weight = weight * torch.index_select(x0, 0, plan.w_xrow)
+                h = h @ (weight * scale)
+                if act is not None:
+                    h = act(h)
+            outs.append(h)
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    def _radial_from_table(self, r: torch.Tensor) -> torch.Tensor:
+        """:meth:`_radial_mlp` from the cubic table: interval ``i = floor(r / h)``, ``f = r / h - i``,
+        ``sum_j f**j c_j[i]``. ``r`` is clamped to ``[0, max_radius]`` (beyond it the smooth cutoff zeroes the edge)
+        and the index to ``[0, intervals - 1]``, so no value of ``r`` (NaN included) can index outside the table.
+
+        Shapes: r ``(M,)`` -> ``(M, sum n_w)``.
+        """
+        table = self._radial_table
+        n_int = table.shape[0]
+        t = torch.clamp(r * (n_int / self.config.max_radius), min=0.0, max=float(n_int))
+        i = torch.clamp(t.to(torch.int64), min=0, max=n_int - 1)
+        f = t - i.to(r.dtype)
+        powers = f[:, None] ** torch.arange(_RADIAL_COEFFS, dtype=r.dtype)  # (M, 4)
+        coef = torch.index_select(table.to(r.dtype), 0, i).reshape(-1, _RADIAL_COEFFS, self._n_w_all)
+        return (powers[:, None, :] @ coef).reshape(-1, self._n_w_all)  # (M, 1, 4) @ (M, 4, W)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Evaluate e3nn's Network on a batch of frames.
+
+        Shapes: pos ``(B, n, 3)``; node_features ``(B, n, dim(irreps_in))`` iff ``config.irreps_in`` is set;
+        returns ``(B, n, dim(irreps_out))``.
+        """
+        c = self.consts
+        dtype = pos.dtype
+        n, n_edges = self.n_nodes, self.n_edges
+        pos_n = pos.transpose(0, 1)  # (n, B, 3): node-major rows
+        pres = self._pre_matrices(dtype)
+        # without node features the first layer's input is the constant 1 on every node: its sc and lin1
+        # outputs are one constant row, and lin1's (scalars, one per channel) is folded into the radial weights
+        const_input = self.config.irreps_in is None
+        if const_input:
+            if node_features is not None:
+                raise ValueError("this network takes no node_features (config.irreps_in is None)")
+            x = None
+        else:
+            if node_features is None:
+                raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
+            x = node_features.transpose(0, 1).reshape(-1, self._dim_in)
+
+        # ---- geometry: edge vectors src - dst, rows (k, i, B), then feature-first (3, E * B); lengths,
+        # smooth cutoff * (r > 0), unit-vector monomials
+        vec = (torch.index_select(pos_n, 0, c.src).reshape(n - 1, n, -1, 3) - pos_n).reshape(-1, 3).t()
+        r2 = (vec * vec).sum(0, keepdim=True)  # (1, E * B)
+        r = torch.sqrt(torch.clamp(r2, min=_TINY))
+        unit = vec / r
+        u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
+        attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)  # (1, E * B)
+        monos = [attr_scale]
+        if self._mono_degree:
+            cur = unit * attr_scale
+            monos.append(cur)
+            for deg in range(2, self._mono_degree + 1):
+                cur = (cur[:, None] * unit[None, :]).reshape(3**deg, -1)
+                monos.append(cur)
+        mono = torch.cat(monos, dim=0) if len(monos) > 1 else monos[0]  # (n_mono, E * B)
+        q = c.q_mat.to(dtype) @ mono  # (rows, E * B)
+
+        # ---- radial MLPs of all layers on the unordered pairs, rows (P, B) -> (P * B, sum n_w), or their cubic
+        # table (see tabulate_radial); copied to the edges as whole rows (one Gather), then feature-first
+        rp = torch.index_select(r.reshape(n_edges, -1), 0, c.pair_edge).reshape(-1)  # (P * B,)
+        if self._radial_table is not None:
+            h = self._radial_from_table(rp)
+        else:
+            h = self._radial_mlp(rp, pres)
+        w_all = _rows_to_edges(h, c.edge_pair, self.n_pairs, self._n_w_all)
+        w_row = 0
+
+        for layer, (conv, plan, meta, pre) in enumerate(zip(self._convs, self._plans, self._metas, pres)):
+            d_out, n_w = meta["d_out"], meta["n_w"]
+            w_base = w_row
+            w_row += n_w
+
+            # self-connection and lin1 in one MatMul: (n * B, d_out + d_in); lin1's part copied to the edges
+            if const_input and layer == 0:
+                s, xs = pre[:, :d_out], None  # (1, d_out): the same row for every node
+            else:
+                t = x @ pre
+                s = t[:, :d_out]
+                xs = _rows_to_edges(t[:, d_out:], c.src, n, meta["d_in"])  # (d_in, E * B)
+
+            # tensor product per product class: the terms w[u, c] x[u, a] Q[c, s, a] summed over the neighbours k
+            # (outside (n, B): the sum adds whole contiguous rows); the sum over a is folded into the post matrix
+            aggs = []
+            for g in meta["groups"]:
+                n_u, dim1 = g["U"], 2 * g["l1"] + 1
+                if xs is not None:
+                    xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
+                for cl in g["classes"]:
+                    n_c, n_t = cl["C"], cl["S"]
+                    w0 = w_base + cl["w_start"]  # sliced from w_all directly: one Split in onnxruntime
+                    wg = w_all[w0 : w0 + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
+                    qg = q[cl["q_off"] : cl["q_off"] + n_c * n_t * dim1].reshape(n_c, n_t, dim1, n - 1, -1)
+                    p = (wg if xs is None else xg * wg) * qg  # (U, C, S, dim1, n - 1, n * B)
+                    aggs.append(p.reshape(n_u * n_c * n_t * dim1, n - 1, -1).sum(1))
+            if aggs:  # (a layer can have no path at all, e.g. lmax=0 with vector inputs only)
+                agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, n * B)
+                wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
+                post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
+                y = s + agg.t() @ (post * plan.post_coef.to(dtype)).t()  # (n * B, d_out)
+            else:
+                y = s if xs is not None else s.expand(n * pos.shape[0], -1)
+
+            if meta["gate"]:
+                n_s, n_g = meta["n_s"], meta["n_g"]
+                parts = [_apply(f, y[:, a:b]) for a, b, f in meta["segs_s"]]
+                if n_g:
+                    gates = [_apply(f, y[:, n_s + a : n_s + b]) for a, b, f in meta["segs_g"]]
+                    gates = torch.cat(gates, dim=1) if len(gates) > 1 else gates[0]
+                    parts.append(y[:, n_s + n_g :] * (gates @ plan.gsel.to(dtype)))
+                x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            else:
+                x = y
+        return x.reshape(n, -1, self._dim_out).transpose(0, 1)
