@@ -30,6 +30,8 @@ from ._errors import (
     MissingExtra,
     RolloutIncomplete,
     UsageError,
+    first_line,
+    one_line,
 )
 from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file
 from ._manifest import write_manifest
@@ -85,6 +87,8 @@ __all__ = [
     "CheckFailed",
     "RolloutIncomplete",
     "MissingExtra",
+    "first_line",
+    "one_line",
     "EXIT_USAGE",
     "EXIT_INPUT",
     "EXIT_CHECK",

@@ -1,16 +1,7 @@
 """Measure a bundle's throughput and latency on this CPU, beside the machine's own matmul speed (numpy + onnxruntime).
 
-The roofline and the work per frame are :mod:`e3traj.runtime._flops`:
+The roofline and the MatMul work per frame are :mod:`e3traj.runtime._flops`'s.
 
-* **Roofline.** :func:`matmul_roofline` times numpy float32 matmuls at the shapes the e3nn graph runs (the radial
-  MLP on a sub-batch of pairs, the node-feature linear maps) and returns the best median GFLOP/s. numpy is pinned
-  to one BLAS thread by running the measurement in a child process with ``OPENBLAS_NUM_THREADS``,
-  ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` set (threadpoolctl is not a dependency); the child inherits this
-  interpreter, so it uses the same numpy and BLAS.
-* **Work per frame.** :func:`matmul_flops_per_frame` counts ``2 M N K`` over every MatMul/Gemm the ONNX graph
-  executes, without the ``onnx`` package: the graph's nodes, initializers and constants are read from the protobuf
-  wire format, and the shapes of the computed operands come from onnxruntime's own profiler on the unoptimised
-  graph at two batch sizes (the difference over the batch difference is the per-frame work).
 * **Throughput.** :func:`bench_bundle` opens the bundle once per thread count (timing :meth:`Bundle.open`: hashing,
   checks and the onnxruntime session), then times :meth:`Bundle.predict` per batch size (median of repeats) and
   the rollout loop at B = 1 (:func:`~e3traj.runtime.rollout`, per step). Fraction of roofline is
@@ -128,14 +119,14 @@ def bench_bundle(
     from ._bundle import Bundle
     from ._rollout import rollout
 
-    batch_sizes = _check_list("--batch-sizes", batch_sizes)
-    threads = _check_list("--threads", threads)
+    batch_sizes = _check_list("batch_sizes", batch_sizes)
+    threads = _check_list("threads", threads)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise UsageError(f"--repeats: got {repeats!r}; pass a positive integer")
+        raise UsageError(f"repeats: got {repeats!r}; pass a positive integer")
     if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
-        raise UsageError(f"--seconds: got {seconds!r}; pass a positive number")
+        raise UsageError(f"seconds: got {seconds!r}; pass a positive number")
     if isinstance(rollout_steps, bool) or not isinstance(rollout_steps, int) or rollout_steps < 0:
-        raise UsageError(f"--rollout-steps: got {rollout_steps!r}; pass a non-negative integer")
+        raise UsageError(f"rollout_steps: got {rollout_steps!r}; pass a non-negative integer")
     size = bundle_size(bundle_path)
     rows: list[dict[str, Any]] = []
     for n_threads in threads:

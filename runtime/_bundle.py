@@ -67,7 +67,7 @@ class Bundle:
             UsageError: ``threads`` < 1.
         """
         if threads is not None and (not _is_int(threads) or threads < 1):
-            raise UsageError(f"--threads: got {threads!r}; pass a positive integer")
+            raise UsageError(f"threads: got {threads!r}; pass a positive integer")
         verified = _read_bundle(path)
         session = make_session(verified)
         return cls(path=Path(path), verified=verified, session=session, threads=threads)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ._contract import N_BEADS
-from ._errors import InputError
+from ._errors import InputError, first_line
 from ._io import atomic_output
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "read_trajectory",
     "save_trajectory",
     "validate_frames",
+    "lift_to_3d",
     "Split",
     "split_pairs",
     "frames_sha256",
@@ -41,14 +42,9 @@ def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     except Exception as exc:  # ValueError, EOFError, and the tokenizer's own errors for a malformed header
         raise InputError(
-            f"{name}: not a valid .npy array ({_short(exc)}); save frames with numpy.save or numpy.savez"
+            f"{name}: not a valid .npy array ({first_line(exc)}); save frames with numpy.save or numpy.savez"
         ) from None
     return shape, fortran, dtype
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes: int) -> int:
@@ -166,8 +162,18 @@ def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
         raise
     except Exception as exc:  # zipfile raises BadZipFile, NotImplementedError, RuntimeError, zlib.error, ...
         raise InputError(
-            f"{name}: could not read the .npz ({_short(exc)}); the file may be truncated or corrupt"
+            f"{name}: could not read the .npz ({first_line(exc)}); the file may be truncated or corrupt"
         ) from None
+
+
+def lift_to_3d(frames: np.ndarray) -> np.ndarray:
+    """Planar frames get z = 0 (as in the chapter); 3D frames are returned as they are.
+
+    Shapes: ``(..., 12, 2|3)`` -> ``(..., 12, 3)``.
+    """
+    if frames.shape[-1] == 2:
+        return np.concatenate([frames, np.zeros(frames.shape[:-1] + (1,), dtype=frames.dtype)], axis=-1)
+    return frames
 
 
 def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.ndarray:
@@ -200,8 +206,7 @@ def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.nda
         raise InputError(
             f"{name}: non-finite value (NaN or Inf) at frame {bad[0]}, bead {bad[1]}; clean or cut the trajectory"
         )
-    if arr.shape[2] == 2:
-        arr = np.concatenate([arr, np.zeros(arr.shape[:2] + (1,))], axis=-1)
+    arr = lift_to_3d(arr)
     return np.ascontiguousarray(arr)
 
 
@@ -226,14 +231,6 @@ class Split:
 
     frames: np.ndarray
     n_train: int
-
-    @property
-    def features(self) -> np.ndarray:
-        return self.frames[:-1]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.frames[1:]
 
     @property
     def train_x(self) -> np.ndarray:

@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "one_line",
+    "first_line",
 ]
 
 import unicodedata
@@ -29,6 +30,12 @@ EXIT_INCOMPLETE = 5
 #: folders are removed; outputs that were not complete are not left behind.
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none (for one-line errors)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def one_line(text: object) -> str:

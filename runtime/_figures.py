@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import InputError, UsageError
+from ._errors import InputError, UsageError, first_line
 
 __all__ = ["load_rollout"]
 
@@ -20,7 +20,6 @@ def load_rollout(path: Path) -> dict[str, np.ndarray]:
 
     Shapes: ``traj`` ``(T, B, 12, 3)``, ``starts`` ``(B,)``.
     """
-    import zipfile
 
     where = str(path)
     if not path.exists():
@@ -41,11 +40,9 @@ def load_rollout(path: Path) -> dict[str, np.ndarray]:
             out = {k: z[k] for k in z.files}
     except InputError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        text = str(exc).strip().splitlines()
+    except Exception as exc:  # zipfile and numpy raise many kinds (BadZipFile, NotImplementedError, ...)
         raise InputError(
-            f"{where}: could not read the rollout ({text[0] if text else type(exc).__name__}); "
-            "pass a rollout .npz from 'e3traj rollout'"
+            f"{where}: could not read the rollout ({first_line(exc)}); pass a rollout .npz from 'e3traj rollout'"
         ) from None
     traj, starts = out["traj"], out["starts"]
     if traj.ndim != 4 or traj.shape[2:] != (12, 3) or traj.shape[0] < 1 or traj.dtype.kind != "f":
@@ -69,7 +66,7 @@ def _trajectory(
     traj, starts = r["traj"], r["starts"]
     if not 0 <= start < len(starts):
         raise UsageError(
-            f"--start: got {start}; {rollout_path} holds {len(starts)} starting frame(s), pass 0..{len(starts) - 1}"
+            f"start: got {start}; {rollout_path} holds {len(starts)} starting frame(s), pass 0..{len(starts) - 1}"
         )
     s = int(starts[start])
     frames = ds.frames

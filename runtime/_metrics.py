@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ._contract import VELOCITY_CORRECTION, next_frame
-from ._data import N_BEADS, Split, split_pairs
+from ._data import N_BEADS, Split, lift_to_3d, split_pairs
 from ._errors import InputError
 
 __all__ = [
@@ -165,8 +165,7 @@ def trajectory_stats(frames) -> dict:
     a = np.asarray(frames, dtype=np.float64)
     if a.ndim != 3 or a.shape[1] != N_BEADS or a.shape[2] not in (2, 3) or a.shape[0] < 3:
         raise ValueError(f"trajectory_stats: expected shape (T >= 3, {N_BEADS}, 2|3), got {a.shape}")
-    if a.shape[2] == 2:
-        a = np.concatenate([a, np.zeros(a.shape[:2] + (1,))], axis=-1)
+    a = lift_to_3d(a)
     bonds = a[:, 1:] - a[:, :-1]
     blen = np.linalg.norm(bonds, axis=-1)
     cos = np.einsum("tbi,tbi->tb", bonds[:, 1:], bonds[:, :-1]) / (blen[:, 1:] * blen[:, :-1])

@@ -80,10 +80,10 @@ def rollout(
         :class:`RolloutResult` with ``traj`` ``(steps_done + 1, B, 12, 3)``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise UsageError(f"--steps: got {steps!r}; pass a positive number of steps")
+        raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
     steps = int(steps)
     if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
-        raise UsageError(f"--max-distance: got {max_distance!r}; pass a positive distance")
+        raise UsageError(f"max_distance: got {max_distance!r}; pass a positive distance")
     x0 = _frames(init, "init")
     batch = x0.shape[0]
     needs_prev = bool(getattr(bundle, "needs_previous", False))
@@ -97,7 +97,7 @@ def rollout(
     nbytes = (steps + 1) * batch * N_BEADS * 3 * 8
     if nbytes > max_bytes:
         raise UsageError(
-            f"--steps {steps} x {batch} starts need {nbytes / 2**30:.1f} GiB for the trajectory (limit "
+            f"{steps} steps x {batch} starts need {nbytes / 2**30:.1f} GiB for the trajectory (limit "
             f"{max_bytes / 2**30:.1f} GiB); roll out fewer steps or starts per call"
         )
     traj = np.empty((steps + 1, batch, N_BEADS, 3), dtype=np.float64)

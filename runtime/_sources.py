@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data import _short, frames_sha256, read_trajectory, validate_frames
-from ._errors import InputError
+from ._data import frames_sha256, read_trajectory, validate_frames
+from ._errors import InputError, first_line
 from ._io import atomic_output, sha256_file
 from ._simulate import simulate
 
@@ -78,7 +78,7 @@ def dmol_path(*, download: bool = True, timeout: float = 30.0) -> Path:
                 )
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise InputError(
-            f"{target}: cannot download the chapter's data (offline? {_short(exc)}); "
+            f"{target}: cannot download the chapter's data (offline? {first_line(exc)}); "
             f"put paths.npz (sha256 {DMOL_SHA256[:12]}...) there, or set E3TRAJ_DATA=/path/to/paths.npz"
         ) from None
     return target

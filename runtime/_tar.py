@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ._errors import InputError
+from ._errors import InputError, first_line
 
 __all__ = ["MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_MEMBERS", "MAX_HEADER_BYTES", "Archive", "read_archive"]
 
@@ -44,11 +44,9 @@ def _fail(where: str, what: str) -> InputError:
 
 
 def _unreadable(where: str, exc: BaseException) -> InputError:
-    text = str(exc).strip().splitlines()
     return _fail(
         where,
-        f"not a readable .tar.gz ({text[0] if text else type(exc).__name__}); the archive may be truncated, "
-        "re-pack it with 'e3traj pack'",
+        f"not a readable .tar.gz ({first_line(exc)}); the archive may be truncated, re-pack it with 'e3traj pack'",
     )
 
 

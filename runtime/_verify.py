@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InputError
+from ._errors import InputError, first_line
 from ._manifest import _MAX_MANIFEST_BYTES, MANIFEST_NAME, _check_manifest, _parse_manifest
 from ._onnx_wire import _OnnxScan, _ProtoError, scan_onnx
 from ._tar import MAX_ARCHIVE_BYTES, read_archive
@@ -311,7 +311,5 @@ def _load_example(data, where: str) -> dict[str, np.ndarray]:
     except InputError:
         raise
     except Exception as exc:  # zipfile and numpy raise many kinds (BadZipFile, NotImplementedError, ...)
-        text = str(exc).strip().splitlines()
-        msg = text[0] if text else type(exc).__name__
-        raise InputError(f"{where}: cannot read the example arrays ({msg}); re-export the bundle") from None
+        raise InputError(f"{where}: cannot read the example arrays ({first_line(exc)}); re-export the bundle") from None
     return arrays

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: the whole story on the embedded simulator data, with the real CLI commands:
-# simulate -> train both models -> evaluate -> export both -> pack -> rollout -> check -> figures.
+# simulate -> train the three kinds (baseline, e3nn, e3nn-velocity) -> evaluate -> export -> pack -> rollout -> check -> figures.
 # Budgets can be shortened for tests: E3TRAJ_DEMO_E3NN_TIME, E3TRAJ_DEMO_BASELINE_TIME, E3TRAJ_DEMO_STEPS.
 # DATA=dmol uses the chapter's paths.npz instead of the simulator.
 set -euo pipefail

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from e3traj.runtime import CHECKPOINT_FORMAT_VERSION, InputError, __version__, atomic_output
+from e3traj.runtime import CHECKPOINT_FORMAT_VERSION, InputError, __version__, atomic_output, first_line
 
 from ._kinds import KINDS, get_kind, positive_float
 
@@ -45,8 +45,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{name}: not a readable checkpoint ({first[:160]}); retrain or restore the file") from None
+        raise InputError(
+            f"{name}: not a readable checkpoint ({first_line(exc)[:160]}); retrain or restore the file"
+        ) from None
     except Exception as exc:  # weights_only refusal of unknown globals raises UnpicklingError
         raise InputError(
             f"{name}: refused to load ({type(exc).__name__}); only checkpoints from 'e3traj train' load"
@@ -97,9 +98,9 @@ def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.M
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise InputError(
-            f"{name}: weights do not fit a {kind.name} model ({first[:160]}); was it written by another version?"
+            f"{name}: weights do not fit a {kind.name} model ({first_line(exc)[:160]}); "
+            "was it written by another version?"
         ) from None
     model.eval()
     return model

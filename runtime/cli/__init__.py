@@ -26,6 +26,7 @@ from .._errors import (
     EXIT_USAGE,
     E3TrajError,
     MissingExtra,
+    first_line,
     one_line,
 )
 from .._version import __version__
@@ -129,9 +130,8 @@ class _LazyGroup(click.Group):
         except Exception as exc:  # a bug of ours: one line and exit 1, the traceback with E3TRAJ_DEBUG=1
             if os.environ.get("E3TRAJ_DEBUG"):
                 raise
-            text = str(exc).strip().splitlines()
             raise _error(
-                f"internal error ({type(exc).__name__}: {text[0] if text else ''}); this is a bug of e3traj, "
+                f"internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug of e3traj, "
                 "please report it with the output of the same command under E3TRAJ_DEBUG=1",
                 EXIT_INTERNAL,
             ) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .._errors import UsageError, one_line
+from ._options import positive
 
 __all__ = ["bench", "parse_int_list", "MAX_BATCH", "MAX_THREADS"]
 
@@ -42,14 +43,6 @@ def parse_int_list(option: str, text: str, maximum: int | None = None) -> list[i
     return out
 
 
-def _positive(option: str, value, integer: bool = True, zero_ok: bool = False, maximum=None) -> None:
-    if not value == value or value < 0 or (value == 0 and not zero_ok):  # NaN too
-        kind = "integer" if integer else "number"
-        raise UsageError(f"{option}: got {value}; pass a {'non-negative' if zero_ok else 'positive'} {kind}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"{option}: {value} is over the limit of {maximum:g}; pass a smaller value")
-
-
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", default="1,64,256,1024", show_default=True, help="Frames per predict call.")
@@ -72,10 +65,10 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
 
     sizes = parse_int_list("--batch-sizes", batch_sizes, MAX_BATCH)
     threads = parse_int_list("--threads", threads_spec, MAX_THREADS)
-    _positive("--repeats", repeats, maximum=_MAX_REPEATS)
-    _positive("--seconds", seconds, integer=False, maximum=_MAX_SECONDS)
-    _positive("--rollout-steps", rollout_steps, zero_ok=True, maximum=_MAX_ROLLOUT_STEPS)
-    _positive("--roofline-seconds", roofline_seconds, integer=False, maximum=_MAX_SECONDS)
+    positive("--repeats", repeats, maximum=_MAX_REPEATS)
+    positive("--seconds", seconds, integer=False, maximum=_MAX_SECONDS)
+    positive("--rollout-steps", rollout_steps, zero_ok=True, maximum=_MAX_ROLLOUT_STEPS)
+    positive("--roofline-seconds", roofline_seconds, integer=False, maximum=_MAX_SECONDS)
     manifest = verify_bundle(bundle)
     roof = matmul_roofline_detail(seconds=roofline_seconds, threads=1)
     rows = bench_bundle(

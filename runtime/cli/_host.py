@@ -13,6 +13,7 @@ import numpy as np
 
 from .._errors import CheckFailed, InputError, RolloutIncomplete, UsageError, one_line
 from .._io import check_output_path
+from ._options import positive, threads_option
 
 __all__ = ["rollout", "check", "inspect", "pack", "parse_frames"]
 
@@ -73,11 +74,6 @@ def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
         raise UsageError(f"{out}: is inside the bundle folder {bundle}; write outputs somewhere else")
 
 
-def _positive(name: str, value, kind=int):
-    if value is not None and not value > 0:
-        raise UsageError(f"{name}: got {value}; pass a positive {'integer' if kind is int else 'number'}")
-
-
 @click.command()
 @_BUNDLE_ARG
 @click.argument("init", type=click.Path(path_type=Path))
@@ -85,12 +81,7 @@ def _positive(name: str, value, kind=int):
 @click.option("--steps", required=True, type=int, help="Steps to extrapolate from each starting frame (>= 1).")
 @click.option("--frames", "frames_spec", default=None, help="Starting frames: 0,5,10-20, -1 or all [default: last].")
 @click.option("--xyz", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write extended XYZ.")
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="Sub-batches run side by side, one onnxruntime thread each [default: all usable CPUs].",
-)
+@threads_option
 @click.option("--max-distance", type=float, default=None, help="Stop when a bead strays this far from its start.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, force):
@@ -109,7 +100,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
 
     if steps < 1:
         raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
-    _positive("--threads", threads)
+    positive("--threads", threads)
     if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
         raise UsageError(f"--max-distance: got {max_distance}; pass a positive distance")
     outputs = [output] + ([xyz] if xyz is not None else [])
@@ -166,12 +157,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
 @click.option("--trials", default=3, show_default=True, type=int, help="Random draws per symmetry case.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random transformations.")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float, help="Largest relative error that passes.")
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="Sub-batches run side by side, one onnxruntime thread each [default: all usable CPUs].",
-)
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(bundle, trials, seed, tolerance, threads, as_json):
     """Check BUNDLE's equivariance (rotations, inversion, mirror, translation, bead permutation, planarity)
@@ -183,10 +169,10 @@ def check(bundle, trials, seed, tolerance, threads, as_json):
     from .._bundle import Bundle
     from .._equivariance import check_bundle
 
-    _positive("--trials", trials)
+    positive("--trials", trials)
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance: got {tolerance}; pass a non-negative number")
-    _positive("--threads", threads)
+    positive("--threads", threads)
     with Bundle.open(bundle, threads=threads) as b:
         report = check_bundle(b, trials=trials, seed=seed, tolerance=tolerance)
         kind, equivariant, sha = b.kind, b.equivariant, b.sha256

@@ -16,6 +16,7 @@ import numpy as np
 from .._errors import InputError, UsageError
 from .._figures import _equivariance, _parity, _rmsd, _str_field, _training, _trajectory, load_rollout
 from .._io import check_output_path, replacing
+from ._options import positive
 
 __all__ = ["plot", "load_rollout", "ALL_FIGURES"]
 
@@ -66,11 +67,6 @@ def _prepare(out: Path, inputs, bundles, force: bool) -> Path:
     figure_format(out)
     _not_in_bundle(out, bundles)
     return check_output_path(out, [*inputs, *bundles], force=force)
-
-
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise UsageError(f"{name}: got {value}; pass a positive integer")
 
 
 def _data_label(ds) -> str:
@@ -179,8 +175,8 @@ def rmsd(bundle, data, output, force, n_starts, horizon):
     from .._bundle import Bundle
     from .._sources import resolve_data
 
-    _positive("--starts", n_starts)
-    _positive("--horizon", horizon)
+    positive("--starts", n_starts)
+    positive("--horizon", horizon)
     out = _prepare(output, _data_inputs(data), [bundle], force)
     ds = resolve_data(data)
     with Bundle.open(bundle) as b:
@@ -205,7 +201,7 @@ def equivariance(bundles, output, force, trials, seed, tolerance):
 
     The same checks as 'e3traj check'; failed cases are hatched.
     """
-    _positive("--trials", trials)
+    positive("--trials", trials)
     _check_tolerance(tolerance)
     out = _prepare(output, [], bundles, force)
     with contextlib.ExitStack() as stack:
@@ -259,9 +255,9 @@ def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, hor
     from .._plot_data import training_curve
     from .._sources import resolve_data
 
-    _positive("--starts", n_starts)
-    _positive("--horizon", horizon)
-    _positive("--trials", trials)
+    positive("--starts", n_starts)
+    positive("--horizon", horizon)
+    positive("--trials", trials)
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: exists and is not a folder; pass a folder for the figures")
     _not_in_bundle(output / "x", bundles)

@@ -228,7 +228,7 @@ def test_cli_trajectory_follows_the_rollout(cli, make_bundle, data_file, tmp_pat
 def test_cli_trajectory_errors_are_one_line(cli, cli_error, toy_bundle, data_file, tmp_path, toys):
     roll = _rollout(cli, toy_bundle, data_file, tmp_path / "roll.npz")
     out = tmp_path / "fig.svg"
-    cli_error(cli("plot", "trajectory", data_file, roll, "-o", out, "--start", 2), 2, "--start", "0..1")
+    cli_error(cli("plot", "trajectory", data_file, roll, "-o", out, "--start", 2), 2, "start: got 2", "0..1")
     cli_error(cli("plot", "trajectory", data_file, roll, "-o", tmp_path / "f.jpg"), 2, "'.jpg'", ".png or .svg")
     cli_error(cli("plot", "trajectory", data_file, tmp_path / "none.npz", "-o", out), 3, "none.npz", "not found")
     other = tmp_path / "other.npz"

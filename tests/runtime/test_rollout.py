@@ -104,7 +104,7 @@ def test_max_distance_stops_a_rollout(baseline_bundle, toy_bundle):
 def test_bad_steps_are_usage_errors(toy_bundle, steps, one_line):
     with Bundle.open(toy_bundle) as b, pytest.raises(UsageError) as e:
         rollout(b, _starts(1), steps)
-    one_line(e, "--steps")
+    one_line(e, "steps: got")
 
 
 def test_bad_init_and_memory_cap(toy_bundle, one_line):

@@ -225,25 +225,39 @@ def test_gradients_finite_with_coincident_beads(default_fixed):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def test_displacement_model_scales_and_feeds_previous_displacement():
-    config = CONFIGS["velocity"]
-    model = DisplacementModel(config, scale=0.05)
-    fixed, ref = _pair("velocity")
+def test_displacement_model_scales_the_network():
+    model = DisplacementModel(CONFIGS["default"], scale=0.05)
+    fixed, ref = _pair("default")
     model.net.load_state_dict(fixed.state_dict())
     frames = _frames()[:3]
-    prev = 0.05 * _node_features(config, frames)
     with torch.no_grad():
-        got = model(frames, prev)
-    want = _reference_outputs(ref, frames, prev / 0.05) * 0.05
+        got = model(frames)
+    want = _reference_outputs(ref, frames, None) * 0.05
     assert float(want.abs().max()) > 1e-3
     assert float((got - want).abs().max()) <= F32_BOUND * max(0.05, float(want.abs().max()))  # float32 noise floor
-    with pytest.raises(ValueError, match="previous_displacement"):
-        model(frames)
     with pytest.raises(ValueError, match="irreps_out"):
         DisplacementModel(E3nnConfig(irreps_out="1x0e"), scale=1.0)
+    with pytest.raises(ValueError, match="irreps_in"):  # node features are the velocity model's
+        DisplacementModel(CONFIGS["velocity"], scale=1.0)
     with pytest.raises(ValueError, match="scale"):
         DisplacementModel(E3nnConfig(), scale=0.0)
     assert float(model.state_dict()["scale"]) == pytest.approx(0.05)
+
+
+def test_velocity_model_feeds_the_scaled_previous_displacement():
+    from e3traj.train._velocity import VelocityModel
+
+    config = CONFIGS["velocity"]
+    model = VelocityModel(config, scale=0.05, input_scale=0.02)
+    fixed, ref = _pair("velocity")
+    model.net.load_state_dict(fixed.state_dict())
+    frames = _frames()[:3]
+    prev = 0.02 * _node_features(config, frames)
+    with torch.no_grad():
+        got = model(frames, prev)
+    want = _reference_outputs(ref, frames, prev / 0.02) * 0.05
+    assert float(want.abs().max()) > 1e-3
+    assert float((got - want).abs().max()) <= F32_BOUND * max(0.05, float(want.abs().max()))
 
 
 def _onnx_session(model: torch.nn.Module):
