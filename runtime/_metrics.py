@@ -15,6 +15,7 @@ import numpy as np
 from ._contract import VELOCITY_CORRECTION, next_frame
 from ._data import N_BEADS, Split, lift_to_3d, split_pairs
 from ._errors import InputError
+from ._rollout import rollout
 
 __all__ = [
     "StepFn",
@@ -88,18 +89,23 @@ def rollout_starts(split: Split, horizon: int, n_starts: int) -> np.ndarray:
     return np.unique(np.linspace(first, last, num=max(1, n_starts)).round().astype(np.int64))
 
 
+class _Predictor:
+    """A ``step(positions, previous)`` function seen as what :func:`~e3traj.runtime.rollout` steps."""
+
+    needs_previous = True
+
+    def __init__(self, step: StepFn) -> None:
+        self.step = step
+
+
 def _roll(step: StepFn, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
-    """Positions predicted for k = 0..horizon. Shapes: -> ``(horizon + 1, len(starts), 12, 3)``."""
-    out = np.empty((horizon + 1, len(starts), 12, 3))
-    out[0] = frames[starts]
-    prev = frames[starts - 1]
-    for k in range(1, horizon + 1):
-        nxt = step(out[k - 1], prev)
-        prev = out[k - 1]
-        out[k] = nxt
-        if not np.all(np.isfinite(nxt)):
-            out[k + 1 :] = np.nan
-            break
+    """Positions predicted for k = 0..horizon by the one rollout loop; NaN from the first non-finite step on.
+
+    Shapes: -> ``(horizon + 1, len(starts), 12, 3)``.
+    """
+    res = rollout(_Predictor(step), frames[starts], horizon, previous=frames[starts - 1])
+    out = np.full((horizon + 1, len(starts), 12, 3), np.nan)
+    out[: len(res.traj)] = res.traj
     return out
 
 
