@@ -3,7 +3,6 @@ runtime's :mod:`e3traj.runtime._manifest`)."""
 
 from __future__ import annotations
 
-import datetime as _dt
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from e3traj.runtime import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
+from e3traj.runtime import build_manifest
 from e3traj.runtime import contract as C
 from e3traj.train import KINDS
 
@@ -35,29 +34,22 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int) -> dict[str, Any]:
+    """The bundle's manifest from the checkpoint and what export measured (the runtime's format builder)."""
     metrics = ckpt.get("metrics", {})
     hyper = dict(ckpt.get("config") or {})
-    return {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "e3traj_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {
-            "kind": kind,
-            "equivariant": KINDS[kind].equivariant,
+    return build_manifest(
+        kind=kind,
+        equivariant=KINDS[kind].equivariant,
+        inputs=KINDS[kind].inputs,
+        output=KINDS[kind].output,
+        model={
             "hyperparameters": hyper,
             "max_radius": hyper.get("max_radius"),
             "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
-            "num_nodes": 12,
             "target_scale": float(ckpt.get("scale", 1.0)),
             "input_scale": float(ckpt.get("input_scale", 1.0)),
-            "dtype": "float32",
         },
-        "inputs": [
-            {"name": n, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": n} for n in KINDS[kind].inputs
-        ],
-        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": KINDS[kind].output}],
-        "onnx": {
+        onnx={
             "file": "model.onnx",
             "opset": graph["opset"],
             "ir_version": graph["ir_version"],
@@ -66,8 +58,8 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
             "nodes": graph["nodes"],
             "op_types": graph["op_types"],
         },
-        "example": {"file": "example.npz", "atol": s.parity_tol, "frames": n_frames},
-        "training": {
+        example={"file": "example.npz", "atol": s.parity_tol, "frames": n_frames},
+        training={
             "data_sha256": ckpt.get("data", {}).get("sha256"),
             "data_file_sha256": ckpt.get("data", {}).get("file_sha256"),
             "data_source": ckpt.get("data", {}).get("source"),
@@ -78,6 +70,6 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
             "stopped_because": ckpt.get("stopped_because"),
             "history": ckpt.get("history", []),
         },
-        "versions": _versions(),
-        "verification": {"parity_max_abs": parity, "parity_frames": n_frames, "parity_tolerance": s.parity_tol},
-    }
+        versions=_versions(),
+        verification={"parity_max_abs": parity, "parity_frames": n_frames, "parity_tolerance": s.parity_tol},
+    )

@@ -34,7 +34,7 @@ from ._errors import (
     one_line,
 )
 from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file
-from ._manifest import write_manifest
+from ._manifest import build_manifest, write_manifest
 from ._metrics import evaluate_predictor, one_step_metrics
 from ._pack import pack_bundle, unpack_bundle
 from ._rollout import RolloutResult, rollout, save_rollout, write_xyz
@@ -50,6 +50,7 @@ __all__ = [
     "Bundle",
     "verify_bundle",
     "write_manifest",
+    "build_manifest",
     "pack_bundle",
     "unpack_bundle",
     "BUNDLE_FORMAT",

@@ -7,6 +7,7 @@ artifacts/README.md.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import math
@@ -17,18 +18,65 @@ from typing import Any
 
 import numpy as np
 
-from ._contract import INPUT_MEANINGS, OUTPUT_MEANINGS
+from ._contract import INPUT_MEANINGS, N_BEADS, OUTPUT_MEANINGS, OUTPUT_NAME
 from ._errors import InputError
 from ._io import atomic_output, sha256_file
-from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
+from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
 
-__all__ = ["MANIFEST_NAME", "write_manifest"]
+__all__ = ["MANIFEST_NAME", "build_manifest", "write_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 
 _MAX_MANIFEST_BYTES = 16 << 20
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _io_spec(name: str, meaning: str) -> dict[str, Any]:
+    return {"name": name, "dtype": "float32", "shape": ["batch", N_BEADS, 3], "meaning": meaning}
+
+
+def build_manifest(
+    *,
+    kind: str,
+    equivariant: bool,
+    inputs: tuple[str, ...] | list[str],
+    output: str,
+    model: dict[str, Any],
+    onnx: dict[str, Any],
+    example: dict[str, Any],
+    training: dict[str, Any],
+    versions: dict[str, str],
+    verification: dict[str, Any],
+    created_utc: str | None = None,
+) -> dict[str, Any]:
+    """A bundle manifest without its ``files`` (:func:`write_manifest` adds them): the format's one definition.
+
+    ``inputs`` are input meanings (the graph's input names are the meanings), ``output`` the output meaning
+    (:mod:`e3traj.runtime._contract`); every input and the output are float32 ``(batch, 12, 3)``. ``model`` holds
+    the kind's other fields (hyperparameters, scales...), ``onnx`` at least ``file``, ``example`` at least
+    ``file`` and ``atol``.
+    """
+    for m in inputs:
+        if m not in INPUT_MEANINGS:
+            raise ValueError(f"build_manifest: input meaning {m!r} is not one of {INPUT_MEANINGS}")
+    if output not in OUTPUT_MEANINGS:
+        raise ValueError(f"build_manifest: output meaning {output!r} is not one of {OUTPUT_MEANINGS}")
+    stamp = created_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "e3traj_version": __version__,
+        "created_utc": stamp,
+        "model": {"kind": kind, "equivariant": bool(equivariant), "num_nodes": N_BEADS, "dtype": "float32", **model},
+        "inputs": [_io_spec(m, m) for m in inputs],
+        "outputs": [_io_spec(OUTPUT_NAME, output)],
+        "onnx": dict(onnx),
+        "example": dict(example),
+        "training": dict(training),
+        "versions": dict(versions),
+        "verification": dict(verification),
+    }
 
 
 def _json_default(obj: Any) -> Any:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from e3traj.runtime import write_manifest
+from e3traj.runtime import build_manifest, write_manifest
 
 # onnx is imported inside the builders only, so merely collecting these tests does not load it
 # (a no-torch/no-onnx check elsewhere may look at sys.modules).
@@ -121,36 +121,29 @@ def make_traj(frames: int = 24, seed: int = 0, dim: int = 2) -> np.ndarray:
 
 
 def manifest_for(kind: str, *, example_atol: float = 1e-5) -> dict:
+    """The toy's manifest, made by the format's own builder (as export makes a real one)."""
     import onnx
 
     model_kind, equivariant, meaning, in_meanings = KINDS[kind]
-    return {
-        "e3traj_version": "0.1.0",
-        "created_utc": "2026-01-01T00:00:00Z",
-        "model": {
-            "kind": model_kind,
-            "equivariant": equivariant,
-            "hyperparameters": {"toy": kind, "layers": 0},
-            "num_nodes": N,
-            "target_scale": 1.0,
-            "dtype": "float32",
-        },
-        "inputs": [
-            {"name": INPUT_NAMES[m], "dtype": "float32", "shape": ["batch", N, 3], "meaning": m} for m in in_meanings
-        ],
-        "outputs": [{"name": "prediction", "dtype": "float32", "shape": ["batch", N, 3], "meaning": meaning}],
-        "onnx": {
+    return build_manifest(
+        kind=model_kind,
+        equivariant=equivariant,
+        inputs=in_meanings,
+        output=meaning,
+        model={"hyperparameters": {"toy": kind, "layers": 0}, "target_scale": 1.0},
+        onnx={
             "file": "model.onnx",
             "opset": OPSET,
             "ir_version": IR_VERSION,
             "min_onnxruntime": "1.17.0",
             "exporter": "onnx.helper (tests)",
         },
-        "example": {"file": "example.npz", "atol": example_atol},
-        "training": {"data_sha256": "0" * 64, "data_source": "sim", "metrics": {"val_mse": 0.001, "skill": 0.5}},
-        "versions": {"onnx": onnx.__version__, "numpy": np.__version__},
-        "verification": {"parity_max_abs": 0.0, "parity_frames": 8},
-    }
+        example={"file": "example.npz", "atol": example_atol},
+        training={"data_sha256": "0" * 64, "data_source": "sim", "metrics": {"val_mse": 0.001, "skill": 0.5}},
+        versions={"onnx": onnx.__version__, "numpy": np.__version__},
+        verification={"parity_max_abs": 0.0, "parity_frames": 8},
+        created_utc="2026-01-01T00:00:00Z",
+    )
 
 
 def write_bundle(
