@@ -1,0 +1,42 @@
+"""The registry of model kinds (train/_kinds.py): every entry is complete and consistent with the contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from e3traj.runtime import UsageError
+from e3traj.runtime import contract as C
+from e3traj.train import KINDS, E3nnConfig, get_kind
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_every_kind_builds_and_regresses_its_target(name):
+    kind = KINDS[name]
+    assert kind.name == name and kind.help
+    assert set(kind.inputs) <= set(C.INPUT_MEANINGS) and kind.inputs[0] == C.POSITIONS
+    assert kind.output in C.OUTPUT_MEANINGS
+    assert kind.equivariant == (name != "baseline")  # the baseline is the negative control
+    config = None
+    if kind.e3nn:
+        config = E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=1, irreps_in=kind.node_features)
+    model = kind.build(config, 0.01, 0.02, 0)
+    x = torch.randn(3, 12, 3)
+    v = 0.01 * torch.randn(3, 12, 3)
+    out = kind.raw(model, x, v)
+    assert out.shape == (3, 12, 3)
+    y, prev = x + 0.01, x - 0.01
+    assert kind.target(x.double(), y.double(), prev.double()).shape == (3, 12, 3)
+    assert kind.needs_previous == C.needs_previous(kind.output, kind.inputs)
+
+
+def test_unknown_kinds_name_the_choices():
+    with pytest.raises(UsageError, match="'history'.*baseline, e3nn, e3nn-velocity"):
+        get_kind("history", error=UsageError)
+
+
+def test_the_cli_offers_exactly_the_registered_kinds():
+    from e3traj.train.cli import train
+
+    option = next(p for p in train.params if p.name == "kind")
+    assert list(option.type.choices) == list(KINDS)
