@@ -4,6 +4,7 @@ The public API is what this module exports; train/ and export/ use these names, 
 """
 
 from . import _contract as contract
+from . import _errors, _io
 from ._bundle import Bundle
 from ._data import (
     N_BEADS,
@@ -16,7 +17,7 @@ from ._data import (
     validate_frames,
 )
 from ._equivariance import CaseResult, EquivarianceReport, check_bundle, check_equivariance
-from ._errors import (
+from ._errors import (  # noqa: F401  (re-exported through _errors.__all__)
     EXIT_CHECK,
     EXIT_INCOMPLETE,
     EXIT_INPUT,
@@ -33,7 +34,7 @@ from ._errors import (
     first_line,
     one_line,
 )
-from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file
+from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file  # noqa: F401
 from ._manifest import build_manifest, write_manifest
 from ._metrics import evaluate_predictor, one_step_metrics
 from ._pack import pack_bundle, unpack_bundle
@@ -81,27 +82,7 @@ __all__ = [
     "split_pairs",
     "validate_frames",
     "simulate",
-    # errors and exit codes
-    "E3TrajError",
-    "UsageError",
-    "InputError",
-    "CheckFailed",
-    "RolloutIncomplete",
-    "MissingExtra",
-    "first_line",
-    "one_line",
-    "EXIT_USAGE",
-    "EXIT_INPUT",
-    "EXIT_CHECK",
-    "EXIT_INCOMPLETE",
-    "EXIT_INTERRUPTED",
-    "EXIT_TERMINATED",
-    "EXIT_INTERNAL",
-    # safe outputs
-    "atomic_output",
-    "atomic_outputs",
-    "atomic_output_dir",
-    "check_output_path",
-    "replacing",
-    "sha256_file",
+    # errors, exit codes, one-line messages, safe outputs: everything those modules export
+    *_errors.__all__,
+    *_io.__all__,
 ]
