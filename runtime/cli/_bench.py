@@ -9,14 +9,13 @@ from pathlib import Path
 import click
 
 from .._errors import UsageError, one_line
-from ._options import positive
+from ._options import MAX_THREADS, positive
 
 __all__ = ["bench", "parse_int_list", "MAX_BATCH", "MAX_THREADS"]
 
 #: Caps checked before anything is allocated: the largest batch (frames per call; 65,536 frames of the
 #: 12-bead graph need about 0.5 GB of onnxruntime intermediates in 32-frame sub-batches), the most threads.
 MAX_BATCH = 65536
-MAX_THREADS = 256
 _MAX_REPEATS = 1000
 _MAX_SECONDS = 600.0
 _MAX_ROLLOUT_STEPS = 1_000_000

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._errors import CheckFailed, InputError, RolloutIncomplete, UsageError, one_line
 from .._io import check_output_path
-from ._options import positive, threads_option
+from ._options import MAX_THREADS, MAX_TRIALS, positive, threads_option
 
 __all__ = ["rollout", "check", "inspect", "pack", "parse_frames"]
 
@@ -100,7 +100,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
 
     if steps < 1:
         raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
-    positive("--threads", threads)
+    positive("--threads", threads, maximum=MAX_THREADS)
     if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
         raise UsageError(f"--max-distance: got {max_distance}; pass a positive distance")
     outputs = [output] + ([xyz] if xyz is not None else [])
@@ -169,10 +169,10 @@ def check(bundle, trials, seed, tolerance, threads, as_json):
     from .._bundle import Bundle
     from .._equivariance import check_bundle
 
-    positive("--trials", trials)
+    positive("--trials", trials, maximum=MAX_TRIALS)
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance: got {tolerance}; pass a non-negative number")
-    positive("--threads", threads)
+    positive("--threads", threads, maximum=MAX_THREADS)
     with Bundle.open(bundle, threads=threads) as b:
         report = check_bundle(b, trials=trials, seed=seed, tolerance=tolerance)
         kind, equivariant, sha = b.kind, b.equivariant, b.sha256

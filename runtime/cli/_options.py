@@ -6,7 +6,11 @@ import click
 
 from .._errors import UsageError
 
-__all__ = ["threads_option", "positive"]
+__all__ = ["threads_option", "positive", "MAX_TRIALS", "MAX_THREADS"]
+
+#: Caps checked before any work: random draws per symmetry case, and threads.
+MAX_TRIALS = 1000
+MAX_THREADS = 256
 
 #: ``--threads`` of the commands that run a bundle (rollout, check).
 threads_option = click.option(

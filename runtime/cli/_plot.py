@@ -16,7 +16,7 @@ import numpy as np
 from .._errors import InputError, UsageError
 from .._figures import _equivariance, _parity, _rmsd, _str_field, _training, _trajectory, load_rollout
 from .._io import check_output_path, replacing
-from ._options import positive
+from ._options import MAX_TRIALS, positive
 
 __all__ = ["plot", "load_rollout", "ALL_FIGURES"]
 
@@ -201,7 +201,7 @@ def equivariance(bundles, output, force, trials, seed, tolerance):
 
     The same checks as 'e3traj check'; failed cases are hatched.
     """
-    positive("--trials", trials)
+    positive("--trials", trials, maximum=MAX_TRIALS)
     _check_tolerance(tolerance)
     out = _prepare(output, [], bundles, force)
     with contextlib.ExitStack() as stack:
@@ -257,7 +257,7 @@ def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, hor
 
     positive("--starts", n_starts)
     positive("--horizon", horizon)
-    positive("--trials", trials)
+    positive("--trials", trials, maximum=MAX_TRIALS)
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: exists and is not a folder; pass a folder for the figures")
     _not_in_bundle(output / "x", bundles)

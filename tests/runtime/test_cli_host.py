@@ -685,3 +685,10 @@ def test_an_over_long_output_name_is_one_line(cli, toy_bundle, traj_file, tmp_pa
     assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path)) and not any(
         n.startswith(".") for n in os.listdir(tmp_path)
     )
+
+
+def test_trials_and_threads_are_capped(cli, toy_bundle, cli_error):
+    from e3traj.runtime.cli._options import MAX_THREADS, MAX_TRIALS
+
+    cli_error(cli("check", toy_bundle, "--trials", 10**9), 2, "--trials", f"limit of {MAX_TRIALS}")
+    cli_error(cli("check", toy_bundle, "--threads", 10**6), 2, "--threads", f"limit of {MAX_THREADS}")
