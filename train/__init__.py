@@ -1,35 +1,47 @@
 """Training (needs the train extra): the model kinds, the e3nn network, checkpoints and the training loop.
 
-The public API is what this module exports; export/ uses these names, never a private module.
+The public API is what this module exports; export/ uses these names, never a private module. Names load on first
+use (PEP 562), so ``e3traj train --help`` and ``e3traj evaluate BUNDLE`` do not import torch and e3nn.
 """
 
-from ._checkpoint import CHECKPOINT_FORMAT, MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
-from ._config import E3nnConfig, build_reference_network, load_reference_weights
-from ._kinds import KINDS, ModelKind, get_kind
-from ._model import DisplacementModel
-from ._network import FixedGraphNetwork
-from ._radial import reference_flops_per_frame, tabulate_radial
-from ._train import TrainConfig, TrainResult, evaluate_checkpoint, step_function, train_model
+from __future__ import annotations
 
-__all__ = [
-    "KINDS",
-    "ModelKind",
-    "get_kind",
-    "MODEL_KINDS",
-    "CHECKPOINT_FORMAT",
-    "build_model",
-    "load_checkpoint",
-    "save_checkpoint",
-    "E3nnConfig",
-    "build_reference_network",
-    "load_reference_weights",
-    "DisplacementModel",
-    "FixedGraphNetwork",
-    "reference_flops_per_frame",
-    "tabulate_radial",
-    "TrainConfig",
-    "TrainResult",
-    "train_model",
-    "step_function",
-    "evaluate_checkpoint",
-]
+import importlib
+
+#: public name -> the private module that holds it
+_HOMES = {
+    "KINDS": "_kinds",
+    "ModelKind": "_kinds",
+    "get_kind": "_kinds",
+    "MODEL_KINDS": "_checkpoint",
+    "CHECKPOINT_FORMAT": "_checkpoint",
+    "build_model": "_checkpoint",
+    "load_checkpoint": "_checkpoint",
+    "save_checkpoint": "_checkpoint",
+    "E3nnConfig": "_config",
+    "build_reference_network": "_config",
+    "load_reference_weights": "_config",
+    "DisplacementModel": "_model",
+    "FixedGraphNetwork": "_network",
+    "reference_flops_per_frame": "_radial",
+    "tabulate_radial": "_radial",
+    "TrainConfig": "_train",
+    "TrainResult": "_train",
+    "train_model": "_train",
+    "step_function": "_train",
+    "evaluate_checkpoint": "_train",
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

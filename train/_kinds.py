@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from e3traj.runtime import contract as C
+
+if TYPE_CHECKING:  # torch loads with the models, not with the registry (the CLI reads it for --model)
+    import torch
 
 __all__ = ["ModelKind", "KINDS", "get_kind"]
 

@@ -40,3 +40,13 @@ def test_the_cli_offers_exactly_the_registered_kinds():
 
     option = next(p for p in train.params if p.name == "kind")
     assert list(option.type.choices) == list(KINDS)
+
+
+def test_reading_the_registry_does_not_load_torch():
+    # the CLI reads the kinds for --model: `e3traj train --help` and `e3traj evaluate BUNDLE` stay fast
+    import subprocess
+    import sys
+
+    code = "import sys, e3traj.train.cli; print('torch' in sys.modules, 'e3nn' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.split() == ["False", "False"], r.stdout + r.stderr
