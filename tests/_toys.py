@@ -190,3 +190,13 @@ def rehash(directory: Path) -> dict:
     """Re-list every file of ``directory`` in its manifest (so only deeper checks can catch a tampered file)."""
     manifest = json.loads((Path(directory) / "manifest.json").read_text())
     return write_manifest(directory, manifest)
+
+
+def read_manifest(directory: Path) -> dict:
+    """The parsed manifest.json of a bundle folder."""
+    return json.loads((Path(directory) / "manifest.json").read_text())
+
+
+def save_manifest(directory: Path, manifest: dict) -> None:
+    """Write manifest.json as given (no re-hashing: see :func:`rehash` for that)."""
+    (Path(directory) / "manifest.json").write_text(json.dumps(manifest))

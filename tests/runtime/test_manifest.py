@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
+import numpy as np
 import pytest
 
-from e3traj.runtime import build_manifest, contract, verify_bundle, write_manifest
+from e3traj.runtime import InputError, build_manifest, contract, verify_bundle, write_manifest
 
 
 def _args(**over):
@@ -50,3 +53,40 @@ def test_a_built_manifest_verifies(make_bundle):
     assert verify_bundle(path)["inputs"] == manifest["inputs"]
     manifest.pop("files")
     assert write_manifest(path, manifest)["files"]  # and write_manifest re-lists the files
+
+
+def test_write_manifest_lists_every_file_with_hash_and_size(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"hello")
+    (tmp_path / "b.txt").write_bytes(b"")
+    (tmp_path / "manifest.json").write_text("{}")  # an old manifest is never listed
+    out = write_manifest(tmp_path, {"inputs": []})
+    assert out["format"] == "e3traj-bundle" and out["format_version"] == 1
+    assert out["files"] == {
+        "a.bin": {"sha256": hashlib.sha256(b"hello").hexdigest(), "size": 5},
+        "b.txt": {"sha256": hashlib.sha256(b"").hexdigest(), "size": 0},
+    }
+    text = (tmp_path / "manifest.json").read_text()
+    assert json.loads(text) == out
+    assert text == json.dumps(out, sort_keys=True, indent=2) + "\n"
+    assert sorted(os.listdir(tmp_path)) == ["a.bin", "b.txt", "manifest.json"]  # no temp file left
+
+
+def test_write_manifest_keeps_an_explicit_format_and_accepts_numpy_scalars(tmp_path):
+    (tmp_path / "x").write_bytes(b"1")
+    out = write_manifest(tmp_path, {"format_version": 1, "metric": np.float32(0.5), "dims": np.arange(2)})
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["metric"] == 0.5 and data["dims"] == [0, 1] and out["format"] == "e3traj-bundle"
+
+
+def test_write_manifest_refuses_subfolders_and_symlinks(tmp_path, one_line):
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError) as e:
+        write_manifest(tmp_path, {})
+    one_line(e, "sub", "folder")
+    (tmp_path / "sub").rmdir()
+    (tmp_path / "real").write_bytes(b"x")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(InputError) as e:
+        write_manifest(tmp_path, {})
+    one_line(e, "link", "symlink")
+    assert not (tmp_path / "manifest.json").exists()
