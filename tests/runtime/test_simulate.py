@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from e3traj.runtime._data import load_trajectory, validate_frames
-from e3traj.runtime._exact import _cos_exact, _exp_exact, _log, _Normals, _sum_axis1
+from e3traj.runtime._exact import _Normals
 from e3traj.runtime._metrics import trajectory_stats
 from e3traj.runtime._simulate import MAX_SIM_FRAMES, SimParams, _Forces, _initial_chain, simulate
 from e3traj.runtime.cli import main
@@ -81,49 +81,6 @@ def test_spatial_statistics_are_sensible(spatial_run):
     _check_chapter_like(trajectory_stats(spatial_run))
 
 
-def test_trajectory_stats_on_a_chain_in_uniform_motion():
-    # a straight chain, bond 0.5, moving by (0.01, 0) every frame: every figure is known exactly
-    t = np.arange(20.0)[:, None, None]
-    beads = np.stack([0.5 * np.arange(12.0), np.zeros(12)], axis=-1)[None]
-    frames = beads + t * np.array([0.01, 0.0])
-    s = trajectory_stats(frames)
-    assert s["frames"] == 20
-    assert s["bond_mean"] == pytest.approx(0.5) and s["bond_std"] == pytest.approx(0.0, abs=1e-12)
-    assert s["rms_disp"] == pytest.approx(0.01 / math.sqrt(2))  # per moving coordinate (x and y)
-    assert s["rms_second_diff"] == pytest.approx(0.0, abs=1e-12)
-    assert s["max_pair"] == pytest.approx(5.5)
-    assert s["cos_bond_mean"] == pytest.approx(1.0)
-    assert s["vacf1"] == pytest.approx(1.0)
-    assert s["persistence_mse"] == pytest.approx(0.01**2 / 3)  # averaged over x, y and the lifted z
-    assert s["const_velocity_mse"] == pytest.approx(0.0, abs=1e-20)
-    # lifting to 3D by hand changes nothing
-    lifted = np.concatenate([frames, np.zeros(frames.shape[:2] + (1,))], axis=-1)
-    assert trajectory_stats(lifted) == s
-
-
-def test_trajectory_stats_matches_the_chapter_figures():
-    """The brief's figures for paths.npz, reproduced on a copy when the shared data is here."""
-    from e3traj.runtime import dmol_path
-    from e3traj.runtime._errors import InputError
-
-    try:
-        path = dmol_path(download=False)
-    except InputError:
-        pytest.skip("the chapter's paths.npz is not available here")
-    s = trajectory_stats(load_trajectory(path))
-    assert s["bond_mean"] == pytest.approx(0.363, abs=1e-3)
-    assert s["rms_disp"] == pytest.approx(0.0060, abs=1e-4)
-    assert s["persistence_mse"] == pytest.approx(2.43e-5, rel=0.01)
-    assert s["const_velocity_mse"] == pytest.approx(1.65e-7, rel=0.01)
-
-
-def test_trajectory_stats_rejects_bad_shapes():
-    with pytest.raises(ValueError, match=r"\(2, 12, 2\)"):
-        trajectory_stats(np.zeros((2, 12, 2)))
-    with pytest.raises(ValueError, match=r"\(5, 11, 3\)"):
-        trajectory_stats(np.zeros((5, 11, 3)))
-
-
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("params", [SimParams(), SimParams(lj_cutoff=0.425, bond_core=0.0)])
 def test_forces_are_minus_the_energy_gradient(dim, params):
@@ -143,51 +100,6 @@ def test_forces_are_minus_the_energy_gradient(dim, params):
             grad[i, c] = (forces.energy(xp) - forces.energy(xm)) / (2 * h)
     np.testing.assert_allclose(f, -grad, atol=1e-5 * max(1.0, np.abs(f).max()))
     np.testing.assert_allclose(f.sum(axis=0), 0.0, atol=1e-9)  # internal forces only
-
-
-def test_log_is_within_a_few_ulp_of_the_c_library():
-    s = np.concatenate([np.random.default_rng(0).random(20000), [1e-300, 2.0**-1074, 0.5, 0.70710678, 1.0, 3.0]])
-    ours = _log(s)
-    ref = np.array([math.log(v) for v in s])
-    ulp = np.spacing(np.abs(ref)) + (ref == 0)
-    err = np.abs(ours - ref) / ulp
-    assert np.max(err) <= 3.0 and np.mean(err == 0) > 0.5  # 2.0 here; another libm may be 0.5 ulp off itself
-    assert _log(np.array([1.0]))[0] == 0.0
-
-
-def test_decimal_constants_are_correctly_rounded():
-    for x in (-0.0004, -0.2 * 0.002, 0.0, 1.5, -3.0):
-        assert abs(_exp_exact(x) - math.exp(x)) <= np.spacing(math.exp(x))
-    for x in (2.0 * math.pi / 3.0, math.pi, 0.1, 1.0, 3.9, 0.0):
-        assert abs(_cos_exact(x) - math.cos(x)) <= np.spacing(abs(math.cos(x)))
-    with pytest.raises(ValueError, match="got 5.0"):
-        _cos_exact(5.0)
-
-
-def test_normals_do_not_depend_on_how_many_are_taken_at_a_time():
-    whole = _Normals(3).take(50000)
-    parts = _Normals(3)
-    pieces = [parts.take(n) for n in (1, 7, 16383, 2, 33607)]
-    np.testing.assert_array_equal(np.concatenate(pieces), whole)
-    assert not np.array_equal(_Normals(4).take(100), whole[:100])
-
-
-def test_normals_are_standard_normal():
-    z = _Normals(0).take(400000)
-    assert abs(z.mean()) < 0.01 and abs(z.var() - 1.0) < 0.01
-    assert abs(np.mean(z**4) - 3.0) < 0.05  # kurtosis of a Gaussian
-    # quantiles against the normal CDF: P(|z| < 1) = 0.6827, P(|z| < 2) = 0.9545, P(|z| < 3) = 0.9973
-    for k, p in ((1, 0.682689), (2, 0.954500), (3, 0.997300)):
-        assert abs(np.mean(np.abs(z) < k) - p) < 0.003
-
-
-@pytest.mark.parametrize("m", [1, 2, 3, 11, 12, 13])
-def test_fixed_order_sum_equals_the_sum(m):
-    a = np.random.default_rng(m).standard_normal((4, m, 3))
-    np.testing.assert_allclose(_sum_axis1(a), a.sum(axis=1), rtol=1e-13, atol=1e-13)
-    # and it really fixes the order: (a0 + a2) + (a1 + a3) for four terms (left to right would give 1.0)
-    b = np.array([[1e16, 1.0, -1e16, 1.0]])
-    assert _sum_axis1(b)[0] == (1e16 + -1e16) + (1.0 + 1.0) == 2.0
 
 
 @pytest.mark.parametrize(
