@@ -52,6 +52,8 @@ def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes:
         raise InputError(f"{name}: holds Python objects (dtype {dtype}), which are never unpickled; save a float array")
     if dtype.kind not in "fiu":
         raise InputError(f"{name}: dtype {dtype} is not numeric; expected float positions of shape (T, 12, 2|3)")
+    if any(int(d) < 0 for d in shape):
+        raise InputError(f"{name}: header declares the negative shape {tuple(shape)}; save frames with numpy.save")
     nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow for absurd shapes
     if nbytes > max_bytes:
         raise InputError(

@@ -81,7 +81,8 @@ def _kind(mode: int) -> str:
 
 
 def _refuse_non_file(out: Path, *, folder: bool = False) -> None:
-    """Refuse a target that exists and is not what ``--force`` may replace (a regular file, or a real folder)."""
+    """Refuse a target that exists and is not what ``--force`` may replace: a regular file, or for folder outputs a
+    bundle folder (a real folder holding ``manifest.json``), never any other folder."""
     try:
         mode = os.lstat(out).st_mode
     except FileNotFoundError:
@@ -89,6 +90,11 @@ def _refuse_non_file(out: Path, *, folder: bool = False) -> None:
     except OSError:
         return  # the write itself reports it
     ok = stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)
+    if ok and folder and not (out / "manifest.json").is_file():
+        raise UsageError(
+            f"{out}: is a folder but not a bundle (no manifest.json); --force replaces bundle folders only, "
+            "choose another output path"
+        )
     if not ok:
         replaces = "bundle folders" if folder else "regular files"
         raise UsageError(f"{out}: is {_kind(mode)}; --force replaces {replaces} only, choose another output path")
@@ -185,12 +191,16 @@ def _place(tmp: Path, final: Path, *, replace: bool, folder: bool = False) -> No
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
             os.replace(final, old / final.name)
             try:
-                os.replace(tmp, final)
+                _rename_noreplace(tmp, final)
             except BaseException:
-                os.replace(old / final.name, final)
+                try:
+                    os.replace(old / final.name, final)
+                except OSError:  # keep the old bundle where it is and say where
+                    raise UsageError(
+                        f"{final}: could not be replaced nor put back; the previous bundle is kept in {old}"
+                    ) from None
                 raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
     else:

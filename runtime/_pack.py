@@ -108,8 +108,8 @@ def unpack_bundle(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Pa
         UsageError: the bundle folder already exists in ``dest_dir``.
     """
     arch = Path(archive)
-    _verify_archive(arch)  # names, sizes, hashes, the model: all before a byte is written
-    members = read_archive(arch)
+    members = read_archive(arch)  # read once: what is verified is what is written
+    _verify_archive(arch, members)  # names, sizes, hashes, the model: all before a byte is written
     dest = Path(dest_dir)
     final = dest / members.top
     if final.exists() or final.is_symlink():

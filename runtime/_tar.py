@@ -25,8 +25,13 @@ MAX_ARCHIVE_BYTES = 64 << 20
 #: Most members (folder + files) an archive may hold; a bundle has four at most.
 MAX_ARCHIVE_MEMBERS = 64
 
-#: Largest header (tar block plus pax or GNU long-name records) of one member.
-MAX_HEADER_BYTES = 64 << 10
+#: Largest pax or GNU long-name record of one member. Bundles have short names (``e3traj pack`` writes no pax
+#: record for them); a small cap also bounds the cost of tarfile's pax parsing, which is quadratic on crafted
+#: records in some Python versions (CVE-2024-6232).
+MAX_HEADER_BYTES = 4 << 10
+
+#: Header types refused before tarfile sees them: old GNU sparse files (their maps live outside the header).
+_REFUSED_TYPES = {b"S": "a GNU sparse file"}
 
 _BLOCK = 512
 
@@ -96,8 +101,16 @@ def _walk_headers(raw: bytes, where: str) -> None:
         count += 1
         if count > 4 * MAX_ARCHIVE_MEMBERS:
             raise _fail(where, f"more than {MAX_ARCHIVE_MEMBERS} members; a bundle has a few files")
-        if kind in (b"x", b"g", b"L", b"K") and size > MAX_HEADER_BYTES:
-            raise _fail(where, f"a tar header record of {size} bytes, over the {MAX_HEADER_BYTES}-byte limit; refusing")
+        if kind in _REFUSED_TYPES:
+            raise _fail(where, f"holds {_REFUSED_TYPES[kind]}; bundles hold only regular files, refusing the archive")
+        if kind in (b"x", b"g", b"X", b"L", b"K"):
+            if size > MAX_HEADER_BYTES:
+                raise _fail(
+                    where, f"a tar header record of {size} bytes, over the {MAX_HEADER_BYTES}-byte limit; refusing"
+                )
+            record = raw[pos + _BLOCK : pos + _BLOCK + size]
+            if kind in (b"x", b"g", b"X") and b"GNU.sparse" in record:
+                raise _fail(where, "holds a GNU sparse file (pax GNU.sparse record); refusing the archive")
         pos += _BLOCK + -(-size // _BLOCK) * _BLOCK
 
 
@@ -171,7 +184,7 @@ def read_archive(path: str | Path, *, label: str | None = None) -> Archive:
                 files[parts[1]] = view[member.offset_data : end]
     except InputError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError, IndexError, KeyError) as exc:
         raise _unreadable(where, exc) from None
     if top is None:
         raise _fail(where, "the archive is empty; re-pack the bundle with 'e3traj pack'")

@@ -209,9 +209,12 @@ def _verify_dir(root: Path, label: str) -> _Verified:
     return _finish(manifest, digest, label, files, root)
 
 
-def _verify_archive(path: Path) -> _Verified:
-    """Verify a ``.tar.gz`` bundle in memory: members against the manifest's names, sizes and hashes."""
-    archive = read_archive(path)
+def _verify_archive(path: Path, archive=None) -> _Verified:
+    """Verify a ``.tar.gz`` bundle in memory: members against the manifest's names, sizes and hashes.
+
+    ``archive``: the :class:`~e3traj.runtime._tar.Archive` already read from ``path`` (read it here if None).
+    """
+    archive = read_archive(path) if archive is None else archive
     label = f"{path}:{archive.top}"
     where = f"{label}/{MANIFEST_NAME}"
     if MANIFEST_NAME not in archive.files:
@@ -295,6 +298,8 @@ def _load_example(data, where: str) -> dict[str, np.ndarray]:
                         shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
                     if dtype.hasobject or dtype.kind not in "fiu":
                         raise InputError(f"{at}: dtype {dtype} is not numeric; re-export the bundle")
+                    if any(int(d) < 0 for d in shape):
+                        raise InputError(f"{at}: declares the negative shape {tuple(shape)}; re-export the bundle")
                     nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
                     total += nbytes
                     if nbytes > MAX_EXAMPLE_ARRAY_BYTES or total > MAX_EXAMPLE_BYTES:

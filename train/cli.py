@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from e3traj.runtime import check_output_path, resolve_data
+from e3traj.runtime import check_output_path, replacing, resolve_data
 from e3traj.runtime.cli import DATA_HELP as _DATA_HELP
 from e3traj.runtime.cli import make_evaluate
 
@@ -92,9 +92,7 @@ def train(
     from ._train import TrainConfig, train_model
 
     inputs = [resume_path] + ([data] if data not in ("sim", "dmol") else [])
-    out = check_output_path(
-        output, inputs, force=force or (resume_path is not None and Path(resume_path) != Path(output))
-    )
+    out = check_output_path(output, inputs, force=force)  # resuming writes a new file: -o must not exist
     overrides = {
         k: v
         for k, v in {
@@ -123,7 +121,8 @@ def train(
     if resume is not None and resume.get("config"):
         cfg.e3nn = {**resume["config"], **overrides}
     src = resolve_data(data)
-    result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
+    with replacing(force):  # no-clobber holds at the checkpoint's final rename too
+        result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
     m = result.checkpoint["metrics"]
     click.echo(f"stopped: {result.stopped_because}; best epoch {m['best_epoch']} after {m['train_seconds']:.1f} s")
     click.echo(

@@ -155,6 +155,8 @@ def _catch_sigterm():
         previous = signal.signal(signal.SIGTERM, handler)
     except (ValueError, OSError):  # pragma: no cover - not the main interpreter
         return lambda: None
+    if previous is None:  # installed from C: nothing Python can put back
+        return lambda: None
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 

@@ -154,3 +154,12 @@ def test_outputs_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_negative_shape_is_refused_before_reading(tmp_path):
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (-1, 12, 3), }"
+    header += " " * (118 - len(header)) + "\n"
+    bad = tmp_path / "neg.npy"
+    bad.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8 * 36))
+    with pytest.raises(InputError, match="negative shape"):
+        load_trajectory(bad)

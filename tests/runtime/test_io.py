@@ -85,6 +85,10 @@ def test_folder_output_no_clobber_and_regular_only(tmp_path):
     with pytest.raises(UsageError, match="replaces bundle folders only"):
         with atomic_output_dir(tmp_path / "file", force=True):
             pass
+    with pytest.raises(UsageError, match="not a bundle"):  # any other folder is the user's: never replaced
+        with atomic_output_dir(target, force=True):
+            pass
+    (target / "manifest.json").write_text("{}")
     with atomic_output_dir(target, force=True) as tmp:
         (tmp / "a").write_text("1")
     assert (target / "a").read_text() == "1" and _leftovers(tmp_path, {"bundle", "file"}) == []

@@ -193,3 +193,37 @@ def test_a_valid_hand_made_archive_opens(toy_bundle, tmp_path):
     archive = _write_tar(tmp_path / "hand.tar.gz", _bundle_members(toy_bundle, "hand"))
     with Bundle.open(archive) as b:
         assert b.kind == "e3nn"
+
+
+def _raw_member(name: str, kind: bytes, size: int) -> bytes:
+    """One raw tar header block (checksum left blank: the walker must refuse before tarfile looks)."""
+    block = bytearray(512)
+    block[: len(name)] = name.encode()
+    block[100:108] = b"0000644\0"
+    block[124:136] = f"{size:011o}\0".encode()
+    block[156:157] = kind
+    block[257:263] = b"ustar\0"
+    return bytes(block) + bytes(-(-size // 512) * 512)
+
+
+@pytest.mark.parametrize(
+    "kind, size, payload, fragment",
+    [
+        (b"X", 200_000, b"", "over the 4096-byte limit"),  # a Solaris pax record tarfile would parse slowly
+        (b"x", 60, b"30 GNU.sparse.size=1000000000\n", "GNU sparse"),
+        (b"S", 0, b"", "GNU sparse file"),
+    ],
+    ids=["solaris-pax-huge", "pax-gnu-sparse", "old-gnu-sparse"],
+)
+def test_sparse_and_oversized_tar_records_are_refused_before_tarfile(tmp_path, kind, size, payload, fragment):
+    import gzip
+    import time
+
+    raw = bytearray(_raw_member("b/model.onnx", kind, size))
+    raw[512 : 512 + len(payload)] = payload
+    archive = tmp_path / "hostile.tar.gz"
+    archive.write_bytes(gzip.compress(bytes(raw) + bytes(1024)))
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=fragment):
+        verify_bundle(archive)
+    assert time.perf_counter() - t0 < 5.0  # refused at once, not after a quadratic parse

@@ -192,3 +192,21 @@ def test_not_a_bundle_paths(tmp_path, one_line):
     with pytest.raises(InputError) as e:
         Bundle.open(tmp_path / "model.onnx")
     one_line(e, "neither a bundle folder nor a .tar.gz")
+
+
+def test_a_negative_shape_in_the_example_is_refused_before_reading(make_bundle, toys):
+    import io
+    import zipfile
+
+    path = make_bundle("toy", "negative")
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (-1,), }"
+    header += " " * (118 - len(header)) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8 * 1000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("positions.npy", npy)
+        zf.writestr("prediction.npy", npy)
+    (path / "example.npz").write_bytes(buf.getvalue())
+    rehash(path)
+    with Bundle.open(path) as b, pytest.raises(InputError, match="negative shape"):
+        b.load_example()

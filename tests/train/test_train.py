@@ -196,3 +196,12 @@ def test_velocity_model_trains_on_the_same_validation_pairs(data, tmp_path):
     x = torch.as_tensor(s.val_x[:3], dtype=torch.float32)
     v = torch.as_tensor(s.val_x[:3] - s.val_prev[:3], dtype=torch.float32)
     assert model(x, v).shape == (3, 12, 3)
+
+
+def test_resume_into_an_existing_file_needs_force(e3nn_ckpt, traj, tmp_path):
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"someone's checkpoint")
+    args = ["train", "--model", "e3nn", "--data", str(traj), "--resume", str(e3nn_ckpt), "-o", str(existing)]
+    r = CliRunner().invoke(main, [*args, "--quiet"])
+    assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output, r.output
+    assert existing.read_bytes() == b"someone's checkpoint"
