@@ -215,11 +215,19 @@ def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.nda
 def save_trajectory(path: str | os.PathLike, frames: np.ndarray, *, replace: bool = True, **extra: np.ndarray) -> Path:
     """Write frames in the dmol-book format (``.npz``, key ``arr``) atomically; extra arrays go beside it.
 
-    ``replace=False`` refuses a file that exists at the final rename (see :mod:`e3traj.runtime._io`).
+    The file's bytes depend on the arrays alone (members stored with a fixed 1980-01-01 timestamp, as numpy 2.4's
+    ``savez`` does too; written here so it does not depend on the numpy version), so the same frames give the same
+    file. ``replace=False``
+    refuses a file that exists at the final rename (see :mod:`e3traj.runtime._io`).
     """
     out = Path(path)
+    arrays = {"arr": np.asarray(frames), **{k: np.asarray(v) for k, v in extra.items()}}
     with atomic_output(out, suffix=".npz", replace=replace) as tmp:
-        np.savez(tmp, arr=np.asarray(frames), **{k: np.asarray(v) for k, v in extra.items()})
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for key, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     return out
 
 

@@ -163,3 +163,16 @@ def test_a_negative_shape_is_refused_before_reading(tmp_path):
     bad.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8 * 36))
     with pytest.raises(InputError, match="negative shape"):
         load_trajectory(bad)
+
+
+def test_the_same_frames_give_the_same_file_whatever_the_clock(tmp_path, monkeypatch):
+    # (numpy 2.4's savez already writes a fixed timestamp; this holds the promise whatever numpy a host has)
+    import time
+
+    frames = _frames(4, 2)
+    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.0)  # 2001
+    save_trajectory(tmp_path / "a.npz", frames)
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)  # 2027
+    save_trajectory(tmp_path / "b.npz", frames)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    np.testing.assert_array_equal(load_trajectory(tmp_path / "a.npz")[..., :2], frames)
