@@ -48,6 +48,9 @@ import torch
 
 from ._config import E3nnConfig, build_reference_network, o3
 from ._plan import (
+    LayerPlan,
+    PathGroup,
+    ProductClass,
     _act_segments,
     _apply,
     _Consts,
@@ -139,17 +142,17 @@ class FixedGraphNetwork(torch.nn.Module):
         row_scale = np.ones(convs[0].irreps_in.dim)
         for conv, gate in zip(convs, gates):
             plan, meta, row_scale = self._build_plan(conv, gate, row_scale, sh_l)
-            for g in meta["groups"]:
-                for cl in g["classes"]:
-                    key = (g["l1"], cl["combos"], cl["S"])
+            for g in meta.groups:
+                for cl in g.classes:
+                    key = (g.l1, cl.combos, cl.S)
                     if key not in q_keys:
-                        q_keys[key] = (q_rows, cl["sigma"])
-                        q_rows += (2 * g["l1"] + 1) * cl["C"] * cl["S"]
-                    cl["q_off"] = q_keys[key][0]
+                        q_keys[key] = (q_rows, cl.sigma)
+                        q_rows += (2 * g.l1 + 1) * cl.C * cl.S
+                    cl.q_off = q_keys[key][0]
             self._plans.append(plan)
             self._metas.append(meta)
 
-        self._n_w_all = sum(m["n_w"] for m in self._metas)  # edge-weight rows of all layers
+        self._n_w_all = sum(m.n_w for m in self._metas)  # edge-weight rows of all layers
         # (intervals, 4 * sum n_w) power-basis coefficients of the radial MLPs, set by tabulate_radial on a frozen
         # copy for export; a plain attribute (not a buffer) so that state_dict keeps only e3nn's parameters
         self._radial_table: torch.Tensor | None = None
@@ -233,7 +236,7 @@ class FixedGraphNetwork(torch.nn.Module):
                 if keys[mul_ir.ir] == key:
                     uoff[i1] = u
                     u += mul_ir.mul
-            g = {"l1": key[0], "U": u, "x_start": pos, "combos": key[1]}
+            g = PathGroup(l1=key[0], U=u, x_start=pos, combos=key[1])
             groups.append(g)
             by_key[key] = g
             pos += u * (2 * key[0] + 1)
@@ -243,7 +246,7 @@ class FixedGraphNetwork(torch.nn.Module):
             g, d = gmap[mul_ir.ir], mul_ir.ir.dim
             for u in range(mul_ir.mul):
                 for a in range(d):
-                    lin1_cols[g["x_start"] + (uoff[i1] + u) * d + a] = sl.start + u * d + a
+                    lin1_cols[g.x_start + (uoff[i1] + u) * d + a] = sl.start + u * d + a
         idx_sc, coef_sc = _fctp_structure(conv.sc)
         idx_l1, coef_l1 = _fctp_structure(conv.lin1)
         n_sc = conv.sc.weight_numel
@@ -254,20 +257,20 @@ class FixedGraphNetwork(torch.nn.Module):
         plan.const("pre_coef", pre_coef.T)
 
         # per group: its products (path classes by number of terms S; see _path_classes)
-        groups = [g for g in groups if g["combos"]]
+        groups = [g for g in groups if g.combos]
         d_pos = w_pos = 0
         where = {}  # (group key, (l2, l3)) -> (class, index in the class)
         for g in groups:
-            dim1 = 2 * g["l1"] + 1
-            g["classes"] = []
-            for combos, n_t in _path_classes(g["l1"], g["combos"], g["U"]):
-                cl = {"combos": combos, "S": n_t, "C": len(combos), "d_start": d_pos, "w_start": w_pos}
-                cl["sigma"] = [_path_pattern(g["l1"], *c) for c in combos]
-                g["classes"].append(cl)
+            dim1 = 2 * g.l1 + 1
+            g.classes = []
+            for combos, n_t in _path_classes(g.l1, g.combos, g.U):
+                cl = ProductClass(combos=combos, S=n_t, C=len(combos), d_start=d_pos, w_start=w_pos)
+                cl.sigma = [_path_pattern(g.l1, *c) for c in combos]
+                g.classes.append(cl)
                 for cc, combo in enumerate(combos):
-                    where[(g["l1"], g["combos"], combo)] = (cl, cc)
-                d_pos += g["U"] * len(combos) * n_t * dim1
-                w_pos += g["U"] * len(combos)
+                    where[(g.l1, g.combos, combo)] = (cl, cc)
+                d_pos += g.U * len(combos) * n_t * dim1
+                w_pos += g.U * len(combos)
         n_d, n_w = d_pos, w_pos
 
         # per path: radial weight column, and (D row -> tp output index, path weight); D rows per class are
@@ -283,15 +286,15 @@ class FixedGraphNetwork(torch.nn.Module):
             mul_ir = irreps_in[ins.i_in1]
             l2, l3 = sh_l[ins.i_in2], mid[ins.i_out].ir.l
             g = gmap[mul_ir.ir]
-            cl, cc = where[(g["l1"], g["combos"], (l2, l3))]
-            dim1 = 2 * g["l1"] + 1
+            cl, cc = where[(g.l1, g.combos, (l2, l3))]
+            dim1 = 2 * g.l1 + 1
             for u in range(mul_ir.mul):
                 ug = uoff[ins.i_in1] + u
-                w_cols[cl["w_start"] + ug * cl["C"] + cc] = w_off + u
-                w_xrow[cl["w_start"] + ug * cl["C"] + cc] = g["x_start"] + ug * dim1
-                for a, ms in enumerate(cl["sigma"][cc]):
+                w_cols[cl.w_start + ug * cl.C + cc] = w_off + u
+                w_xrow[cl.w_start + ug * cl.C + cc] = g.x_start + ug * dim1
+                for a, ms in enumerate(cl.sigma[cc]):
                     for s, m in enumerate(ms):
-                        dd = cl["d_start"] + ((ug * cl["C"] + cc) * cl["S"] + s) * dim1 + a
+                        dd = cl.d_start + ((ug * cl.C + cc) * cl.S + s) * dim1 + a
                         d_mid[dd] = mid_slices[ins.i_out].start + u * (2 * l3 + 1) + m
                         d_pw[dd] = ins.path_weight
             w_off += math.prod(ins.path_shape)
@@ -311,17 +314,17 @@ class FixedGraphNetwork(torch.nn.Module):
         plan.const("post_idx", post_idx[:, perm].T)
         plan.const("post_coef", post_coef[:, perm].T)
 
-        meta = {
-            "d_in": d_in,
-            "d_out": d_out,
-            "n_w": n_w,
-            "groups": groups,
-            "gate": gate is not None,
-            "n_s": n_s,
-            "n_g": n_g,
-            "segs_s": segs_s,
-            "segs_g": segs_g,
-        }
+        meta = LayerPlan(
+            d_in=d_in,
+            d_out=d_out,
+            n_w=n_w,
+            groups=groups,
+            gate=gate is not None,
+            n_s=n_s,
+            n_g=n_g,
+            segs_s=segs_s,
+            segs_g=segs_g,
+        )
         return plan, meta, next_row_scale
 
     def _pre_matrices(self, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -342,7 +345,7 @@ class FixedGraphNetwork(torch.nn.Module):
         Shapes: r ``(M,)`` -> ``(M, sum n_w)``.
         """
         c = self.consts
-        x0 = pres[0][0, self._metas[0]["d_out"] :] if self.config.irreps_in is None else None  # (d_in,)
+        x0 = pres[0][0, self._metas[0].d_out :] if self.config.irreps_in is None else None  # (d_in,)
         diff = (r[:, None] - c.rb_values.to(r.dtype)) * self._rb_inv_step
         emb = torch.exp(-(diff * diff))  # (M, number_of_basis)
         outs = []
@@ -432,7 +435,7 @@ class FixedGraphNetwork(torch.nn.Module):
         w_row = 0
 
         for layer, (conv, plan, meta, pre) in enumerate(zip(self._convs, self._plans, self._metas, pres)):
-            d_out, n_w = meta["d_out"], meta["n_w"]
+            d_out, n_w = meta.d_out, meta.n_w
             w_base = w_row
             w_row += n_w
 
@@ -442,20 +445,20 @@ class FixedGraphNetwork(torch.nn.Module):
             else:
                 t = x @ pre
                 s = t[:, :d_out]
-                xs = _rows_to_edges(t[:, d_out:], c.src, n, meta["d_in"])  # (d_in, E * B)
+                xs = _rows_to_edges(t[:, d_out:], c.src, n, meta.d_in)  # (d_in, E * B)
 
             # tensor product per product class: the terms w[u, c] x[u, a] Q[c, s, a] summed over the neighbours k
             # (outside (n, B): the sum adds whole contiguous rows); the sum over a is folded into the post matrix
             aggs = []
-            for g in meta["groups"]:
-                n_u, dim1 = g["U"], 2 * g["l1"] + 1
+            for g in meta.groups:
+                n_u, dim1 = g.U, 2 * g.l1 + 1
                 if xs is not None:
-                    xg = xs[g["x_start"] : g["x_start"] + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
-                for cl in g["classes"]:
-                    n_c, n_t = cl["C"], cl["S"]
-                    w0 = w_base + cl["w_start"]  # sliced from w_all directly: one Split in onnxruntime
+                    xg = xs[g.x_start : g.x_start + n_u * dim1].reshape(n_u, 1, 1, dim1, n - 1, -1)
+                for cl in g.classes:
+                    n_c, n_t = cl.C, cl.S
+                    w0 = w_base + cl.w_start  # sliced from w_all directly: one Split in onnxruntime
                     wg = w_all[w0 : w0 + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
-                    qg = q[cl["q_off"] : cl["q_off"] + n_c * n_t * dim1].reshape(n_c, n_t, dim1, n - 1, -1)
+                    qg = q[cl.q_off : cl.q_off + n_c * n_t * dim1].reshape(n_c, n_t, dim1, n - 1, -1)
                     p = (wg if xs is None else xg * wg) * qg  # (U, C, S, dim1, n - 1, n * B)
                     aggs.append(p.reshape(n_u * n_c * n_t * dim1, n - 1, -1).sum(1))
             if aggs:  # (a layer can have no path at all, e.g. lmax=0 with vector inputs only)
@@ -466,11 +469,11 @@ class FixedGraphNetwork(torch.nn.Module):
             else:
                 y = s if xs is not None else s.expand(n * pos.shape[0], -1)
 
-            if meta["gate"]:
-                n_s, n_g = meta["n_s"], meta["n_g"]
-                parts = [_apply(f, y[:, a:b]) for a, b, f in meta["segs_s"]]
+            if meta.gate:
+                n_s, n_g = meta.n_s, meta.n_g
+                parts = [_apply(f, y[:, a:b]) for a, b, f in meta.segs_s]
                 if n_g:
-                    gates = [_apply(f, y[:, n_s + a : n_s + b]) for a, b, f in meta["segs_g"]]
+                    gates = [_apply(f, y[:, n_s + a : n_s + b]) for a, b, f in meta.segs_g]
                     gates = torch.cat(gates, dim=1) if len(gates) > 1 else gates[0]
                     parts.append(y[:, n_s + n_g :] * (gates @ plan.gsel.to(dtype)))
                 x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -4,13 +4,74 @@ the graph's edges and pairs, the tensor products' Clebsch-Gordan patterns and pr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ._config import o3
 
-__all__ = []
+__all__ = ["LayerPlan", "PathGroup", "ProductClass"]
+
+
+@dataclass
+class ProductClass:
+    """The paths of one group with the same number ``S`` of terms per input component, multiplied together.
+
+    Attributes:
+        combos: the paths ``(l2, l3)`` of the class.
+        S: terms per input component ``a`` (``m = sigma[c][a][s]``).
+        C: number of paths (``len(combos)``).
+        d_start: first row of the class in the layer's D (edge-product) rows.
+        w_start: first row of the class in the layer's radial weights.
+        sigma: per path, per input component, the output components it reaches.
+        q_off: first row of the class's product in the shared Q matrix (set once all layers are planned).
+    """
+
+    combos: tuple
+    S: int
+    C: int
+    d_start: int
+    w_start: int
+    sigma: list = field(default_factory=list)
+    q_off: int = -1
+
+
+@dataclass
+class PathGroup:
+    """Input channels of one ``l1`` sharing the same set of paths (both parities when their paths agree).
+
+    Attributes:
+        l1: the input irrep's degree; U: channels in the group; x_start: first row of the group in the edge inputs;
+        combos: the group's paths ``(l2, l3)``; classes: its products (:class:`ProductClass`).
+    """
+
+    l1: int
+    U: int
+    x_start: int
+    combos: tuple
+    classes: list = field(default_factory=list)
+
+
+@dataclass
+class LayerPlan:
+    """What one layer's forward reads besides its constant tables.
+
+    Attributes:
+        d_in, d_out: node feature widths in and out; n_w: radial weight rows; groups: :class:`PathGroup` list;
+        gate: whether a gate follows; n_s, n_g: scalar and gate channel counts; segs_s, segs_g: activation
+        segments ``(start, stop, activation)``.
+    """
+
+    d_in: int
+    d_out: int
+    n_w: int
+    groups: list
+    gate: bool
+    n_s: int
+    n_g: int
+    segs_s: list
+    segs_g: list
 
 
 def _fixed_graph(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
