@@ -33,7 +33,11 @@ __all__ = [
 MAX_TRAJECTORY_BYTES = 1 << 30
 
 
-def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+#: What to do about a bad trajectory file (the default ``fix`` of the shared .npy and zip-member checks).
+_TRAJ_FIX = "save frames with numpy.save or numpy.savez"
+
+
+def _read_npy_header(fh, name: str, fix: str = _TRAJ_FIX) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -41,32 +45,30 @@ def _read_npy_header(fh, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     except Exception as exc:  # ValueError, EOFError, and the tokenizer's own errors for a malformed header
-        raise InputError(
-            f"{name}: not a valid .npy array ({first_line(exc)}); save frames with numpy.save or numpy.savez"
-        ) from None
+        raise InputError(f"{name}: not a valid .npy array ({first_line(exc)}); {fix}") from None
     return shape, fortran, dtype
 
 
-def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes: int) -> int:
+def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, max_bytes: int, fix: str = _TRAJ_FIX) -> int:
     if dtype.hasobject:
-        raise InputError(f"{name}: holds Python objects (dtype {dtype}), which are never unpickled; save a float array")
+        raise InputError(f"{name}: holds Python objects (dtype {dtype}, not numeric), which are never unpickled; {fix}")
     if dtype.kind not in "fiu":
-        raise InputError(f"{name}: dtype {dtype} is not numeric; expected float positions of shape (T, 12, 2|3)")
+        raise InputError(f"{name}: dtype {dtype} is not numeric; {fix}")
     if any(int(d) < 0 for d in shape):
-        raise InputError(f"{name}: header declares the negative shape {tuple(shape)}; save frames with numpy.save")
+        raise InputError(f"{name}: header declares the negative shape {tuple(shape)}; {fix}")
     nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow for absurd shapes
     if nbytes > max_bytes:
         raise InputError(
-            f"{name}: header declares shape {tuple(shape)} ({nbytes} bytes), over the {max_bytes}-byte limit; "
-            "split the trajectory or raise the limit"
+            f"{name}: header declares shape {tuple(shape)} ({nbytes} bytes), over the {max_bytes}-byte limit; {fix}"
         )
     return nbytes
 
 
-def _read_array(fh, name: str, max_bytes: int) -> np.ndarray:
-    """One ``.npy`` stream: header checked against the cap before its data is read, data read exactly."""
-    shape, fortran, dtype = _read_npy_header(fh, name)
-    nbytes = _check_header(name, shape, dtype, max_bytes)
+def _read_array(fh, name: str, max_bytes: int, fix: str = _TRAJ_FIX) -> np.ndarray:
+    """One ``.npy`` stream (trajectories and ``example.npz`` alike): the header is checked (numeric, no negative
+    dimension, at most ``max_bytes``) before its data is read, and the data is read exactly."""
+    shape, fortran, dtype = _read_npy_header(fh, name, fix)
+    nbytes = _check_header(name, shape, dtype, max_bytes, fix)
     raw = fh.read(nbytes + 1)
     if len(raw) != nbytes:
         raise InputError(f"{name}: holds {len(raw)} data bytes, its header says {nbytes}; the file is truncated")
@@ -135,6 +137,14 @@ def _read_file(p: Path, name: str, max_bytes: int) -> bytes:
 _MAX_NPZ_MEMBERS = 64
 
 
+def _check_member(info: zipfile.ZipInfo, name: str, fix: str = _TRAJ_FIX) -> None:
+    """Refuse a zip member numpy's reader cannot or should not read: encrypted, or compressed other than deflate."""
+    if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
+        raise InputError(f"{name}: is encrypted; {fix}")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise InputError(f"{name}: compression method {info.compress_type} is not supported; {fix}")
+
+
 def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -151,13 +161,7 @@ def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
             else:
                 raise InputError(f"{name}: no key 'arr' among {sorted(members)}; save the trajectory under key 'arr'")
             info = members[key]
-            if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
-                raise InputError(f"{name}[{key}]: is encrypted; save the trajectory with numpy.savez")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise InputError(
-                    f"{name}[{key}]: compression method {info.compress_type} is not supported; "
-                    "save the trajectory with numpy.savez or numpy.savez_compressed"
-                )
+            _check_member(info, f"{name}[{key}]")
             with zf.open(info) as fh:
                 return _read_array(fh, f"{name}[{key}]", max_bytes)
     except InputError:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 
-import numpy as np
-
 from ._contract import N_BEADS
 from ._errors import InputError
 from ._manifest import _is_int
@@ -22,7 +20,6 @@ __all__ = ["make_session", "CHUNK"]
 CHUNK = 32
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
-_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 _ORT_QUIET = False

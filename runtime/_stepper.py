@@ -10,7 +10,8 @@ import numpy as np
 
 from ._contract import DISPLACEMENT, N_BEADS, NEXT_POSITIONS, POSITIONS, PREVIOUS_DISPLACEMENT, VELOCITY_CORRECTION
 from ._errors import InputError, UsageError
-from ._session import _DTYPES, _ORT_TYPES, CHUNK, _clean_ort_error
+from ._manifest import _DTYPES
+from ._session import _ORT_TYPES, CHUNK, _clean_ort_error
 
 __all__ = ["make_stepper"]
 

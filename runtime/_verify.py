@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import re
 import stat
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._data import _check_member, _read_array
 from ._errors import InputError, first_line
 from ._manifest import _MAX_MANIFEST_BYTES, MANIFEST_NAME, _check_manifest, _parse_manifest
 from ._onnx_wire import _OnnxScan, _ProtoError, scan_onnx
@@ -272,6 +272,9 @@ def verify_bundle(path: str | os.PathLike) -> dict:
     return _read_bundle(path).manifest
 
 
+_EXAMPLE_FIX = "re-export the bundle"
+
+
 def _load_example(data, where: str) -> dict[str, np.ndarray]:
     """Parse ``example.npz`` from its verified bytes: numeric ``.npy`` members only, counts and sizes capped."""
     arrays: dict[str, np.ndarray] = {}
@@ -286,33 +289,12 @@ def _load_example(data, where: str) -> dict[str, np.ndarray]:
                 at = f"{where}[{key}]"
                 if not info.filename.endswith(".npy") or info.is_dir():
                     raise InputError(f"{at}: is not a .npy array; re-export the bundle")
-                if info.flag_bits & 0x41:  # bit 0: encrypted, bit 6: strong encryption
-                    raise InputError(f"{at}: is encrypted; re-export the bundle")
-                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                    raise InputError(f"{at}: compression method {info.compress_type} is not supported; re-export")
+                _check_member(info, at, _EXAMPLE_FIX)
+                # the cap of each array: its own, and what the arrays before it left of the total
+                cap = min(MAX_EXAMPLE_ARRAY_BYTES, MAX_EXAMPLE_BYTES - total)
                 with zf.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    if dtype.hasobject or dtype.kind not in "fiu":
-                        raise InputError(f"{at}: dtype {dtype} is not numeric; re-export the bundle")
-                    if any(int(d) < 0 for d in shape):
-                        raise InputError(f"{at}: declares the negative shape {tuple(shape)}; re-export the bundle")
-                    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
-                    total += nbytes
-                    if nbytes > MAX_EXAMPLE_ARRAY_BYTES or total > MAX_EXAMPLE_BYTES:
-                        raise InputError(
-                            f"{at}: declares {nbytes} bytes, over the limit of {MAX_EXAMPLE_ARRAY_BYTES} per array "
-                            f"and {MAX_EXAMPLE_BYTES} in all; re-export the bundle"
-                        )
-                    raw = fh.read(nbytes + 1)
-                if len(raw) != nbytes:
-                    raise InputError(f"{at}: holds {len(raw)} bytes, its header says {nbytes}; re-export the bundle")
-                arr = np.frombuffer(raw, dtype=dtype)
-                arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-                arrays[key] = np.array(arr)
+                    arrays[key] = _read_array(fh, at, cap, _EXAMPLE_FIX)
+                total += arrays[key].nbytes
     except InputError:
         raise
     except Exception as exc:  # zipfile and numpy raise many kinds (BadZipFile, NotImplementedError, ...)
