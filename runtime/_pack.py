@@ -17,9 +17,8 @@ from pathlib import Path
 
 from ._errors import InputError, UsageError
 from ._io import atomic_output, check_output_path
-from ._manifest import MANIFEST_NAME
 from ._tar import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, read_archive
-from ._verify import MAX_FILE_BYTES, _read_regular, _verify_archive, _verify_dir
+from ._verify import _verify_archive, _verify_dir
 
 __all__ = ["pack_bundle", "unpack_bundle", "MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_MEMBERS"]
 
@@ -59,15 +58,8 @@ def pack_bundle(bundle_dir: str | os.PathLike, output_tar_gz: str | os.PathLike,
     if _inside(out, src):
         raise UsageError(f"{out}: is inside the bundle folder {src}; write the archive somewhere else")
     check_output_path(out, [src], force=force)
-    verified = _verify_dir(src, str(src))
-    # every file once: the manifest and the files as they were hashed (the host-parsed ones are kept already)
-    contents = {MANIFEST_NAME: _read_regular(src / MANIFEST_NAME, f"{src}/{MANIFEST_NAME}", MAX_FILE_BYTES)}
-    for name in verified.manifest["files"]:
-        contents[name] = (
-            bytes(verified.files[name])
-            if name in verified.files
-            else _read_regular(src / name, f"{src}/{name}", MAX_FILE_BYTES)
-        )
+    verified = _verify_dir(src, str(src), keep_all=True)
+    contents = {name: bytes(data) for name, data in verified.files.items()}  # every file as it was hashed, once
     top = src.resolve().name or "bundle"
     with atomic_output(out, suffix=".tmp", replace=force) as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:

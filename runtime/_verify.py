@@ -75,7 +75,7 @@ def _read_regular(path: Path, where: str, max_bytes: int, *, what: str = "file")
     return data
 
 
-def _read_manifest(root: Path, label: str) -> tuple[dict, str]:
+def _read_manifest(root: Path, label: str) -> tuple[dict, str, bytes]:
     mpath = root / MANIFEST_NAME
     where = f"{label}/{MANIFEST_NAME}"
     try:
@@ -88,7 +88,8 @@ def _read_manifest(root: Path, label: str) -> tuple[dict, str]:
         raise InputError(f"{where}: is a symlink; a bundle holds only regular files, re-export the bundle")
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{where}: is not a regular file; re-export the bundle")
-    return _parse_manifest(_read_regular(mpath, where, _MAX_MANIFEST_BYTES, what="manifest"), where)
+    raw = _read_regular(mpath, where, _MAX_MANIFEST_BYTES, what="manifest")
+    return (*_parse_manifest(raw, where), raw)
 
 
 def _check_listing(root: Path, manifest: dict, label: str) -> None:
@@ -191,15 +192,18 @@ def _finish(manifest: dict, digest: str, label: str, files: dict[str, Any], root
     return _Verified(manifest, digest, label, files, root)
 
 
-def _verify_dir(root: Path, label: str) -> _Verified:
-    """Verify a bundle folder, reading every file once: what is hashed is what is parsed."""
+def _verify_dir(root: Path, label: str, *, keep_all: bool = False) -> _Verified:
+    """Verify a bundle folder, reading every file once: what is hashed is what is parsed.
+
+    ``keep_all``: keep the bytes of every file, the manifest's included (``pack`` writes the archive from them).
+    """
     if not root.is_dir():
         raise InputError(f"{label}: not a folder; pass a bundle folder or a .tar.gz made by 'e3traj pack'")
-    manifest, digest = _read_manifest(root, label)
+    manifest, digest, raw = _read_manifest(root, label)
     _check_manifest(manifest, f"{label}/{MANIFEST_NAME}")
     _check_listing(root, manifest, label)
-    keep = _parsed_files(manifest)
-    files: dict[str, Any] = {}
+    keep = set(manifest["files"]) if keep_all else set(_parsed_files(manifest))
+    files: dict[str, Any] = {MANIFEST_NAME: raw} if keep_all else {}
     for name, entry in sorted(manifest["files"].items()):
         where = f"{label}/{name}"
         data = _read_regular(root / name, where, MAX_FILE_BYTES)
