@@ -83,6 +83,21 @@ def build_model(kind: str, *, opset: int = OPSET, batch="batch"):
     return model
 
 
+def build_fixed_batch_model(batch: int = 8):
+    """A graph that declares a dynamic batch but reshapes to ``batch`` frames: onnxruntime fails at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = build_model("toy")
+    shape = numpy_helper.from_array(np.array([batch, 12, 3], dtype=np.int64), "fixed_shape")
+    graph = model.graph
+    graph.initializer.append(shape)
+    out = graph.node[-1].output[0]
+    graph.node[-1].output[0] = "pre"
+    graph.node.append(helper.make_node("Reshape", ["pre", "fixed_shape"], [out]))
+    assert TensorProto.FLOAT  # the value infos stay (batch, 12, 3)
+    return model
+
+
 def reference(kind: str, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
     """The model's output computed with numpy in float32 (float64 result).
 
@@ -115,6 +130,14 @@ def make_traj(frames: int = 24, seed: int = 0, dim: int = 2) -> np.ndarray:
         steps[..., 2] = 0.0
     traj = base + np.cumsum(steps, axis=0)
     return traj[..., :dim].copy()
+
+
+def near_example(bundle, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` frames near an open bundle's example positions (cycled, plus 0.01 noise). Shapes: ``(n, 12, 3)``."""
+    ex, _ = bundle.load_example()
+    x = ex["positions"]
+    rng = np.random.default_rng(seed)
+    return x[np.arange(n) % len(x)] + rng.normal(scale=0.01, size=(n,) + x.shape[1:])
 
 
 def manifest_for(kind: str, *, example_atol: float = 1e-5) -> dict:

@@ -56,6 +56,21 @@ def traj_file(tmp_path) -> Path:
 
 
 @pytest.fixture
+def data_file(tmp_path, toys) -> Path:
+    """The figure tests' data: 40 planar frames (dmol-book format): 39 pairs, 31 for training, 8 for validation."""
+    path = tmp_path / "data.npz"
+    np.savez(path, arr=toys.make_traj(40, seed=5, dim=2))
+    return path
+
+
+@pytest.fixture
+def frames(data_file) -> np.ndarray:
+    """``data_file``'s frames lifted to 3D (z = 0). Shapes: ``(40, 12, 3)``."""
+    arr = np.load(data_file)["arr"]
+    return np.concatenate([arr, np.zeros(arr.shape[:2] + (1,))], axis=-1)
+
+
+@pytest.fixture
 def cli():
     """Run ``e3traj ARGS...`` in-process; returns click's Result (stdout and stderr kept apart)."""
     from e3traj.runtime.cli import main
@@ -113,6 +128,14 @@ def no_leftovers():
         assert not temps, temps
 
     return _check
+
+
+@pytest.fixture(scope="session")
+def fuzz_inputs(tmp_path_factory):
+    """The fuzz tests' pristine inputs, made once per session: see :func:`_fuzz.prepare_inputs`."""
+    import _fuzz
+
+    return _fuzz.prepare_inputs(tmp_path_factory.mktemp("fuzz-inputs"))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The embedded bead-spring simulator (runtime/_simulate.py) and ``e3traj simulate``."""
+"""The embedded bead-spring simulator (runtime/_simulate.py); ``e3traj simulate``: cli/test_cli_data.py."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from e3traj.runtime._data import load_trajectory, validate_frames
+from e3traj.runtime._data import validate_frames
 from e3traj.runtime._exact import _Normals
 from e3traj.runtime._metrics import trajectory_stats
 from e3traj.runtime._simulate import MAX_SIM_FRAMES, SimParams, _Forces, _initial_chain, simulate
-from e3traj.runtime.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -145,29 +143,3 @@ def test_bad_params_raise_value_error_naming_the_value(kwargs, shown):
 def test_a_step_too_large_is_refused_not_returned():
     with pytest.raises(ValueError, match=r"dt \(now 0\.05\)"):
         simulate(frames=50, seed=0, params=SimParams(dt=0.05))
-
-
-def test_cli_simulate_writes_a_loadable_trajectory(tmp_path):
-    out = tmp_path / "out.npz"
-    result = CliRunner().invoke(main, ["simulate", "--frames", "64", "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "64 frames" in result.output
-    frames = load_trajectory(out)
-    assert frames.shape == (64, 12, 3)
-    assert np.all(frames[..., 2] == 0.0)
-    np.testing.assert_array_equal(frames[..., :2], simulate(frames=64, seed=0, dim=2))
-
-
-def test_cli_simulate_3d_with_seed(tmp_path):
-    out = tmp_path / "sim3.npz"
-    result = CliRunner().invoke(main, ["simulate", "--frames", "16", "--seed", "4", "--dim", "3", "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(load_trajectory(out), simulate(frames=16, seed=4, dim=3))
-
-
-def test_cli_simulate_bad_seed_is_one_line_error(tmp_path):
-    result = CliRunner().invoke(main, ["simulate", "--frames", "8", "--seed", "-2", "-o", str(tmp_path / "x.npz")])
-    assert result.exit_code == 2
-    assert "Error: simulate: seed must be an int >= 0, got -2" in result.output
-    assert "Traceback" not in result.output
-    assert not (tmp_path / "x.npz").exists()

@@ -1,4 +1,5 @@
-"""The command line: help for every command, version, and what a host without the train extra sees."""
+"""The command line (runtime/cli/__init__.py): help for every command, version, and what a host without the train
+extra sees."""
 
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def test_evaluate_scores_bundles_without_torch_and_explains_checkpoints(tmp_path
     import json
     from pathlib import Path
 
-    bundle = Path(__file__).resolve().parents[2] / "artifacts" / "sim-e3nn"
+    bundle = Path(__file__).resolve().parents[3] / "artifacts" / "sim-e3nn"
     code = (
         "from e3traj.runtime.cli import main\n"
         f"main(['evaluate', {str(bundle)!r}, '--data', 'sim', '--starts', '2', '--json'])"
