@@ -95,6 +95,18 @@ def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str,
     # planar random frames too: the chapter's data is planar and the check verifies planar stays planar
     rand[: n_random // 2, :, 2] = center[2]
     out = {INPUT: np.concatenate([real, rand]).astype(np.float32)}
+    if C.PREVIOUS_DISPLACEMENTS in KINDS[ckpt["kind"]].inputs:
+        h = int(ckpt["spec"]["history"])
+        past = ckpt.get("sample_past")
+        if isinstance(past, torch.Tensor) and len(real) and past.shape[1] >= h:
+            p = past.double().numpy()[:, past.shape[1] - h :]
+            real_d = np.stack(C.past_displacements(real, p, h), axis=1)
+        else:
+            real_d = np.zeros((0, h, 12, 3))
+        step = float(ckpt.get("input_scale", 0.005))
+        rand_d = rng.normal(scale=step, size=(n_random, h, 12, 3))
+        rand_d[: n_random // 2, ..., 2] = 0.0
+        out[C.PREVIOUS_DISPLACEMENTS] = np.concatenate([real_d, rand_d]).astype(np.float32)
     if PREVIOUS in KINDS[ckpt["kind"]].inputs:
         prev = ckpt.get("sample_previous")
         real_v = real - prev.double().numpy() if isinstance(prev, torch.Tensor) and len(real) else np.zeros((0, 12, 3))
@@ -191,12 +203,13 @@ def export_checkpoint(
 
         report = check_equivariance(
             lambda inp: _run(sess, inp).astype(np.float64),
-            {n: m for n, m in zip(names, ("positions", "previous_displacement"))},
+            {n: n for n in names},  # the graph's input names are the meanings
             KINDS[kind].output,
             {k: v.astype(np.float64) for k, v in inputs.items()},
             trials=3,
             seed=s.seed,
             tolerance=s.equivariance_tol,
+            permutation=KINDS[kind].permutation,
         )
         manifest["verification"]["equivariance"] = report.to_dict()
         if KINDS[kind].equivariant and not report.passed:

@@ -37,7 +37,16 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
     """The bundle's manifest from the checkpoint and what export measured (the runtime's format builder)."""
     metrics = ckpt.get("metrics", {})
     hyper = dict(ckpt.get("config") or {})
+    spec = ckpt.get("spec") or {}
+    model_extra: dict[str, Any] = {"permutation": KINDS[kind].permutation}
+    if KINDS[kind].window:
+        model_extra.update(
+            history_frames=int(spec["history"]) + 1,
+            ar_coefficients=[float(c) for c in spec["ar_coefficients"]],
+            length_scale=float(spec["length_scale"]),
+        )
     return build_manifest(
+        history=int(spec.get("history", 0)),
         kind=kind,
         equivariant=KINDS[kind].equivariant,
         inputs=KINDS[kind].inputs,
@@ -48,6 +57,7 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
             "irreps": {k: hyper[k] for k in ("irreps_in", "irreps_hidden", "irreps_out") if k in hyper},
             "target_scale": float(ckpt.get("scale", 1.0)),
             "input_scale": float(ckpt.get("input_scale", 1.0)),
+            **model_extra,
         },
         onnx={
             "file": "model.onnx",
@@ -65,7 +75,22 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
             "data_source": ckpt.get("data", {}).get("source"),
             "metrics": {
                 k: metrics.get(k)
-                for k in ("val_mse", "val_rmse", "persistence_mse", "constant_velocity_mse", "skill", "best_epoch")
+                for k in (
+                    "val_mse",
+                    "val_rmse",
+                    "persistence_mse",
+                    "constant_velocity_mse",
+                    "constant_acceleration_mse",
+                    "ar_mse",
+                    "ar_order",
+                    "ar_coefficients",
+                    "best_baseline",
+                    "best_baseline_mse",
+                    "ratio_to_best",
+                    "skill",
+                    "best_epoch",
+                )
+                if k in metrics
             },
             "stopped_because": ckpt.get("stopped_because"),
             "history": ckpt.get("history", []),

@@ -34,10 +34,12 @@ from ._errors import (  # noqa: F401  (re-exported through _errors.__all__)
     first_line,
     one_line,
 )
+from ._evaluate import format_evaluation, format_one_step
 from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file  # noqa: F401
 from ._manifest import build_manifest, write_manifest
 from ._metrics import evaluate_predictor, one_step_metrics
 from ._pack import pack_bundle, unpack_bundle
+from ._predictors import MAX_AR_ORDER, LinearExtrapolation, choose_ar, fit_ar, predictor_suite
 from ._rollout import RolloutResult, rollout, save_rollout, write_xyz
 from ._simulate import simulate
 from ._sources import DMOL_SHA256, DataSource, dmol_path, resolve_data
@@ -68,6 +70,13 @@ __all__ = [
     "check_bundle",
     "evaluate_predictor",
     "one_step_metrics",
+    "LinearExtrapolation",
+    "MAX_AR_ORDER",
+    "format_evaluation",
+    "format_one_step",
+    "choose_ar",
+    "fit_ar",
+    "predictor_suite",
     # data
     "N_BEADS",
     "DataSource",

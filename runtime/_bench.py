@@ -143,7 +143,7 @@ def bench_bundle(
                 onnx_bytes = bundle.file_bytes(bundle.manifest["onnx"]["file"])
                 flops_per_frame = matmul_flops_per_frame(
                     onnx_bytes,
-                    [i["name"] for i in bundle.inputs],
+                    {i["name"]: bundle._input_shape(i["name"]) for i in bundle.inputs},
                     where=f"{bundle_path}/{bundle.manifest['onnx']['file']}",
                 )
             if roofline is None:
@@ -161,7 +161,8 @@ def bench_bundle(
             if rollout_steps:
                 pos_name = next(n for n, m in bundle.input_meanings.items() if m == "positions")
                 start = _frames_like({pos_name: example[pos_name]}, 1, seed=7)[pos_name]
-                previous = start - 1e-3 if bundle.needs_previous else None
+                h = bundle.history
+                previous = np.stack([start - 1e-3 * (h - i) for i in range(h)], axis=1) if h else None
                 times = []
                 run_repeats = max(3, repeats)
                 for _ in range(run_repeats):

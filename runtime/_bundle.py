@@ -13,9 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ._contract import N_BEADS, needs_previous, next_frame
+from ._contract import (
+    N_BEADS,
+    POSITIONS,
+    PREVIOUS_DISPLACEMENT,
+    PREVIOUS_DISPLACEMENTS,
+    VELOCITY_CORRECTION,
+    as_past,
+    next_frame,
+    past_displacements,
+)
 from ._errors import CheckFailed, InputError, UsageError
-from ._manifest import _DTYPES, _is_int
+from ._manifest import _DTYPES, _is_int, manifest_history
 from ._session import CHUNK, _default_threads, _run_failed, make_session
 from ._stepper import make_stepper
 from ._verify import _load_example, _read_bundle, _Verified
@@ -26,7 +35,8 @@ __all__ = ["Bundle"]
 class Bundle:
     """A verified bundle with an onnxruntime session. Open with :meth:`Bundle.open`; use as a context manager.
 
-    Shapes: every input and output is ``(B, 12, 3)``; ``predict`` and ``step`` return float64.
+    Shapes: every input and output is ``(B, 12, 3)``, except ``previous_displacements`` ``(B, H, 12, 3)``;
+    ``predict`` and ``step`` return float64.
     """
 
     def __init__(self, *, path: Path, verified: _Verified, session, threads=None):
@@ -46,6 +56,7 @@ class Bundle:
         self._input_meanings = {i["name"]: i["meaning"] for i in inputs}
         self._input_dtypes = {i["name"]: _DTYPES[i.get("dtype", "float32")] for i in inputs}
         self._output_name = manifest["outputs"][0]["name"]
+        self._history = manifest_history(manifest)
 
     # ---- construction
 
@@ -149,8 +160,23 @@ class Bundle:
 
     @property
     def needs_previous(self) -> bool:
-        """True when :meth:`step` needs the previous frame (velocity-aware bundles)."""
-        return needs_previous(self.output_meaning, self._input_meanings.values())
+        """True when :meth:`step` needs frames before the current one (velocity-aware and history bundles)."""
+        return self._history > 0
+
+    @property
+    def history(self) -> int:
+        """How many frames before the current one :meth:`step` needs (0, 1, or H of a history bundle)."""
+        return self._history
+
+    @property
+    def ar_coefficients(self) -> tuple[float, ...]:
+        """``model.ar_coefficients``: the AR extrapolation the output corrects (empty for other bundles)."""
+        return tuple(float(c) for c in self._manifest.get("model", {}).get("ar_coefficients") or ())
+
+    @property
+    def permutation(self) -> str:
+        """``model.permutation``: ``any`` (complete graph) or ``chain_reversal`` (a model that knows the bonds)."""
+        return str(self._manifest.get("model", {}).get("permutation", "any"))
 
     @property
     def threads(self) -> int:
@@ -191,8 +217,9 @@ class Bundle:
         batch = None
         for n in names:
             a = np.asarray(inputs[n])
-            if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3):
-                raise UsageError(f"input {n!r}: shape {a.shape}; expected (B, {N_BEADS}, 3)")
+            want = self._input_shape(n)
+            if a.ndim != len(want) + 1 or a.shape[1:] != want:
+                raise UsageError(f"input {n!r}: shape {a.shape}; expected (B, {', '.join(map(str, want))})")
             if batch is None:
                 batch = a.shape[0]
             elif a.shape[0] != batch:
@@ -242,6 +269,11 @@ class Bundle:
             if err is not None:
                 raise err
 
+    def _input_shape(self, name: str) -> tuple[int, ...]:
+        if self._input_meanings[name] == PREVIOUS_DISPLACEMENTS:
+            return (self._history, N_BEADS, 3)
+        return (N_BEADS, 3)
+
     def _stepper(self, batch: int):
         """The rollout's fast step function (see :func:`e3traj.runtime._stepper.make_stepper`)."""
         return make_stepper(self, batch)
@@ -257,44 +289,56 @@ class Bundle:
     def model_inputs(self, positions: np.ndarray, previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Build the model's inputs for frames ``positions`` (and the frames before them, if needed).
 
-        Shapes: ``positions``, ``previous`` ``(B, 12, 3)``.
+        Shapes: ``positions`` ``(B, 12, 3)``; ``previous`` ``(B, H, 12, 3)``, the :attr:`history` frames before,
+        oldest first (or ``(B, 12, 3)`` when one frame is needed).
         """
         x = np.asarray(positions, dtype=np.float64)
-        if self.needs_previous and previous is None:
-            raise UsageError(
-                f"{self._path}: this {self.kind} bundle needs the previous frame too "
-                "(its output is a velocity correction); pass previous="
-            )
+        past = self._past(x, previous)
         feed = {}
         for name, meaning in self._input_meanings.items():
-            if meaning == "positions":
+            if meaning == POSITIONS:
                 feed[name] = x
+            elif meaning == PREVIOUS_DISPLACEMENT:
+                feed[name] = x - past[:, -1]
             else:
-                p = np.asarray(previous, dtype=np.float64)
-                if p.shape != x.shape:
-                    raise UsageError(f"previous: shape {p.shape} differs from the positions' {x.shape}")
-                feed[name] = x - p
+                feed[name] = np.stack(past_displacements(x, past, self._history), axis=1)
         return feed
 
+    def _past(self, x: np.ndarray, previous) -> np.ndarray | None:
+        if self._history == 0:
+            return None
+        if previous is None:
+            raise UsageError(
+                f"{self._path}: this {self.kind} bundle needs the {self._history} frame(s) before the current one "
+                "too; pass previous="
+            )
+        try:
+            return as_past(np.asarray(previous, dtype=np.float64), self._history, x.shape)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
     def step(self, positions: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
-        """Next frames according to ``outputs[0].meaning``, in float64.
+        """Next frames according to ``outputs[0].meaning``, in float64 (:func:`contract.next_frame`).
 
-        ``displacement``: x + y; ``next_positions``: y; ``velocity_correction``: x + (x - previous) + y.
+        ``displacement``: x + y; ``next_positions``: y; ``velocity_correction``: x + (x - previous) + y;
+        ``ar_correction``: the AR extrapolation of the manifest's coefficients + y.
 
-        Shapes: ``positions``, ``previous`` ``(B, 12, 3)`` -> ``(B, 12, 3)`` float64.
+        Shapes: ``positions`` ``(B, 12, 3)``; ``previous`` as in :meth:`model_inputs` -> ``(B, 12, 3)`` float64.
         """
         x = np.asarray(positions, dtype=np.float64)
         y = self.predict(self.model_inputs(x, previous))
-        prev = None if previous is None else np.asarray(previous, dtype=np.float64)
+        past = self._past(x, previous)
         with np.errstate(all="ignore"):
-            return next_frame(self.output_meaning, x, y, prev)
+            if self.output_meaning == VELOCITY_CORRECTION:
+                return next_frame(self.output_meaning, x, y, past[:, -1])
+            return next_frame(self.output_meaning, x, y, past, self.ar_coefficients)
 
     # ---- the stored example
 
     def load_example(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The example inputs (float64, by input name) and the reference output stored at export.
 
-        Shapes: each input ``(B, 12, 3)``; reference ``(B, 12, 3)``.
+        Shapes: each input ``(B, 12, 3)`` (``previous_displacements`` ``(B, H, 12, 3)``); reference ``(B, 12, 3)``.
         """
         if self._example is None:
             ex_file = self._manifest["example"]["file"]
@@ -304,9 +348,17 @@ class Bundle:
             missing = [n for n in names if n not in arrays]
             if missing:
                 raise InputError(f"{where}: arrays {missing} missing (has {sorted(arrays)}); re-export the bundle")
-            shapes = {arrays[n].shape for n in names}
-            if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[1:] != (N_BEADS, 3):
-                raise InputError(f"{where}: example arrays have shapes {sorted(shapes)}; expected (B, 12, 3)")
+            batches = {arrays[n].shape[:1] for n in names}
+            bad = [
+                n
+                for n in names
+                if arrays[n].shape[1:] != (self._input_shape(n) if n in self._input_meanings else (N_BEADS, 3))
+            ]
+            if bad or len(batches) != 1:
+                shapes = {n: arrays[n].shape for n in names}
+                raise InputError(
+                    f"{where}: example arrays have shapes {shapes}; expected (B, 12, 3) (history: (B, H, 12, 3))"
+                )
             inputs = {n: arrays[n].astype(np.float64) for n in self._input_meanings}
             for n, a in inputs.items():
                 if not np.all(np.isfinite(a)):

@@ -10,47 +10,127 @@ __all__ = [
     "N_BEADS",
     "POSITIONS",
     "PREVIOUS_DISPLACEMENT",
+    "PREVIOUS_DISPLACEMENTS",
     "INPUT_MEANINGS",
     "DISPLACEMENT",
     "NEXT_POSITIONS",
     "VELOCITY_CORRECTION",
+    "AR_CORRECTION",
     "OUTPUT_MEANINGS",
+    "PERMUTATIONS",
     "OUTPUT_NAME",
     "needs_previous",
+    "history_length",
+    "as_past",
+    "past_displacements",
+    "ar_extrapolate",
     "next_frame",
 ]
 
 #: Beads per frame; every model and bundle is built for exactly this graph.
 N_BEADS = 12
 
-#: Input meanings: the frame's positions, and x_t - x_{t-1} (velocity-aware models).
+#: Input meanings: the frame's positions; x_t - x_{t-1} (velocity-aware models), shape ``(B, 12, 3)``; and the
+#: H previous displacements (history models), shape ``(B, H, 12, 3)`` with ``[:, j - 1] = x_{t-j+1} - x_{t-j}``
+#: (the most recent first).
 POSITIONS = "positions"
 PREVIOUS_DISPLACEMENT = "previous_displacement"
-INPUT_MEANINGS = (POSITIONS, PREVIOUS_DISPLACEMENT)
+PREVIOUS_DISPLACEMENTS = "previous_displacements"
+INPUT_MEANINGS = (POSITIONS, PREVIOUS_DISPLACEMENT, PREVIOUS_DISPLACEMENTS)
 
 #: Output meanings, i.e. how the next frame follows from the output (see :func:`next_frame`).
 DISPLACEMENT = "displacement"
 NEXT_POSITIONS = "next_positions"
 VELOCITY_CORRECTION = "velocity_correction"
-OUTPUT_MEANINGS = (DISPLACEMENT, NEXT_POSITIONS, VELOCITY_CORRECTION)
+AR_CORRECTION = "ar_correction"
+OUTPUT_MEANINGS = (DISPLACEMENT, NEXT_POSITIONS, VELOCITY_CORRECTION, AR_CORRECTION)
+
+#: What relabellings of the beads a model promises to commute with: ``any`` (a complete graph that ignores the
+#: chain), ``chain_reversal`` (a model that knows the bonds: only bead i -> N - 1 - i carries the chain along).
+PERMUTATIONS = ("any", "chain_reversal")
 
 #: The output's name in every exported graph.
 OUTPUT_NAME = "prediction"
 
 
-def needs_previous(output_meaning: str, input_meanings=()) -> bool:
-    """True when the next frame (or an input) needs the frame before the current one."""
-    return output_meaning == VELOCITY_CORRECTION or PREVIOUS_DISPLACEMENT in tuple(input_meanings)
+def needs_previous(output_meaning: str, input_meanings=(), coefficients=()) -> bool:
+    """True when the next frame (or an input) needs a frame before the current one."""
+    return history_length(output_meaning, input_meanings, coefficients) > 0
 
 
-def next_frame(meaning: str, x, prediction, previous=None):
+def history_length(output_meaning: str, input_meanings=(), coefficients=(), displacements: int = 0) -> int:
+    """How many frames before the current one a step needs.
+
+    ``coefficients``: the AR coefficients of an ``ar_correction`` output (one per previous displacement);
+    ``displacements``: H of a ``previous_displacements`` input.
+    """
+    h = 0
+    if output_meaning == VELOCITY_CORRECTION or PREVIOUS_DISPLACEMENT in tuple(input_meanings):
+        h = 1
+    if output_meaning == AR_CORRECTION:
+        h = max(h, len(tuple(coefficients)))
+    if PREVIOUS_DISPLACEMENTS in tuple(input_meanings):
+        h = max(h, int(displacements))
+    return h
+
+
+def as_past(previous, history: int, batch_shape):
+    """The frames before the current one as ``(B, history, 12, 3)``, chronological (the last is x_{t-1}).
+
+    ``previous`` may be ``(B, 12, 3)`` when ``history == 1`` (the frame before), or ``(B, H, 12, 3)`` with
+    ``H >= history`` (the last ``history`` are used). Works on numpy arrays and torch tensors.
+    Raises ValueError naming the shapes.
+    """
+    if history == 0:
+        return None
+    if previous is None:
+        raise ValueError(f"this model needs the {history} frame(s) before the current one; got none")
+    shape = tuple(previous.shape)
+    if history == 1 and shape == tuple(batch_shape):
+        return previous[:, None]
+    if len(shape) != 4 or shape[0] != batch_shape[0] or shape[2:] != tuple(batch_shape[1:]) or shape[1] < history:
+        raise ValueError(
+            f"previous frames: shape {shape}; expected ({batch_shape[0]}, H >= {history}, "
+            f"{', '.join(str(d) for d in batch_shape[1:])}) (chronological, the last is the frame before)"
+        )
+    return previous[:, shape[1] - history :]
+
+
+def past_displacements(x, past, h: int):
+    """``d_j = x_{t-j+1} - x_{t-j}`` for j = 1..h, the most recent first.
+
+    Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, >= h, 12, 3)`` chronological -> list of h ``(B, 12, 3)``.
+    """
+    frames = [x] + [past[:, past.shape[1] - j] for j in range(1, h + 1)]  # x_t, x_{t-1}, ..., x_{t-h}
+    return [frames[j - 1] - frames[j] for j in range(1, h + 1)]
+
+
+def ar_extrapolate(x, past, coefficients):
+    """The linear extrapolation ``x_t + sum_j b_j d_j`` (= ``sum_i c_i x_{t-i}`` with ``sum c_i = 1``).
+
+    One coefficient per previous displacement, shared by all beads and coordinates: exactly E(3)- and
+    permutation-equivariant. Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, >= len(b), 12, 3)`` -> ``(B, 12, 3)``.
+    """
+    out = x
+    for b, d in zip(coefficients, past_displacements(x, past, len(coefficients))):
+        out = out + float(b) * d
+    return out
+
+
+def next_frame(meaning: str, x, prediction, previous=None, coefficients=()):
     """The next frame from the model's output.
 
     ``displacement``: ``x + y``; ``next_positions``: ``y``; ``velocity_correction``: ``x + (x - previous) + y``
-    (constant velocity plus the correction; with ``y = 0`` it is constant-velocity extrapolation).
+    (constant velocity plus the correction; with ``y = 0`` it is constant-velocity extrapolation);
+    ``ar_correction``: :func:`ar_extrapolate` ``+ y`` (``previous``: the past frames, chronological).
 
-    Shapes: ``x``, ``prediction``, ``previous`` ``(B, 12, 3)`` (numpy or torch) -> ``(B, 12, 3)``.
+    Shapes: ``x``, ``prediction`` ``(B, 12, 3)`` (numpy or torch) -> ``(B, 12, 3)``; ``previous`` ``(B, 12, 3)``,
+    or ``(B, H, 12, 3)`` for ``ar_correction``.
     """
+    if meaning == AR_CORRECTION:
+        if previous is None or len(tuple(coefficients)) == 0:
+            raise ValueError("next_frame: 'ar_correction' needs the past frames and the AR coefficients")
+        return ar_extrapolate(x, previous, coefficients) + prediction
     if meaning == DISPLACEMENT:
         return x + prediction
     if meaning == NEXT_POSITIONS:

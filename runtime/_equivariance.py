@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._contract import INPUT_MEANINGS, OUTPUT_MEANINGS
+from ._contract import INPUT_MEANINGS, OUTPUT_MEANINGS, PERMUTATIONS, PREVIOUS_DISPLACEMENTS
 from ._data import N_BEADS
 
 __all__ = [
@@ -139,7 +139,7 @@ def _transform(
         if meanings[name] == "positions":
             v = v + t
         if perm is not None:
-            v = v[:, perm]
+            v = v[..., perm, :]  # the bead axis (history inputs are (B, H, 12, 3))
         out[name] = v
     return out
 
@@ -188,24 +188,31 @@ def check_equivariance(
     seed: int = 0,
     tolerance: float = 1e-4,
     translation_scale: float = 5.0,
+    permutation: str = "any",
 ) -> EquivarianceReport:
     """Check that ``predict`` transforms as an E(3)- and permutation-equivariant model must.
 
     Cases (each over ``trials`` seeded draws; ``mirror_z`` and ``planar`` are deterministic and run once):
     ``rotation`` (random proper rotation), ``improper`` (rotation x inversion), ``mirror_z`` (z -> -z),
-    ``translation`` (random vector of norm up to ``translation_scale``), ``permutation`` (random bead order)
-    and ``planar`` (frames with z = 0 must give outputs with z = 0; the base frames are projected onto
-    z = 0 when they are not planar already). Positions map to g x + t, previous displacements to g v; the
+    ``translation`` (random vector of norm up to ``translation_scale``), ``permutation`` (a random bead order;
+    with ``permutation="chain_reversal"``, for models that know the chain's bonds, the one relabelling that
+    carries the chain along: bead i -> 11 - i) and ``planar`` (frames with z = 0 must give outputs with z = 0;
+    the base frames are projected onto z = 0 when they are not planar already). Positions map to g x + t,
+    previous displacements (every history frame alike) to g v; the
     expected output is g y (+ t for ``next_positions``). A case passes when
     max |pred - expected| / max(max |expected|, 1e-12) <= ``tolerance`` on finite, non-degenerate evidence: a case
     whose base outputs are non-finite or all zero, or whose error is NaN, FAILS (with a note), never passes.
 
     Args:
         predict: maps inputs by name, each ``(B, 12, 3)`` float64, to the output ``(B, 12, 3)``.
-        input_meanings: input name -> ``positions`` | ``previous_displacement``.
-        output_meaning: ``displacement`` | ``next_positions`` | ``velocity_correction``.
-        frames: base inputs by name. Shapes: ``(B, 12, 3)``.
+        input_meanings: input name -> ``positions`` | ``previous_displacement`` | ``previous_displacements``.
+        output_meaning: one of :data:`~e3traj.runtime.contract.OUTPUT_MEANINGS`.
+        frames: base inputs by name. Shapes: ``(B, 12, 3)``; ``previous_displacements`` ``(B, H, 12, 3)`` (every
+            history frame is transformed with the same g, and permuted the same way).
+        permutation: what the model promises, ``any`` or ``chain_reversal``.
     """
+    if permutation not in PERMUTATIONS:
+        raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {permutation!r}")
     if output_meaning not in OUTPUT_MEANINGS:
         raise ValueError(f"output_meaning must be one of {OUTPUT_MEANINGS}, got {output_meaning!r}")
     if set(input_meanings) != set(frames):
@@ -220,8 +227,11 @@ def check_equivariance(
     base = {}
     for name, arr in frames.items():
         a = np.asarray(arr, dtype=np.float64)
-        if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3):
-            raise ValueError(f"frames[{name!r}] has shape {a.shape}, expected (B, 12, 3)")
+        hist = input_meanings[name] == PREVIOUS_DISPLACEMENTS
+        if a.ndim != (4 if hist else 3) or a.shape[-2:] != (N_BEADS, 3):
+            raise ValueError(
+                f"frames[{name!r}] has shape {a.shape}, expected {'(B, H, 12, 3)' if hist else '(B, 12, 3)'}"
+            )
         if not len(a):
             raise ValueError(f"frames[{name!r}] holds no frames; a check needs evidence")
         base[name] = a
@@ -231,14 +241,16 @@ def check_equivariance(
     eye = np.eye(3)
     zero = np.zeros(3)
 
-    def run_case(name: str, draws: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> CaseResult:
+    def run_case(
+        name: str, draws: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], note: str = ""
+    ) -> CaseResult:
         worst_abs, worst_rel = 0.0, 0.0
         for g, t, perm in draws:
             pred = predict(_transform(base, input_meanings, g, t, perm))
             a, r = _errors(pred, _expected(y0, output_meaning, g, t, perm))
             worst_abs, worst_rel = _worse(worst_abs, a), _worse(worst_rel, r)
         ok = bool(not problem and np.isfinite(worst_rel) and worst_rel <= tolerance)
-        return CaseResult(name, worst_abs, worst_rel, ok, len(draws), tolerance, note=problem)
+        return CaseResult(name, worst_abs, worst_rel, ok, len(draws), tolerance, note=problem or note)
 
     def translation() -> np.ndarray:
         d = rng.standard_normal(3)
@@ -249,8 +261,12 @@ def check_equivariance(
         run_case("improper", [(-random_rotation(rng), zero, None) for _ in range(trials)]),
         run_case("mirror_z", [(_MIRROR_Z, zero, None)]),
         run_case("translation", [(eye, translation(), None) for _ in range(trials)]),
-        run_case("permutation", [(eye, zero, rng.permutation(N_BEADS)) for _ in range(trials)]),
     ]
+    if permutation == "any":
+        cases.append(run_case("permutation", [(eye, zero, rng.permutation(N_BEADS)) for _ in range(trials)]))
+    else:
+        reverse = np.arange(N_BEADS)[::-1].copy()
+        cases.append(run_case("permutation", [(eye, zero, reverse)], note="chain reversal, the promised relabelling"))
     # planar: z = 0 in, z = 0 out (for every meaning: displacement-like outputs and next positions alike)
     flat = {k: v * np.array([1.0, 1.0, 0.0]) for k, v in base.items()}
     yf = np.asarray(predict(flat), dtype=np.float64)
@@ -267,7 +283,7 @@ def check_equivariance(
 
 
 def check_frames(
-    input_meanings: Mapping[str, str], n: int = MIN_CHECK_FRAMES, *, seed: int = 0, like=None
+    input_meanings: Mapping[str, str], n: int = MIN_CHECK_FRAMES, *, seed: int = 0, like=None, history: int = 1
 ) -> dict[str, np.ndarray]:
     """Seeded test frames of the check's own: half polymer-like chains, half random clouds, half of each planar.
 
@@ -275,7 +291,7 @@ def check_frames(
     e.g. the example's; 0.36 without it) and random turns; clouds spread like the chains. Previous
     displacements are small random vectors (planar for planar frames).
 
-    Shapes: each returned input ``(n, 12, 3)`` float64.
+    Shapes: each returned input ``(n, 12, 3)`` float64; ``previous_displacements`` ``(n, history, 12, 3)``.
     """
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n!r}")
@@ -301,8 +317,9 @@ def check_frames(
         if meaning == "positions":
             out[name] = frames
         else:
-            v = rng.normal(scale=0.02 * bond, size=(n, N_BEADS, 3))
-            v[planar, :, 2] = 0.0
+            shape = (n, history, N_BEADS, 3) if meaning == PREVIOUS_DISPLACEMENTS else (n, N_BEADS, 3)
+            v = rng.normal(scale=0.02 * bond, size=shape)
+            v[planar, ..., 2] = 0.0
             out[name] = v
     return out
 
@@ -316,7 +333,9 @@ def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4
     whose reference outputs are finite and not all zero: anything less FAILS (an empty example proves nothing).
     """
     inputs, ref = bundle.load_example()
-    own = check_frames(bundle.input_meanings, seed=seed, like=inputs.get(_positions_name(bundle)))
+    own = check_frames(
+        bundle.input_meanings, seed=seed, like=inputs.get(_positions_name(bundle)), history=max(1, bundle.history)
+    )
     frames = {k: np.concatenate([inputs[k], own[k]]) for k in own} if len(ref) else own
     report = check_equivariance(
         bundle.predict,
@@ -326,6 +345,7 @@ def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4
         trials=trials,
         seed=seed,
         tolerance=tolerance,
+        permutation=getattr(bundle, "permutation", "any"),
     )
     atol = bundle.example_atol
     if len(ref) < MIN_EXAMPLE_FRAMES:

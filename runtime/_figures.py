@@ -96,21 +96,16 @@ def _trajectory(
     return f"true frames {s}..{s + len(true) - 1} vs {len(pred) - 1} predicted steps"
 
 
-def _step_fn(b):
-    if b.needs_previous:
-        return lambda x, prev: b.step(x, prev)
-    return lambda x, prev: b.step(x)
-
-
 def _parity(b, label: str, ds, data_name: str, out: Path) -> str:
     from ._data import split_pairs
+    from ._metrics import _pairs
     from ._plot import plot_parity
     from ._plot_data import r2_score
 
     split = split_pairs(ds.frames)
-    x, y, prev = split.val_x, split.val_y, split.val_prev
+    x, past, y = _pairs(split, b.history)
     with np.errstate(all="ignore"):
-        pred = b.step(x, prev) if b.needs_previous else b.step(x)
+        pred = b.step(x, past) if b.history else b.step(x)
         pred_d, true_d = pred - x, y - x
     note = ""
     if np.all(ds.frames[..., 2] == 0.0):  # planar data: z is 0 and carries nothing
@@ -132,31 +127,30 @@ def _parity(b, label: str, ds, data_name: str, out: Path) -> str:
 
 def _rmsd(b, label: str, ds, data_name: str, n_starts: int, horizon: int, out: Path) -> str:
     from ._data import split_pairs
-    from ._metrics import constant_velocity_step, persistence_step, rollout_starts
+    from ._metrics import rollout_starts
     from ._plot import plot_rmsd
     from ._plot_data import rollout_rmsd_curves
+    from ._predictors import predictor_suite
 
     split = split_pairs(ds.frames)
     n_val = len(split.frames) - 1 - split.val_start
     capped = min(horizon, n_val)
-    starts = rollout_starts(split, capped, n_starts)
-    curves = rollout_rmsd_curves(
-        {"model": _step_fn(b), "persistence": persistence_step, "constant_velocity": constant_velocity_step},
-        split.frames,
-        starts,
-        capped,
-    )
+    suite = predictor_suite(split)
+    h = max([b.history] + [p.history for p in suite.values()])
+    starts = rollout_starts(split, capped, n_starts, history=h)
+    curves = rollout_rmsd_curves({"model": b, **suite}, split.frames, starts, capped)
     cap = f", capped from {horizon} to fit the validation part" if capped < horizon else ""
     plot_rmsd(
         curves,
         out,
         title=f"Rollout RMSD: {label} vs trivial predictors\n({data_name}, {len(starts)} validation starts{cap})",
-        labels={"model": f"model ({label})"},
+        labels={"model": f"model ({label})", "ar": f"AR({suite['ar'].order}), fitted"},
     )
     last = {k: float(np.nanmean(v[-1])) if np.isfinite(v[-1]).any() else float("nan") for k, v in curves.items()}
-    return (
-        f"mean RMSD after {capped} steps from {len(starts)} starts: model {last['model']:.3g}, "
-        f"persistence {last['persistence']:.3g}, constant velocity {last['constant_velocity']:.3g}"
+    names = {"ar": f"AR({suite['ar'].order})", "constant_velocity": "constant velocity"}
+    names["constant_acceleration"] = "constant acceleration"
+    return f"mean RMSD after {capped} steps from {len(starts)} starts: " + ", ".join(
+        f"{names.get(k, k)} {v:.3g}" for k, v in last.items()
     )
 
 

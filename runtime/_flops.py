@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,9 +274,13 @@ def _matmul_flops(nodes: list[dict], consts: dict[str, list[int]], prof: dict[st
 
 
 def matmul_flops_per_frame(
-    model: str | os.PathLike | bytes, input_names: Sequence[str] = ("positions",), *, where: str | None = None
+    model: str | os.PathLike | bytes,
+    input_names: Sequence[str] | Mapping[str, tuple[int, ...]] = ("positions",),
+    *,
+    where: str | None = None,
 ) -> float:
-    """MatMul/Gemm FLOPs (``2 M N K``) per frame of an ONNX model with inputs ``(batch, 12, 3)``.
+    """MatMul/Gemm FLOPs (``2 M N K``) per frame of an ONNX model with inputs ``(batch, 12, 3)`` (or, given a
+    mapping name -> per-frame shape, ``(batch, *shape)``).
 
     Counted at batch 1 and 5 with onnxruntime's profiler on the unoptimised graph; returns ``(F(5) - F(1)) / 4``.
 
@@ -293,7 +297,8 @@ def matmul_flops_per_frame(
     rng = np.random.default_rng(0)
     counts = []
     for batch in (1, 5):
-        feed = {n: rng.normal(size=(batch, N_BEADS, 3)).astype(np.float32) for n in input_names}
+        shapes = input_names if isinstance(input_names, Mapping) else {n: (N_BEADS, 3) for n in input_names}
+        feed = {n: rng.normal(size=(batch, *shape)).astype(np.float32) for n, shape in shapes.items()}
         counts.append(_matmul_flops(nodes, consts, _profile_shapes(data, feed, where)))
     return (counts[1] - counts[0]) / 4.0
 

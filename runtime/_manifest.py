@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from ._contract import INPUT_MEANINGS, N_BEADS, OUTPUT_MEANINGS, OUTPUT_NAME
+from ._contract import (
+    AR_CORRECTION,
+    INPUT_MEANINGS,
+    N_BEADS,
+    OUTPUT_MEANINGS,
+    OUTPUT_NAME,
+    PERMUTATIONS,
+    PREVIOUS_DISPLACEMENTS,
+    history_length,
+)
 from ._errors import InputError
 from ._io import atomic_output, sha256_file
 from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
@@ -30,10 +39,13 @@ MANIFEST_NAME = "manifest.json"
 _MAX_MANIFEST_BYTES = 16 << 20
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+#: The most previous displacements (and AR coefficients) a bundle may take.
+MAX_HISTORY = 32
 
 
-def _io_spec(name: str, meaning: str) -> dict[str, Any]:
-    return {"name": name, "dtype": "float32", "shape": ["batch", N_BEADS, 3], "meaning": meaning}
+def _io_spec(name: str, meaning: str, history: int = 0) -> dict[str, Any]:
+    shape = ["batch", history, N_BEADS, 3] if meaning == PREVIOUS_DISPLACEMENTS else ["batch", N_BEADS, 3]
+    return {"name": name, "dtype": "float32", "shape": shape, "meaning": meaning}
 
 
 def build_manifest(
@@ -49,13 +61,15 @@ def build_manifest(
     versions: dict[str, str],
     verification: dict[str, Any],
     created_utc: str | None = None,
+    history: int = 0,
 ) -> dict[str, Any]:
     """A bundle manifest without its ``files`` (:func:`write_manifest` adds them): the format's one definition.
 
     ``inputs`` are input meanings (the graph's input names are the meanings), ``output`` the output meaning
     (:mod:`e3traj.runtime._contract`); every input and the output are float32 ``(batch, 12, 3)``. ``model`` holds
     the kind's other fields (hyperparameters, scales...), ``onnx`` at least ``file``, ``example`` at least
-    ``file`` and ``atol``.
+    ``file`` and ``atol``. ``history``: H of a ``previous_displacements`` input (``(batch, H, 12, 3)``); an
+    ``ar_correction`` output needs ``model["ar_coefficients"]`` (H numbers).
     """
     for m in inputs:
         if m not in INPUT_MEANINGS:
@@ -69,7 +83,7 @@ def build_manifest(
         "e3traj_version": __version__,
         "created_utc": stamp,
         "model": {"kind": kind, "equivariant": bool(equivariant), "num_nodes": N_BEADS, "dtype": "float32", **model},
-        "inputs": [_io_spec(m, m) for m in inputs],
+        "inputs": [_io_spec(m, m, history) for m in inputs],
         "outputs": [_io_spec(OUTPUT_NAME, output)],
         "onnx": dict(onnx),
         "example": dict(example),
@@ -194,8 +208,10 @@ def _check_manifest(manifest: dict, where: str) -> None:
     for m in meanings:
         if not isinstance(m, str) or m not in INPUT_MEANINGS:
             raise InputError(f"{where}: input meaning {m!r} is not one of {list(INPUT_MEANINGS)}; upgrade e3traj")
-    if meanings.count("positions") != 1 or meanings.count("previous_displacement") > 1:
-        raise InputError(f"{where}: inputs {meanings} need exactly one 'positions' input; re-export the bundle")
+    if meanings.count("positions") != 1 or any(meanings.count(m) > 1 for m in INPUT_MEANINGS):
+        raise InputError(
+            f"{where}: inputs {meanings} need exactly one 'positions' input and each meaning once; re-export the bundle"
+        )
     out_meaning = manifest["outputs"][0].get("meaning")
     if not isinstance(out_meaning, str) or out_meaning not in OUTPUT_MEANINGS:
         raise InputError(
@@ -225,6 +241,64 @@ def _check_manifest(manifest: dict, where: str) -> None:
             raise InputError(f"{where}: model.{key} is {model[key]!r}, not a string; re-export the bundle")
     if "equivariant" in model and not isinstance(model["equivariant"], bool):
         raise InputError(f"{where}: model.equivariant is {model['equivariant']!r}, not true/false; re-export")
+    _check_history(manifest, meanings, out_meaning, where)
     need = onnx.get("min_onnxruntime")
     if need is not None and not isinstance(need, str):
         raise InputError(f"{where}: onnx.min_onnxruntime is {need!r}, not a version string; re-export the bundle")
+
+
+def manifest_history(manifest: dict) -> int:
+    """How many frames before the current one a step of this (checked) bundle needs (:func:`history_length`)."""
+    h_in = max([int(i["shape"][1]) for i in manifest["inputs"] if i.get("meaning") == PREVIOUS_DISPLACEMENTS] or [0])
+    return history_length(
+        manifest["outputs"][0]["meaning"],
+        [i.get("meaning") for i in manifest["inputs"]],
+        manifest.get("model", {}).get("ar_coefficients") or (),
+        displacements=h_in,
+    )
+
+
+def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str) -> None:
+    """The history input's shape, the AR coefficients and the permutation promise."""
+    model = manifest["model"]
+    h_in = None
+    for spec in manifest["inputs"]:
+        shape = spec.get("shape")
+        if spec.get("meaning") == PREVIOUS_DISPLACEMENTS:
+            ok = (
+                isinstance(shape, list)
+                and len(shape) == 4
+                and _is_int(shape[1])
+                and 1 <= shape[1] <= MAX_HISTORY
+                and shape[2:] == [N_BEADS, 3]
+            )
+            if not ok:
+                raise InputError(
+                    f"{where}: input {spec['name']!r} has shape {shape!r}; expected ['batch', H, {N_BEADS}, 3] "
+                    f"with 1 <= H <= {MAX_HISTORY}; re-export the bundle"
+                )
+            h_in = shape[1]
+        elif shape is not None and shape != ["batch", N_BEADS, 3]:
+            raise InputError(
+                f"{where}: input {spec['name']!r} has shape {shape!r}; expected ['batch', {N_BEADS}, 3]; re-export"
+            )
+    coefs = model.get("ar_coefficients")
+    if out_meaning == AR_CORRECTION or coefs is not None:
+        ok = (
+            isinstance(coefs, list)
+            and 1 <= len(coefs) <= MAX_HISTORY
+            and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in coefs)
+        )
+        if not ok:
+            raise InputError(
+                f"{where}: model.ar_coefficients is {coefs!r}; an 'ar_correction' output needs a list of 1 to "
+                f"{MAX_HISTORY} finite numbers; re-export the bundle"
+            )
+        if h_in is not None and h_in != len(coefs):
+            raise InputError(
+                f"{where}: {len(coefs)} AR coefficients but the history input holds {h_in} displacements; "
+                "re-export the bundle"
+            )
+    perm = model.get("permutation", "any")
+    if perm not in PERMUTATIONS:
+        raise InputError(f"{where}: model.permutation is {perm!r}; expected one of {list(PERMUTATIONS)}")

@@ -1,20 +1,23 @@
-"""Honest metrics: every model score sits next to the two trivial predictors on the same pairs.
+"""Honest metrics: every model score sits next to the whole predictor suite on the same pairs.
 
-- persistence ("copy the frame"): x_{t+1} = x_t
-- constant velocity: x_{t+1} = x_t + (x_t - x_{t-1})
+The suite (:mod:`e3traj.runtime._predictors`): persistence, constant velocity, constant acceleration and the
+fitted linear extrapolation AR(k). Every report names the best of them and the model's ratio to it.
+
 - skill = 1 - MSE / MSE_persistence (0: no better than copying the frame; < 0: worse)
+- ratio to the best = MSE / MSE_best (< 1: the model beats every trivial predictor)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._contract import VELOCITY_CORRECTION, next_frame
+from ._contract import as_past
 from ._data import N_BEADS, Split, lift_to_3d, split_pairs
 from ._errors import InputError
+from ._predictors import CONSTANT_VELOCITY, PERSISTENCE, best_of, predictor_suite
 from ._rollout import rollout
 
 __all__ = [
@@ -24,15 +27,25 @@ __all__ = [
     "rmsd",
     "persistence_step",
     "constant_velocity_step",
+    "as_predictor",
     "one_step_metrics",
     "rollout_starts",
     "rollout_rmsd",
     "evaluate_predictor",
     "trajectory_stats",
+    "SUITE_LABELS",
 ]
 
 #: ``step(positions, previous) -> next positions``; all ``(B, 12, 3)`` float64. ``previous`` is the frame before.
 StepFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: Report labels of the suite's members, in report order.
+SUITE_LABELS = {
+    "persistence": "persistence",
+    "constant_velocity": "constant velocity",
+    "constant_acceleration": "constant acceleration",
+    "ar": "fitted AR(k)",
+}
 
 
 def mse(pred: np.ndarray, true: np.ndarray) -> float:
@@ -52,77 +65,131 @@ def rmsd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(np.sum(d * d, axis=-1), axis=-1))
 
 
-def persistence_step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
+def persistence_step(x: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
     """Copy the frame."""
-    return np.array(x, dtype=np.float64, copy=True)
+    return PERSISTENCE.step(x)
 
 
 def constant_velocity_step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """x_t + (x_t - x_{t-1}): the velocity-correction rule with no correction."""
-    return next_frame(VELOCITY_CORRECTION, np.asarray(x, dtype=np.float64), 0.0, np.asarray(prev, dtype=np.float64))
+    """x_t + (x_t - x_{t-1}). Shapes: ``x``, ``prev`` ``(B, 12, 3)``."""
+    return CONSTANT_VELOCITY.step(x, prev)
 
 
-def one_step_metrics(step: StepFn, split: Split, batch_size: int = 4096) -> dict[str, float]:
-    """One-step validation MSE of ``step`` and of the trivial predictors on the same pairs."""
-    x, y, prev = split.val_x, split.val_y, split.val_prev
-    pred = np.concatenate([step(x[i : i + batch_size], prev[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    m = mse(pred, y)
-    p = mse(x, y)
-    cv = mse(constant_velocity_step(x, prev), y)
-    return {
-        "val_mse": m,
-        "val_rmse": float(np.sqrt(m)),
-        "persistence_mse": p,
-        "constant_velocity_mse": cv,
-        "skill": skill(m, p),
-        "skill_vs_constant_velocity": skill(m, cv),
-        "n_val_pairs": len(x),
-    }
+class _Predictor:
+    """A plain ``step(positions, previous)`` function (``previous`` the frame before) as a predictor."""
+
+    history = 1
+
+    def __init__(self, step: StepFn) -> None:
+        self._fn = step
+
+    def step(self, x, previous=None):
+        past = as_past(previous, 1, np.shape(x))
+        return self._fn(x, past[:, -1])
 
 
-def rollout_starts(split: Split, horizon: int, n_starts: int) -> np.ndarray:
-    """Evenly spaced starting frames in the validation part whose ``horizon`` true frames exist."""
-    first = split.val_start
+def as_predictor(p):
+    """A predictor (``history`` and ``step(x, previous)``) as it is; a bundle; or a plain ``step(x, prev)``."""
+    if hasattr(p, "step") and hasattr(p, "history"):
+        return p
+    if callable(p):
+        return _Predictor(p)
+    raise TypeError(f"not a predictor: {p!r}")
+
+
+def _pairs(split: Split, h: int):
+    """Validation inputs, the ``h`` frames before each, and labels. Shapes: (n, 12, 3), (n, h, 12, 3), (n, 12, 3)."""
+    frames = split.frames
+    ts = np.arange(split.val_start, len(frames) - 1)
+    if split.val_start < h:
+        raise InputError(
+            f"trajectory: {h} frames are needed before the first validation pair, it has {split.val_start}"
+        )
+    past = np.stack([frames[ts - h + i] for i in range(h)], axis=1) if h else None
+    return frames[ts], past, frames[ts + 1]
+
+
+def _predict(p, x, past, batch_size: int = 4096) -> np.ndarray:
+    h = int(p.history)
+    parts = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        parts.append(p.step(xb, past[i : i + batch_size, past.shape[1] - h :]) if h else p.step(xb))
+    return np.concatenate(parts)
+
+
+def one_step_metrics(model, split: Split, suite: Mapping | None = None, batch_size: int = 4096) -> dict:
+    """One-step validation MSE of ``model`` and of every member of the predictor suite, on the same pairs.
+
+    ``model``: a predictor, a bundle, or a plain ``step(x, prev)``. ``suite``: default
+    :func:`~e3traj.runtime._predictors.predictor_suite` of ``split``. Keys: ``val_mse``, ``val_rmse``,
+    ``<name>_mse`` for each member, ``ar_order``, ``ar_coefficients``, ``best_baseline`` (the member with the
+    lowest MSE), ``best_baseline_mse``, ``ratio_to_best`` (model / best), ``skill`` (vs persistence),
+    ``skill_vs_constant_velocity``, ``n_val_pairs``.
+    """
+    model = as_predictor(model)
+    suite = dict(predictor_suite(split) if suite is None else suite)
+    h = max([int(model.history)] + [int(p.history) for p in suite.values()])
+    x, past, y = _pairs(split, h)
+    m = mse(_predict(model, x, past, batch_size), y)
+    out: dict = {"val_mse": m, "val_rmse": float(np.sqrt(m))}
+    scores = {name: mse(_predict(p, x, past, batch_size), y) for name, p in suite.items()}
+    for name, v in scores.items():
+        out[f"{name}_mse"] = v
+    if "ar" in suite:
+        out["ar_order"] = int(suite["ar"].order)
+        out["ar_coefficients"] = [float(c) for c in suite["ar"].coefficients]
+    best = best_of(scores)
+    out.update(
+        best_baseline=best,
+        best_baseline_mse=scores[best],
+        ratio_to_best=float(m / scores[best]) if scores[best] > 0 else float("nan"),
+        skill=skill(m, scores.get("persistence", mse(x, y))),
+        skill_vs_constant_velocity=skill(m, scores.get("constant_velocity", float("nan"))),
+        n_val_pairs=len(x),
+    )
+    return out
+
+
+def rollout_starts(split: Split, horizon: int, n_starts: int, history: int = 0) -> np.ndarray:
+    """Evenly spaced starting frames in the validation part whose ``horizon`` true frames exist (and whose
+    ``history`` frames before exist)."""
+    first = max(split.val_start, history)
     last = len(split.frames) - 1 - horizon
     if last < first:
         return np.zeros(0, dtype=np.int64)
     return np.unique(np.linspace(first, last, num=max(1, n_starts)).round().astype(np.int64))
 
 
-class _Predictor:
-    """A ``step(positions, previous)`` function seen as what :func:`~e3traj.runtime.rollout` steps."""
-
-    needs_previous = True
-
-    def __init__(self, step: StepFn) -> None:
-        self.step = step
-
-
-def _roll(step: StepFn, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
+def _roll(step, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
     """Positions predicted for k = 0..horizon by the one rollout loop; NaN from the first non-finite step on.
 
-    Shapes: -> ``(horizon + 1, len(starts), 12, 3)``.
+    ``step``: a predictor (or a plain ``step(x, prev)``). Shapes: -> ``(horizon + 1, len(starts), 12, 3)``.
     """
-    res = rollout(_Predictor(step), frames[starts], horizon, previous=frames[starts - 1])
-    out = np.full((horizon + 1, len(starts), 12, 3), np.nan)
+    p = as_predictor(step)
+    h = int(p.history)
+    previous = np.stack([frames[starts - h + i] for i in range(h)], axis=1) if h else None
+    res = rollout(p, frames[starts], horizon, previous=previous)
+    out = np.full((horizon + 1, len(starts), N_BEADS, 3), np.nan)
     out[: len(res.traj)] = res.traj
     return out
 
 
 def rollout_rmsd(
-    steps: dict[str, StepFn], split: Split, ks: Sequence[int] = (1, 10, 100), n_starts: int = 8
+    steps: Mapping, split: Split, ks: Sequence[int] = (1, 10, 100), n_starts: int = 8
 ) -> dict[str, dict[str, float]]:
     """Mean RMSD after k autoregressive steps, from starting frames in the validation part.
 
-    The horizon shrinks to what the validation part holds; a k beyond it is left out.
-    Returns ``{name: {"k=1": rmsd, ...}}`` for every step function given.
+    The horizon shrinks to what the validation part holds; a k beyond it is left out. Every predictor starts
+    from the same frames. Returns ``{name: {"k=1": rmsd, ...}}`` for every predictor given.
     """
     n_val = len(split.frames) - 1 - split.val_start
     ks = [int(k) for k in ks if 0 < int(k) <= n_val]
     if not ks:
         return {name: {} for name in steps}
     horizon = max(ks)
-    starts = rollout_starts(split, horizon, n_starts)
+    h = max(int(as_predictor(p).history) for p in steps.values())
+    starts = rollout_starts(split, horizon, n_starts, history=h)
     truth = np.stack([split.frames[starts + k] for k in range(horizon + 1)])
     result = {}
     for name, fn in steps.items():
@@ -134,18 +201,19 @@ def rollout_rmsd(
 
 
 def evaluate_predictor(
-    step: StepFn, split: Split, *, ks: Sequence[int] = (1, 10, 100), n_starts: int = 8
+    step, split: Split, *, ks: Sequence[int] = (1, 10, 100), n_starts: int = 8, suite: Mapping | None = None
 ) -> dict[str, object]:
-    """One-step metrics and k-step rollout RMSD for a model and the two trivial predictors."""
-    one = one_step_metrics(step, split)
-    roll = rollout_rmsd(
-        {"model": step, "persistence": persistence_step, "constant_velocity": constant_velocity_step},
-        split,
-        ks=ks,
-        n_starts=n_starts,
-    )
+    """One-step metrics and k-step rollout RMSD for a model and every member of the predictor suite.
+
+    ``rollout_best`` names, per k, the suite member with the lowest RMSD.
+    """
+    suite = dict(predictor_suite(split) if suite is None else suite)
+    one = one_step_metrics(step, split, suite)
+    roll = rollout_rmsd({"model": step, **suite}, split, ks=ks, n_starts=n_starts)
     starts = roll.pop("_starts", {}).get("starts", [])
-    return {"one_step": one, "rollout_rmsd": roll, "rollout_starts": starts}
+    ks_done = list(roll.get("model", {}))
+    best = {k: best_of({n: roll[n][k] for n in suite}) for k in ks_done}
+    return {"one_step": one, "rollout_rmsd": roll, "rollout_starts": starts, "rollout_best": best}
 
 
 def trajectory_stats(frames) -> dict:

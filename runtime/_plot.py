@@ -254,6 +254,8 @@ def plot_parity(
 _RMSD_STYLE = {
     "persistence": ("grey", "persistence (copy the frame)"),
     "constant_velocity": ("C1", "constant velocity"),
+    "constant_acceleration": ("C8", "constant acceleration"),
+    "ar": ("k", "fitted AR(k)"),
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._contract import N_BEADS
 from ._errors import InputError, UsageError
-from ._metrics import StepFn, _roll, rmsd
+from ._metrics import StepFn, _roll, as_predictor, rmsd
 
 __all__ = ["TrainingCurve", "r2_score", "rollout_rmsd_curves", "training_curve"]
 
@@ -44,17 +44,20 @@ def rollout_rmsd_curves(
 
     A predictor that becomes non-finite gives NaN from that step on.
 
-    Shapes: ``frames`` ``(T, 12, 3)``; ``starts`` ``(S,)`` with ``1 <= start`` and ``start + horizon < T``
-    -> each curve ``(horizon, S)``.
+    ``steps``: name -> predictor (``history`` and ``step``; a bundle) or plain ``step(x, prev)``.
+
+    Shapes: ``frames`` ``(T, 12, 3)``; ``starts`` ``(S,)`` with ``history <= start`` (at least 1) and
+    ``start + horizon < T`` -> each curve ``(horizon, S)``.
     """
     frames = _frames(frames, "frames")
     st = np.asarray(starts, dtype=np.int64)
     if isinstance(horizon, bool) or int(horizon) < 1:
         raise UsageError(f"horizon: got {horizon!r}; pass a positive number of steps")
     horizon = int(horizon)
-    if st.ndim != 1 or not st.size or st.min() < 1 or st.max() + horizon >= len(frames):
+    first = max([1] + [int(as_predictor(fn).history) for fn in steps.values()])
+    if st.ndim != 1 or not st.size or st.min() < first or st.max() + horizon >= len(frames):
         raise UsageError(
-            f"starts: {st.tolist()} need 1 <= start and start + {horizon} < {len(frames)} (the frames available)"
+            f"starts: {st.tolist()} need {first} <= start and start + {horizon} < {len(frames)} (the frames available)"
         )
     truth = np.stack([frames[st + k] for k in range(horizon + 1)])
     out = {}
@@ -77,6 +80,8 @@ class TrainingCurve:
     val_mse: np.ndarray
     persistence_mse: float | None = None
     constant_velocity_mse: float | None = None
+    ar_mse: float | None = None  # the fitted AR(k) (bundles from before the suite have none)
+    ar_order: int | None = None
 
 
 def _number(v) -> float | None:
@@ -120,4 +125,6 @@ def training_curve(manifest: Mapping, label: str, where: str = "manifest.json") 
         val_mse=np.asarray(vals, dtype=np.float64),
         persistence_mse=_number(metrics.get("persistence_mse")),
         constant_velocity_mse=_number(metrics.get("constant_velocity_mse")),
+        ar_mse=_number(metrics.get("ar_mse")),
+        ar_order=int(metrics["ar_order"]) if _number(metrics.get("ar_order")) is not None else None,
     )

@@ -115,8 +115,8 @@ def plot_equivariance(
 def plot_training(
     curves: Sequence[TrainingCurve], path: str | os.PathLike, *, title: str = "Training: validation MSE"
 ) -> Path:
-    """Validation MSE (log scale) against wall time, one line per model, with the persistence and
-    constant-velocity MSE as horizontal lines (one grey pair when every curve shares the same values).
+    """Validation MSE (log scale) against wall time, one line per model, with the persistence, constant-velocity
+    and fitted AR(k) MSE as horizontal lines (one grey line each when every curve shares the same values).
     """
     matplotlib, _ = _mpl()
     if not curves:
@@ -134,6 +134,7 @@ def plot_training(
         for attr, style, name in (
             ("persistence_mse", "--", "persistence"),
             ("constant_velocity_mse", ":", "constant velocity"),
+            ("ar_mse", "-.", "fitted AR" + (f"({curves[0].ar_order})" if curves[0].ar_order else "(k)")),
         ):
             values = [(j, getattr(c, attr)) for j, c in enumerate(curves) if getattr(c, attr) is not None]
             values = [(j, v) for j, v in values if np.isfinite(v) and v > 0]

@@ -49,6 +49,32 @@ def _frames(arr, name: str) -> np.ndarray:
     return a
 
 
+def _history(bundle) -> int:
+    """Frames before the current one that ``bundle`` needs (``history``; else 1 if ``needs_previous``)."""
+    h = getattr(bundle, "history", None)
+    if h is None:
+        h = 1 if getattr(bundle, "needs_previous", False) else 0
+    return int(h)
+
+
+def _past(previous, h: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``previous`` as ``(h, B, 12, 3)`` chronological rows: ``(B, 12, 3)`` when h = 1, or ``(B, H >= h, 12, 3)``."""
+    p = np.asarray(previous)
+    if p.dtype.kind not in "fiu":
+        raise UsageError(f"previous: dtype {p.dtype} is not numeric")
+    if h == 1 and p.shape == shape:
+        p = p[:, None]
+    if p.ndim != 4 or p.shape[0] != shape[0] or p.shape[2:] != shape[1:] or p.shape[1] < h:
+        raise UsageError(
+            f"previous: shape {p.shape}; expected ({shape[0]}, {h}, {N_BEADS}, 3), the {h} frame(s) before each "
+            f"start, oldest first" + (f", or ({shape[0]}, {N_BEADS}, 3)" if h == 1 else "")
+        )
+    p = np.swapaxes(p[:, p.shape[1] - h :], 0, 1).astype(np.float64)
+    if not np.all(np.isfinite(p)):
+        raise InputError("previous: non-finite value (NaN or Inf); start from finite frames")
+    return p
+
+
 def rollout(
     bundle,
     init: np.ndarray,
@@ -68,10 +94,11 @@ def rollout(
     ``max_distance`` from its starting frame's centroid; the frames before that step are kept.
 
     Args:
-        bundle: a :class:`~e3traj.runtime.Bundle` (anything with ``step(x, previous)`` and ``needs_previous``).
+        bundle: a :class:`~e3traj.runtime.Bundle` or any predictor (``history`` and ``step(x, previous)``).
         init: starting frames. Shapes: ``(B, 12, 3)``.
         steps: number of steps (>= 1).
-        previous: the frame before each start, needed by velocity-aware bundles. Shapes: ``(B, 12, 3)``.
+        previous: the ``history`` frames before each start, oldest first, needed by velocity-aware and history
+            bundles. Shapes: ``(B, H, 12, 3)``, or ``(B, 12, 3)`` when one frame is needed.
         max_distance: optional bound on the distance of any bead from its start's centroid.
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
         max_bytes: refuse to allocate a trajectory larger than this.
@@ -86,32 +113,32 @@ def rollout(
         raise UsageError(f"max_distance: got {max_distance!r}; pass a positive distance")
     x0 = _frames(init, "init")
     batch = x0.shape[0]
-    needs_prev = bool(getattr(bundle, "needs_previous", False))
-    prev = None
-    if needs_prev:
-        if previous is None:
-            raise UsageError("previous: this bundle is velocity-aware and needs the frame before each start")
-        prev = _frames(previous, "previous")
-        if prev.shape != x0.shape:
-            raise UsageError(f"previous: shape {prev.shape} differs from init's {x0.shape}")
-    nbytes = (steps + 1) * batch * N_BEADS * 3 * 8
+    h = _history(bundle)
+    nbytes = (steps + 1 + h) * batch * N_BEADS * 3 * 8
     if nbytes > max_bytes:
         raise UsageError(
             f"{steps} steps x {batch} starts need {nbytes / 2**30:.1f} GiB for the trajectory (limit "
             f"{max_bytes / 2**30:.1f} GiB); roll out fewer steps or starts per call"
         )
-    traj = np.empty((steps + 1, batch, N_BEADS, 3), dtype=np.float64)
-    traj[0] = x0
+    # one buffer: the h frames before the start, then the trajectory; the past of step k is a view into it
+    buf = np.empty((h + steps + 1, batch, N_BEADS, 3), dtype=np.float64)
+    if h:
+        if previous is None:
+            raise UsageError(f"previous: this bundle needs the {h} frame(s) before each start (it uses the history)")
+        buf[:h] = _past(previous, h, x0.shape)
+    buf[h] = x0
+    traj = buf[h:]
     centroid = x0.mean(axis=1, keepdims=True)
     step_into = bundle._stepper(batch) if callable(getattr(bundle, "_stepper", None)) else None
     with np.errstate(all="ignore"):  # entered once: non-finite steps are detected below, not warned about
         for k in range(1, steps + 1):
             x = traj[k - 1]
+            past = buf[k - 1 : h + k - 1]  # (h, B, 12, 3), chronological
             if step_into is not None:
                 nxt = traj[k]
-                step_into(x, prev, nxt)
+                step_into(x, past, nxt)
             else:
-                nxt = bundle.step(x, prev) if needs_prev else bundle.step(x)
+                nxt = bundle.step(x, np.swapaxes(past, 0, 1)) if h else bundle.step(x)
             finite = bool(np.isfinite(nxt).all())
             bad = None if finite else ~np.isfinite(nxt).all(axis=(1, 2))
             reason = "became non-finite (NaN or Inf)"
@@ -132,8 +159,6 @@ def rollout(
                 )
             if step_into is None:
                 traj[k] = nxt
-            if needs_prev:
-                prev = x
             if progress is not None:
                 progress(1)
     return RolloutResult(traj=traj, steps_requested=steps, steps_done=steps, complete=True)

@@ -98,8 +98,10 @@ def make_session(verified: _Verified):
         want = spec.get("dtype", "float32")
         if _ORT_TYPES.get(info.type) != want:
             raise InputError(f"{where}: input {info.name!r} has type {info.type}, the manifest says {want}")
-        if len(shape) != 3 or shape[1] != N_BEADS or shape[2] != 3:
-            raise InputError(f"{where}: input {info.name!r} has shape {shape}; expected (batch, 12, 3)")
+        rest = [N_BEADS, 3] if spec["meaning"] != "previous_displacements" else [spec["shape"][1], N_BEADS, 3]
+        if len(shape) != 1 + len(rest) or shape[1:] != rest:
+            want_s = ", ".join(["batch"] + [str(d) for d in rest])
+            raise InputError(f"{where}: input {info.name!r} has shape {shape}; expected ({want_s})")
         if _is_int(shape[0]):
             raise InputError(
                 f"{where}: input {info.name!r} has a fixed batch size {shape[0]}; re-export with a dynamic batch"

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._contract import DISPLACEMENT, N_BEADS, NEXT_POSITIONS, POSITIONS, PREVIOUS_DISPLACEMENT, VELOCITY_CORRECTION
+from ._contract import (
+    AR_CORRECTION,
+    DISPLACEMENT,
+    N_BEADS,
+    NEXT_POSITIONS,
+    POSITIONS,
+    PREVIOUS_DISPLACEMENT,
+    PREVIOUS_DISPLACEMENTS,
+    VELOCITY_CORRECTION,
+)
 from ._errors import InputError, UsageError
 from ._manifest import _DTYPES
 from ._session import _ORT_TYPES, CHUNK, _clean_ort_error
@@ -17,35 +26,54 @@ __all__ = ["make_stepper"]
 
 
 def make_stepper(bundle, batch: int):
-    """A step function for rollouts: ``fn(x, previous, out)`` writes :meth:`step`'s result into ``out``.
+    """A step function for rollouts: ``fn(x, past, out)`` writes :meth:`step`'s result into ``out``.
 
     Same arithmetic as :meth:`step` (float32 model inputs, float64 accumulation) with the model-input and
-    output buffers allocated once. ``x`` and ``previous`` must be finite. Shapes: all ``(batch, 12, 3)``.
+    output buffers allocated once. ``x`` and ``past`` must be finite.
+    Shapes: ``x``, ``out`` ``(batch, 12, 3)``; ``past`` ``(history, batch, 12, 3)``, chronological.
     """
     if bundle._session is None:
         raise UsageError(f"{bundle._path}: bundle is closed; open it again")
     shape = (batch, N_BEADS, 3)
-    bufs = {n: np.empty(shape, dtype=bundle._input_dtypes[n]) for n in bundle._input_meanings}
-    pos_names = [n for n, m in bundle._input_meanings.items() if m == POSITIONS]
-    disp_names = [n for n, m in bundle._input_meanings.items() if m == PREVIOUS_DISPLACEMENT]
+    h = bundle.history
+    meanings = bundle._input_meanings
+    bufs = {
+        n: np.empty((batch, h, N_BEADS, 3) if m == PREVIOUS_DISPLACEMENTS else shape, dtype=bundle._input_dtypes[n])
+        for n, m in meanings.items()
+    }
+    pos_names = [n for n, m in meanings.items() if m == POSITIONS]
+    disp_names = [n for n, m in meanings.items() if m == PREVIOUS_DISPLACEMENT]
+    hist_names = [n for n, m in meanings.items() if m == PREVIOUS_DISPLACEMENTS]
     meaning = bundle.output_meaning
+    coefficients = bundle.ar_coefficients
     velocity = np.empty(shape, dtype=np.float64) if disp_names or meaning == VELOCITY_CORRECTION else None
+    # d_j = x_{t-j+1} - x_{t-j}, j = 1..h (float64), for history inputs and the AR rule
+    disps = np.empty((h, *shape), dtype=np.float64) if hist_names or meaning == AR_CORRECTION else None
+    term = np.empty(shape, dtype=np.float64) if meaning == AR_CORRECTION else None
     # one sub-batch: onnxruntime writes into a bound buffer, read directly below (float32 -> float64 in the
     # additions is exact, as in the copy into ``y`` of the sub-batched path)
     run = _bound_run(bundle, bufs, shape) if batch <= CHUNK else None
     y = np.empty(shape, dtype=np.float64) if run is None else None
 
-    def step_into(x: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
+    def step_into(x: np.ndarray, past: np.ndarray | None, out: np.ndarray) -> None:
         # (rollout calls this inside np.errstate(all="ignore"); no errstate here: it slows the next
         # onnxruntime call by a few microseconds)
         if velocity is not None:
-            np.subtract(x, previous, out=velocity)
+            np.subtract(x, past[h - 1], out=velocity)
             if disp_names and not np.isfinite(velocity).all():
                 raise InputError(f"input {disp_names[0]!r}: holds NaN or Inf; pass finite positions")
+        if disps is not None:
+            np.subtract(x, past[h - 1], out=disps[0])
+            for j in range(1, h):
+                np.subtract(past[h - j], past[h - j - 1], out=disps[j])
+            if hist_names and not np.isfinite(disps).all():
+                raise InputError(f"input {hist_names[0]!r}: holds NaN or Inf; pass finite positions")
         for n in pos_names:
             np.copyto(bufs[n], x, casting="unsafe")
         for n in disp_names:
             np.copyto(bufs[n], velocity, casting="unsafe")
+        for n in hist_names:
+            np.copyto(bufs[n], np.swapaxes(disps, 0, 1), casting="unsafe")
         if run is None:
             bundle._run_chunks(bufs, y, CHUNK)
             pred = y
@@ -57,6 +85,13 @@ def make_stepper(bundle, batch: int):
             np.add(x, pred, out=out)
         elif meaning == NEXT_POSITIONS:
             out[...] = pred
+        elif meaning == AR_CORRECTION:
+            out[...] = x
+            for j, b in enumerate(coefficients):
+                np.multiply(b, disps[j], out=term)
+                np.add(out, term, out=term)
+                out[...] = term
+            np.add(out, pred, out=out)
         else:
             np.add(x, velocity, out=out)
             np.add(out, pred, out=out)

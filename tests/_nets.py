@@ -15,6 +15,7 @@ CONFIGS = {
     "default": E3nnConfig(),
     "small": E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=2),
     "velocity": E3nnConfig(irreps_in="1x1o"),
+    "history": E3nnConfig(irreps_in="5x1o"),  # e3nn-history at K = 5: 4 displacements and the head's vector
     # l = 2 features: paths with 5 terms per component and l1 = 2 groups (the sparse products' other patterns)
     "l2": E3nnConfig(irreps_hidden="2x0e + 2x1o + 2x2e + 1x2o", layers=2),
 }
@@ -49,8 +50,11 @@ def probe_frames(dtype=torch.float32) -> torch.Tensor:
 def node_features(config: E3nnConfig, frames: torch.Tensor) -> torch.Tensor | None:
     if config.irreps_in is None:
         return None
+    from e3nn import o3
+
     gen = torch.Generator().manual_seed(2)
-    return (0.5 * torch.randn(frames.shape, generator=gen, dtype=torch.float64)).to(frames.dtype)
+    shape = (*frames.shape[:2], o3.Irreps(config.irreps_in).dim)
+    return (0.5 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(frames.dtype)
 
 
 def reference_outputs(ref, frames: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:

@@ -5,6 +5,8 @@ Bundles:
 - ``baseline``: y = x @ W + b, meaning ``next_positions``, ``equivariant: false`` (like the chapter's baseline).
 - ``velocity``: y = 0.01 (centroid(x) - x) + 0.1 v, inputs positions + previous_displacement,
   meaning ``velocity_correction``.
+- ``history``: y = 0.01 (centroid(x) - x) + 0.05 mean_j d_j, inputs positions + previous_displacements
+  ``(B, 3, 12, 3)``, meaning ``ar_correction`` with the AR coefficients :data:`AR`.
 - ``blowup``: y = 1e30 x, meaning ``displacement``: overflows float32 to Inf at the second step (rows that
   start at exactly 0 stay finite).
 
@@ -34,14 +36,19 @@ KINDS = {
     "baseline": ("baseline", False, "next_positions", ["positions"]),
     "velocity": ("e3nn-velocity", True, "velocity_correction", ["positions", "previous_displacement"]),
     "blowup": ("e3nn", True, "displacement", ["positions"]),
+    "history": ("e3nn-history", True, "ar_correction", ["positions", "previous_displacements"]),
 }
+#: The history toy's AR coefficients (one per previous displacement) and H.
+AR = (2.2, -1.6, 0.4)
+H = len(AR)
 INPUT_NAMES = {"positions": "positions", "previous_displacement": "previous_displacement"}
 
 
 def _vi(name: str, batch="batch"):
     from onnx import TensorProto, helper
 
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, N, 3])
+    shape = [batch, H, N, 3] if name == "previous_displacements" else [batch, N, 3]
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
 def build_model(kind: str, *, opset: int = OPSET, batch="batch"):
@@ -49,7 +56,21 @@ def build_model(kind: str, *, opset: int = OPSET, batch="batch"):
     from onnx import helper, numpy_helper
 
     inits = []
-    if kind in ("toy", "velocity"):
+    if kind == "history":
+        inits += [
+            numpy_helper.from_array(np.array(0.01, dtype=np.float32), "k_centroid"),
+            numpy_helper.from_array(np.array(0.05, dtype=np.float32), "k_history"),
+        ]
+        nodes = [
+            helper.make_node("ReduceMean", ["positions"], ["centroid"], axes=[1], keepdims=1),
+            helper.make_node("Sub", ["centroid", "positions"], ["rel"]),
+            helper.make_node("Mul", ["rel", "k_centroid"], ["pull"]),
+            helper.make_node("ReduceMean", ["previous_displacements"], ["mean_d"], axes=[1], keepdims=0),
+            helper.make_node("Mul", ["mean_d", "k_history"], ["push"]),
+            helper.make_node("Add", ["pull", "push"], ["prediction"]),
+        ]
+        inputs = [_vi("positions", batch), _vi("previous_displacements", batch)]
+    elif kind in ("toy", "velocity"):
         inits.append(numpy_helper.from_array(np.array(0.01, dtype=np.float32), "k_centroid"))
         nodes = [
             helper.make_node("ReduceMean", ["positions"], ["centroid"], axes=[1], keepdims=1),
@@ -101,11 +122,15 @@ def build_fixed_batch_model(batch: int = 8):
 def reference(kind: str, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
     """The model's output computed with numpy in float32 (float64 result).
 
-    Shapes: ``x``, ``v`` ``(B, 12, 3)`` -> ``(B, 12, 3)``.
+    Shapes: ``x``, ``v`` ``(B, 12, 3)`` (history: ``v`` ``(B, H, 12, 3)``) -> ``(B, 12, 3)``.
     """
     x32 = np.asarray(x, dtype=np.float32)
     if kind == "toy":
         return (np.float32(0.01) * (x32.mean(axis=1, keepdims=True) - x32)).astype(np.float64)
+    if kind == "history":
+        d32 = np.asarray(v, dtype=np.float32)
+        pull = np.float32(0.01) * (x32.mean(axis=1, keepdims=True) - x32)
+        return (pull + np.float32(0.05) * d32.mean(axis=1)).astype(np.float64)
     if kind == "velocity":
         v32 = np.asarray(v, dtype=np.float32)
         return (np.float32(0.01) * (x32.mean(axis=1, keepdims=True) - x32) + np.float32(0.1) * v32).astype(np.float64)
@@ -145,12 +170,16 @@ def manifest_for(kind: str, *, example_atol: float = 1e-5) -> dict:
     import onnx
 
     model_kind, equivariant, meaning, in_meanings = KINDS[kind]
+    model = {"hyperparameters": {"toy": kind, "layers": 0}, "target_scale": 1.0}
+    if kind == "history":
+        model.update(ar_coefficients=list(AR), history_frames=H + 1)
     return build_manifest(
+        history=H if kind == "history" else 0,
         kind=model_kind,
         equivariant=equivariant,
         inputs=in_meanings,
         output=meaning,
-        model={"hyperparameters": {"toy": kind, "layers": 0}, "target_scale": 1.0},
+        model=model,
         onnx={
             "file": "model.onnx",
             "opset": OPSET,
@@ -192,7 +221,7 @@ def write_bundle(
         )
     else:
         onnx.save_model(model, str(directory / "model.onnx"))
-    frames = make_traj(12, seed=1, dim=3 if kind == "velocity" else 2)
+    frames = make_traj(12, seed=1, dim=3 if kind in ("velocity", "history") else 2)
     frames = np.concatenate([frames, np.zeros(frames.shape[:2] + (3 - frames.shape[2],))], axis=-1)
     x = frames[1:9]
     arrays = {"positions": x.astype(np.float32)}
@@ -200,6 +229,11 @@ def write_bundle(
     if kind == "velocity":
         v = frames[1:9] - frames[0:8]
         arrays["previous_displacement"] = v.astype(np.float32)
+    if kind == "history":
+        x = frames[3:11]
+        arrays["positions"] = x.astype(np.float32)
+        v = np.stack([frames[4 - j : 12 - j] - frames[3 - j : 11 - j] for j in range(1, H + 1)], axis=1)
+        arrays["previous_displacements"] = v.astype(np.float32)
     arrays["prediction"] = reference(kind, x, v).astype(np.float32)
     np.savez(directory / "example.npz", **arrays)
     manifest = manifest_for(kind, example_atol=example_atol)

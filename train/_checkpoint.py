@@ -91,8 +91,11 @@ def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.M
     input_scale = ckpt.get("input_scale", 1.0)
     if kind.uses_input_scale and not positive_float(input_scale):
         raise InputError(f"{name}: field 'input_scale' is {input_scale!r}, expected a positive float; retrain")
+    spec = ckpt.get("spec") or {}
+    if kind.window and (not isinstance(spec, dict) or not isinstance(spec.get("history"), int)):
+        raise InputError(f"{name}: field 'spec' is {spec!r}; a {kind.name} checkpoint needs its history; retrain")
     try:
-        model = kind.build(config, float(ckpt["scale"]), float(input_scale), 0)
+        model = kind.build(config, float(ckpt["scale"]), float(input_scale), 0, spec)
     except ValueError as exc:
         raise InputError(f"{name}: field 'config' does not fit a {kind.name} model ({exc}); retrain") from None
     try:

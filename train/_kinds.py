@@ -31,12 +31,19 @@ class ModelKind:
         equivariant: False only for the negative control (the chapter's baseline).
         learning_rate: the default Adam learning rate.
         e3nn: True when the kind wraps the e3nn gate network (hyperparameters, radial table, reference FLOPs).
-        node_features: the network's ``irreps_in`` (``"1x1o"``: the previous displacement), or None.
+        node_features: the network's ``irreps_in`` (``"1x1o"``: the previous displacement), a function of H
+            (the previous displacements of a history kind), or None.
         scaled_labels: True: the loss sees ``target / scale`` (scalars keep equivariance); False: the next
             positions themselves (the baseline, as in the chapter).
-        build: ``build(config, scale, input_scale, seed) -> torch.nn.Module``.
-        raw: ``raw(model, x, v) -> output`` before the output scale: what training regresses (float32).
-        target: ``target(x, y, prev) -> tensor`` (float64): what the output stands for, before scaling.
+        build: ``build(config, scale, input_scale, seed, spec) -> torch.nn.Module`` (``spec``: what
+            ``prepare`` fitted, also stored in the checkpoint).
+        raw: ``raw(model, inputs) -> output`` before the output scale: what training regresses (float32);
+            ``inputs`` are the model's inputs in the order of ``inputs``.
+        target: ``target(x, y, past, spec) -> tensor`` (float64): what the output stands for, before scaling;
+            ``past`` ``(B, H, 12, 3)`` the frames before ``x``, chronological.
+        window: True when the kind takes ``--history K`` frames (H = K - 1 previous displacements).
+        prepare: ``prepare(split, x, past, y, history) -> spec``: fits done before training (AR coefficients...).
+        permutation: the relabellings the model commutes with (``any`` or ``chain_reversal``).
     """
 
     name: str
@@ -46,38 +53,102 @@ class ModelKind:
     equivariant: bool
     learning_rate: float
     e3nn: bool
-    node_features: str | None
+    node_features: str | Callable[[int], str] | None
     scaled_labels: bool
-    build: Callable[[Any, float, float, int], torch.nn.Module]
-    raw: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-    target: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    build: Callable[[Any, float, float, int, dict], torch.nn.Module]
+    raw: Callable[[torch.nn.Module, list], torch.Tensor]
+    target: Callable[[torch.Tensor, torch.Tensor, Any, dict], torch.Tensor]
+    window: bool = False
+    prepare: Callable[..., dict] | None = None
+    permutation: str = "any"
+
+    def past_frames(self, history: int) -> int:
+        """Frames before the current one a step needs, for ``--history`` ``history`` (window kinds only)."""
+        if self.window:
+            return int(history) - 1
+        return 1 if C.needs_previous(self.output, self.inputs) else 0
 
     @property
     def needs_previous(self) -> bool:
         """True when a step needs the frame before (for an input or for the next-frame rule)."""
-        return C.needs_previous(self.output, self.inputs)
+        return self.window or C.needs_previous(self.output, self.inputs)
 
     @property
     def uses_input_scale(self) -> bool:
-        return C.PREVIOUS_DISPLACEMENT in self.inputs
+        return C.PREVIOUS_DISPLACEMENT in self.inputs or C.PREVIOUS_DISPLACEMENTS in self.inputs
+
+    def irreps_in(self, history: int) -> str | None:
+        """The network's node input irreps for ``--history`` ``history``."""
+        f = self.node_features
+        return f(self.past_frames(history)) if callable(f) else f
 
 
-def _baseline(config, scale, input_scale, seed):
+def _baseline(config, scale, input_scale, seed, spec):
     from ._baseline import LinearBaseline
 
     return LinearBaseline(seed=seed)
 
 
-def _displacement(config, scale, input_scale, seed):
+def _displacement(config, scale, input_scale, seed, spec):
     from ._model import DisplacementModel
 
     return DisplacementModel(config, scale=scale)
 
 
-def _velocity(config, scale, input_scale, seed):
+def _velocity(config, scale, input_scale, seed, spec):
     from ._velocity import VelocityModel
 
     return VelocityModel(config, scale=scale, input_scale=input_scale)
+
+
+def _history(config, scale, input_scale, seed, spec):
+    from ._history import HistoryModel
+
+    return HistoryModel(
+        config,
+        history=int(spec["history"]),
+        scale=scale,
+        input_scale=input_scale,
+        length_scale=float(spec["length_scale"]),
+        ar_coefficients=spec.get("ar_coefficients"),
+        head_weights=spec.get("head_weights"),
+    )
+
+
+def _history_prepare(split, x, past, y, history):
+    """Fit AR(K) (the runtime's fit, so the model corrects the very AR(K) of the reports) and the linear head."""
+    import torch
+
+    from e3traj.runtime import fit_ar
+
+    from ._history import ChainFeatures, fit_head, mean_bond_length
+
+    ar = fit_ar(split, int(history))
+    length = mean_bond_length(split.train_x)
+    feats = ChainFeatures(x.shape[1], length).double()(x, x - past[:, -1])
+    residual = y - C.ar_extrapolate(x, past, ar.coefficients)
+    w = fit_head(feats, residual)
+    return {
+        "history": int(history) - 1,
+        "length_scale": length,
+        "ar_coefficients": [float(c) for c in ar.coefficients],
+        "head_weights": [float(v) for v in w],
+        "_head_vectors": (feats @ w.to(feats.dtype)).to(torch.float32).double(),  # what the float32 head adds
+    }
+
+
+def _history_target(x, y, past, spec):
+    """The correction to AR(K) left after the linear head: what the network regresses (times its scale)."""
+    import torch
+
+    from ._history import ChainFeatures
+
+    head = spec.get("_head_vectors")
+    if head is None or head.shape != x.shape:
+        f = ChainFeatures(x.shape[1], spec["length_scale"])
+        d = (x - past[:, -1]).float()
+        head = (f(x.float(), d) @ torch.as_tensor(spec["head_weights"], dtype=torch.float32)).double()
+    return y - C.ar_extrapolate(x, past, spec["ar_coefficients"]) - head
 
 
 KINDS: dict[str, ModelKind] = {
@@ -94,8 +165,8 @@ KINDS: dict[str, ModelKind] = {
             node_features=None,
             scaled_labels=False,
             build=_baseline,
-            raw=lambda model, x, v: model(x),
-            target=lambda x, y, prev: y - x,  # only its RMS is recorded (the scale); the labels are y
+            raw=lambda model, a: model(a[0]),
+            target=lambda x, y, past, spec: y - x,  # only its RMS is recorded (the scale); the labels are y
         ),
         ModelKind(
             name="e3nn",
@@ -108,8 +179,8 @@ KINDS: dict[str, ModelKind] = {
             node_features=None,
             scaled_labels=True,
             build=_displacement,
-            raw=lambda model, x, v: model.net(x),
-            target=lambda x, y, prev: y - x,
+            raw=lambda model, a: model.net(a[0]),
+            target=lambda x, y, past, spec: y - x,
         ),
         ModelKind(
             name="e3nn-velocity",
@@ -122,8 +193,26 @@ KINDS: dict[str, ModelKind] = {
             node_features="1x1o",
             scaled_labels=True,
             build=_velocity,
-            raw=lambda model, x, v: model.raw(x, v),
-            target=lambda x, y, prev: y - 2 * x + prev,  # the correction to constant velocity (the acceleration)
+            raw=lambda model, a: model.raw(a[0], a[1]),
+            target=lambda x, y, past, spec: y - 2 * x + past[:, -1],  # the correction to constant velocity
+        ),
+        ModelKind(
+            name="e3nn-history",
+            help="AR(K) fitted on the K last frames, a linear head on the chain's bonds, and the gate network given "
+            "the K-1 previous displacements, predicting the correction to AR(K)",
+            inputs=(C.POSITIONS, C.PREVIOUS_DISPLACEMENTS),
+            output=C.AR_CORRECTION,
+            equivariant=True,
+            learning_rate=3e-3,
+            e3nn=True,
+            node_features=lambda h: f"{h + 1}x1o",
+            scaled_labels=True,
+            build=_history,
+            raw=lambda model, a: model.raw(a[0], a[1]),
+            target=_history_target,
+            window=True,
+            prepare=_history_prepare,
+            permutation="chain_reversal",
         ),
     )
 }

@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from e3traj.runtime import DataSource, InputError, Split, UsageError, evaluate_predictor, one_step_metrics, split_pairs
+from e3traj.runtime import (
+    MAX_AR_ORDER,
+    DataSource,
+    InputError,
+    Split,
+    UsageError,
+    evaluate_predictor,
+    one_step_metrics,
+    split_pairs,
+)
 from e3traj.runtime import contract as C
 
 from ._checkpoint import build_model, load_checkpoint, save_checkpoint
@@ -39,10 +48,15 @@ class TrainConfig:
     seed: int = 0
     train_fraction: float = 0.8
     threads: int | None = None
+    history: int = 5  # frames in the window of a history kind (AR order K; K - 1 previous displacements)
     e3nn: dict[str, Any] = field(default_factory=dict)  # overrides of E3nnConfig fields
 
     def __post_init__(self) -> None:
         get_kind(self.model, error=UsageError)
+        if isinstance(self.history, bool) or not isinstance(self.history, int) or not 2 <= self.history <= MAX_AR_ORDER:
+            raise UsageError(
+                f"history must be an integer in 2..{MAX_AR_ORDER} (frames in the window), got {self.history!r}"
+            )
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs!r}")
         if self.max_time is not None and not self.max_time > 0:
@@ -74,50 +88,82 @@ class TrainResult:
     stopped_because: str
 
 
-def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0) -> torch.nn.Module:
+def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0, spec: dict | None = None) -> torch.nn.Module:
     kind = cfg.kind
     config = None
     if kind.e3nn:
         from ._config import E3nnConfig
 
         overrides = dict(cfg.e3nn)
-        if kind.node_features is not None:
-            overrides["irreps_in"] = kind.node_features
+        irreps_in = kind.irreps_in(cfg.history)
+        if irreps_in is not None:
+            overrides["irreps_in"] = irreps_in
         try:
             config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **overrides})
         except (TypeError, ValueError) as exc:
             raise UsageError(f"e3nn hyperparameters: {exc}") from None
-    return kind.build(config, scale, input_scale, cfg.seed)
+    return kind.build(config, scale, input_scale, cfg.seed, spec or {})
 
 
-def _predict_next(model: torch.nn.Module, kind: ModelKind, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    """Next positions (float64) from float64 positions and previous frames; the model sees float32."""
-    x32 = x.float()
-    if C.PREVIOUS_DISPLACEMENT in kind.inputs:
-        y = model(x32, (x - prev).float())
-    else:
-        y = model(x32)
-    return C.next_frame(kind.output, x, y.double(), prev)
+def model_inputs(kind: ModelKind, x: torch.Tensor, past: torch.Tensor | None) -> list[torch.Tensor]:
+    """The model's inputs (float64, in the order of ``kind.inputs``) for frames ``x`` and the frames before.
+
+    Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, H, 12, 3)`` chronological -> ``(B, 12, 3)`` each, or
+    ``(B, H, 12, 3)`` for ``previous_displacements``.
+    """
+    out = []
+    for meaning in kind.inputs:
+        if meaning == C.POSITIONS:
+            out.append(x)
+        elif meaning == C.PREVIOUS_DISPLACEMENT:
+            out.append(x - past[:, -1])
+        else:
+            out.append(torch.stack(C.past_displacements(x, past, past.shape[1]), dim=1))
+    return out
 
 
-def step_function(model: torch.nn.Module, kind: ModelKind | str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """A numpy ``step(positions, previous) -> next positions`` for metrics; positions kept in float64."""
-    kind = kind if isinstance(kind, ModelKind) else get_kind(kind)
+def _predict_next(model: torch.nn.Module, kind: ModelKind, spec: dict, x: torch.Tensor, past) -> torch.Tensor:
+    """Next positions (float64) from float64 positions and the frames before; the model sees float32."""
+    y = model(*[a.float() for a in model_inputs(kind, x, past)]).double()
+    if kind.output == C.VELOCITY_CORRECTION:
+        return C.next_frame(kind.output, x, y, past[:, -1])
+    return C.next_frame(kind.output, x, y, past, spec.get("ar_coefficients", ()))
 
-    def step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
+
+class _TorchPredictor:
+    """A model as a runtime predictor: ``history`` frames before, ``step(x, previous)`` in float64 numpy."""
+
+    def __init__(self, model: torch.nn.Module, kind: ModelKind, spec: dict, history: int) -> None:
+        self.model, self.kind, self.spec, self.history = model, kind, spec, history
+
+    def step(self, x: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        past = None
+        if self.history:
+            past = torch.as_tensor(C.as_past(np.asarray(previous, dtype=np.float64), self.history, xt.shape))
         with torch.no_grad():
-            out = _predict_next(
-                model, kind, torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(prev, dtype=torch.float64)
-            )
-        return out.numpy()
-
-    return step
+            return _predict_next(self.model, self.kind, self.spec, xt, past).numpy()
 
 
-def _val_mse(model, kind, vx, vprev, vy) -> float:
+def step_function(model: torch.nn.Module, kind: ModelKind | str, spec: dict | None = None, history: int | None = None):
+    """The model as a runtime predictor (``history`` and ``step(x, previous)``, positions in float64)."""
+    kind = kind if isinstance(kind, ModelKind) else get_kind(kind)
+    spec = dict(spec or {})
+    h = int(spec["history"]) if kind.window else kind.past_frames(0)
+    return _TorchPredictor(model, kind, spec, h if history is None else history)
+
+
+def _windows(frames: torch.Tensor, lo: int, hi: int, h: int):
+    """x = frames[t], past = frames[t-h:t] (chronological), y = frames[t+1] for t in [max(lo, h), hi)."""
+    ts = torch.arange(max(lo, h), hi)
+    past = torch.stack([frames[ts - h + i] for i in range(h)], dim=1) if h else None
+    return frames[ts], past, frames[ts + 1]
+
+
+def _val_mse(model, kind, spec, vx, vpast, vy) -> float:
     model.eval()
     with torch.no_grad():
-        err = _predict_next(model, kind, vx, vprev) - vy
+        err = _predict_next(model, kind, spec, vx, vpast) - vy
     model.train()
     return float((err * err).mean())
 
@@ -141,18 +187,24 @@ def train_model(
     split: Split = split_pairs(data.frames, cfg.train_fraction)
     frames = torch.as_tensor(split.frames, dtype=torch.float64)
     kind = cfg.kind
-    t0 = 1 if kind.needs_previous else 0  # the velocity model needs the frame before
-    x64 = frames[t0 : split.n_train]
-    prev64 = frames[max(t0 - 1, 0) : split.n_train - 1] if t0 else x64
-    y64 = frames[t0 + 1 : split.n_train + 1]
-    tx = x64.float()
-    tv = (x64 - prev64).float()
-    vx = torch.as_tensor(split.val_x, dtype=torch.float64)
-    vprev = torch.as_tensor(split.val_prev, dtype=torch.float64)
-    vy = torch.as_tensor(split.val_y, dtype=torch.float64)
-    target64 = kind.target(x64, y64, prev64)  # what the output stands for: displacement or correction
+    h = kind.past_frames(cfg.history)  # frames before the current one (velocity: 1, history: K - 1)
+    if split.val_start < h:
+        raise InputError(f"{data.path or data.source}: too few frames for a history of {cfg.history}")
+    x64, past64, y64 = _windows(frames, 0, split.n_train, h)
+    vx, vpast, vy = _windows(frames, split.val_start, len(frames) - 1, h)
+    spec: dict[str, Any] = {}
+    if kind.prepare is not None:
+        if resume is not None and resume.get("spec"):
+            spec = dict(resume["spec"])
+        else:
+            spec = kind.prepare(split, x64, past64, y64, cfg.history)
+    inputs64 = model_inputs(kind, x64, past64)
+    inputs32 = [a.float() for a in inputs64]
+    target64 = kind.target(x64, y64, past64, spec)  # what the output stands for: displacement or correction
+    spec = {k: v for k, v in spec.items() if not k.startswith("_")}
     scale = float(torch.sqrt((target64**2).mean()))
-    input_scale = float(torch.sqrt((tv.double() ** 2).mean())) if kind.uses_input_scale else 1.0
+    d1 = (x64 - past64[:, -1]) if h else None
+    input_scale = float(torch.sqrt((d1**2).mean())) if kind.uses_input_scale else 1.0
     if not math.isfinite(scale) or scale <= 0 or not math.isfinite(input_scale) or input_scale <= 0:
         raise InputError(
             f"{data.path or data.source}: training frames do not move (RMS target {scale}); check the data"
@@ -166,7 +218,7 @@ def train_model(
         input_scale = float(resume.get("input_scale", 1.0))
 
     torch.manual_seed(cfg.seed)
-    model = _build(cfg, scale, input_scale)
+    model = _build(cfg, scale, input_scale, spec)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -176,6 +228,8 @@ def train_model(
     start_epoch, elapsed0 = 0, 0.0
     best_val, best_epoch, bad_epochs = math.inf, -1, 0
     best_state = copy.deepcopy(model.state_dict())
+    if kind.window and resume is None:  # the untrained model is AR(K) + head: the mark to beat
+        best_val, best_epoch = _val_mse(model, kind, spec, vx, vpast, vy), 0
     if resume is not None:
         r = resume["resume"]
         model.load_state_dict(r["last_state_dict"])
@@ -186,7 +240,7 @@ def train_model(
         best_state = resume["state_dict"]
         history = list(resume.get("history", []))
 
-    n = len(tx)
+    n = len(x64)
     labels = (target64 / scale).float() if kind.scaled_labels else y64.float()
     start = time.perf_counter()
     stopped = "epochs"
@@ -202,7 +256,7 @@ def train_model(
             total, count = 0.0, 0
             for i in range(0, n, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
-                out = kind.raw(model, tx[idx], tv[idx])
+                out = kind.raw(model, [a[idx] for a in inputs32])
                 loss = torch.mean((out - labels[idx]) ** 2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -211,7 +265,7 @@ def train_model(
                 count += len(idx)
                 if cfg.max_time is not None and time.perf_counter() - start > cfg.max_time:
                     break
-            val = _val_mse(model, kind, vx, vprev, vy)
+            val = _val_mse(model, kind, spec, vx, vpast, vy)
             sched.step(val)
             elapsed = elapsed0 + time.perf_counter() - start
             history.append(
@@ -249,17 +303,18 @@ def train_model(
     last_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     model.eval()
-    metrics = one_step_metrics(step_function(model, kind), split)
+    metrics = one_step_metrics(step_function(model, kind, spec), split)
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = history[-1]["time"] if history else 0.0
     config = model.net.config.to_dict() if kind.e3nn else {}
-    sample_idx = torch.as_tensor(np.linspace(1, split.n_train - 1, 16).astype(np.int64))
+    sample_idx = torch.as_tensor(np.linspace(max(h, 1), split.n_train - 1, 16).astype(np.int64))
     ckpt = {
         "kind": kind.name,
         "config": config,
         "state_dict": best_state,
         "scale": scale,
         "input_scale": input_scale,
+        "spec": spec,
         "train": cfg.to_dict(),
         "data": {
             "source": data.source,
@@ -274,6 +329,7 @@ def train_model(
         # a few training inputs travel with the checkpoint so that export can check parity on real frames
         "sample_frames": frames[sample_idx],
         "sample_previous": frames[sample_idx - 1],
+        "sample_past": torch.stack([frames[sample_idx - max(h, 1) + i] for i in range(max(h, 1))], dim=1),
         "history": history,
         "stopped_because": stopped,
         "resume": {
@@ -297,7 +353,7 @@ def evaluate_checkpoint(ckpt: dict[str, Any], data: DataSource, *, train_fractio
     model = build_model(ckpt)
     frac = train_fraction if train_fraction is not None else ckpt.get("train", {}).get("train_fraction", 0.8)
     split = split_pairs(data.frames, frac)
-    return evaluate_predictor(step_function(model, ckpt["kind"]), split, **kw)
+    return evaluate_predictor(step_function(model, ckpt["kind"], ckpt.get("spec")), split, **kw)
 
 
 __all__ += ["load_checkpoint"]

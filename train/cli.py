@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from e3traj.runtime import check_output_path, replacing, resolve_data
+from e3traj.runtime import check_output_path, format_one_step, replacing, resolve_data
 from e3traj.runtime.cli import DATA_HELP as _DATA_HELP
 from e3traj.runtime.cli import make_evaluate
 
@@ -48,6 +48,13 @@ __all__ = ["train", "evaluate"]
     show_default=True,
     help="Early stopping: epochs without a better validation MSE.",
 )
+@click.option(
+    "--history",
+    type=click.IntRange(min=2, max=8),
+    default=5,
+    show_default=True,
+    help="e3nn-history: frames in the window (K), i.e. AR(K) and K-1 previous displacements.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
 @click.option("--irreps-hidden", default=None, help="e3nn hidden irreps [default: 5x0e + 5x0o + 5x1e + 5x1o].")
@@ -73,6 +80,7 @@ def train(
     batch_size,
     lr,
     patience,
+    history,
     seed,
     threads,
     irreps_hidden,
@@ -84,9 +92,10 @@ def train(
     force,
     quiet,
 ):
-    """Train the linear baseline or the e3nn gate network on the chapter's 80:20 split.
+    """Train a model of one kind (--model) on the chapter's 80:20 split.
 
-    Prints the best validation MSE next to persistence ("copy the frame") and constant velocity.
+    Prints the best validation MSE next to the predictor suite (persistence, constant velocity, constant
+    acceleration, the fitted AR(k)) and the ratio to the best of them.
     """
     from ._checkpoint import load_checkpoint
     from ._train import TrainConfig, train_model
@@ -116,19 +125,19 @@ def train(
         patience=patience,
         seed=seed,
         threads=threads,
+        history=history,
         e3nn=overrides,
     )
     if resume is not None and resume.get("config"):
         cfg.e3nn = {**resume["config"], **overrides}
+    if resume is not None and KINDS[kind].window:
+        cfg.history = int(resume.get("train", {}).get("history", history))
     src = resolve_data(data)
     with replacing(force):  # no-clobber holds at the checkpoint's final rename too
         result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
     m = result.checkpoint["metrics"]
     click.echo(f"stopped: {result.stopped_because}; best epoch {m['best_epoch']} after {m['train_seconds']:.1f} s")
-    click.echo(
-        f"validation MSE {m['val_mse']:.4g} (RMSE {m['val_rmse']:.4g}); persistence {m['persistence_mse']:.4g}; "
-        f"constant velocity {m['constant_velocity_mse']:.4g}; skill vs persistence {m['skill']:+.4f}"
-    )
+    click.echo(format_one_step(m))
     click.echo(f"wrote {out}")
 
 

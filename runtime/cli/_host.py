@@ -114,15 +114,20 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
     starts = parse_frames(frames_spec, len(frames))
     with Bundle.open(bundle, threads=threads) as b:
         previous = None
-        if b.needs_previous:
-            if len(frames) < 2:
-                raise InputError(f"{init}: has one frame; this velocity-aware bundle needs the frame before each start")
-            if 0 in starts:
+        h = b.history
+        if h:
+            what = "velocity-aware" if h == 1 else f"history ({h + 1}-frame window)"
+            before = "the previous frame" if h == 1 else f"the {h} previous frames"
+            if len(frames) < h + 1:
+                have = "one frame" if len(frames) == 1 else f"{len(frames)} frames"
+                raise InputError(f"{init}: has {have}; this {what} bundle needs {before} of each start too")
+            early = [s for s in starts if s < h]
+            if early:
                 raise UsageError(
-                    "--frames: frame 0 has no previous frame, which this velocity-aware bundle needs; "
-                    "start at 1 or later"
+                    f"--frames: frame {early[0]} lacks {before}, which this {what} bundle needs; start at {h} or later"
                 )
-            previous = frames[np.asarray(starts) - 1]
+            idx = np.asarray(starts)
+            previous = np.stack([frames[idx - h + i] for i in range(h)], axis=1)
         init_frames = frames[np.asarray(starts)]
         total = steps * len(starts)
         t0 = time.perf_counter()
@@ -238,6 +243,7 @@ def inspect(bundle, as_json):
         f"onnx        {onnx['file']} opset {onnx.get('opset', '?')}, IR {onnx.get('ir_version', '?')}, "
         f"needs onnxruntime >= {onnx.get('min_onnxruntime', '?')} (this host: {_ort_version()})",
         f"example     {manifest['example']['file']} (atol {manifest['example'].get('atol', 1e-5):g})",
+        *_history_lines(model),
         "inputs:",
         *[_io_line(s) for s in manifest["inputs"]],
         "outputs:",
@@ -259,6 +265,27 @@ def inspect(bundle, as_json):
         lines.append(f"  {name:<24} {entry['size']:>12,d} bytes  sha256 {entry['sha256'][:16]}...")
     lines.append(f"verified    {len(manifest['files'])} file(s), {total:,d} bytes: sizes and sha256 match the manifest")
     click.echo("\n".join(one_line(line) for line in lines))  # names from the file system and the manifest
+
+
+def _history_lines(model: dict) -> list[str]:
+    """What a step needs and promises: the AR window and its coefficients, and the relabellings it commutes with."""
+    lines = []
+    coefs = model.get("ar_coefficients")
+    if isinstance(coefs, list) and coefs:
+        k = len(coefs) + 1
+        c = [1 + coefs[0]] + [coefs[i] - coefs[i - 1] for i in range(1, len(coefs))] + [-coefs[-1]]
+        lines.append(
+            f"history     {k} frames (the current one and {k - 1} before); the output corrects AR({k}): "
+            f"x_t + sum_j b_j (x_(t-j+1) - x_(t-j)), b = [{', '.join(f'{v:.6g}' for v in coefs)}] "
+            f"(= sum_i c_i x_(t-i), c = [{', '.join(f'{v:.6g}' for v in c)}])"
+        )
+    perm = model.get("permutation", "any")
+    lines.append(
+        "symmetry    E(3) and any relabelling of the beads"
+        if perm == "any"
+        else "symmetry    E(3) and the chain's reversal (the model knows the bonds: no other relabelling)"
+    )
+    return lines if model.get("equivariant", True) else lines[:-1]
 
 
 @click.command()

@@ -169,8 +169,8 @@ def parity(bundle, data, output, force):
 @click.option("--horizon", default=100, show_default=True, type=int, help="Steps to roll out (capped to the data).")
 @_honours_force
 def rmsd(bundle, data, output, force, n_starts, horizon):
-    """Rollout RMSD vs steps of BUNDLE, persistence and constant velocity, from validation starting frames
-    of DATA (mean and min..max band, log-log).
+    """Rollout RMSD vs steps of BUNDLE and the predictor suite (persistence, constant velocity and acceleration,
+    the fitted AR(k)), from validation starting frames of DATA (mean and min..max band, log-log).
     """
     from .._bundle import Bundle
     from .._sources import resolve_data
@@ -217,7 +217,7 @@ def equivariance(bundles, output, force, trials, seed, tolerance):
 @_honours_force
 def training(bundles, output, force):
     """Validation MSE vs wall time from each bundle's training history (manifest training.history), with
-    the persistence and constant-velocity MSE as horizontal lines.
+    the persistence, constant-velocity and fitted AR(k) MSE as horizontal lines.
     """
     from .._plot_data import training_curve
     from .._verify import verify_bundle

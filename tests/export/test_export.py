@@ -252,3 +252,32 @@ def test_every_model_path_through_the_runtime_checker(ckpts, tmp_path, kind):
                 assert not rep.case("mirror_z").passed and rep.case("permutation").passed, name
             else:
                 assert rep.passed, f"{name}\n{rep.table()}"
+
+
+def test_a_history_bundle_exports_checks_and_steps_like_torch(tmp_path):
+    """e3nn-history: (B, H, 12, 3) input, ar_correction output, the AR coefficients in the manifest, the chain's
+    reversal as the promised permutation; the host's step equals the checkpoint's."""
+    from e3traj.runtime import check_bundle
+    from e3traj.train._checkpoint import build_model
+    from e3traj.train._train import step_function
+
+    save_trajectory(tmp_path / "sim.npz", simulate(frames=160, seed=4))
+    data = resolve_data(str(tmp_path / "sim.npz"))
+    cfg = TrainConfig(model="e3nn-history", history=3, epochs=2, batch_size=16, e3nn=TINY)
+    train_model(data, cfg, output=tmp_path / "h.pt", progress=False)
+    manifest = export_checkpoint(tmp_path / "h.pt", tmp_path / "hb")
+    ck = load_checkpoint(tmp_path / "h.pt")
+    assert manifest["model"]["ar_coefficients"] == ck["spec"]["ar_coefficients"]
+    assert manifest["model"]["permutation"] == "chain_reversal" and manifest["model"]["history_frames"] == 3
+    assert [i["shape"] for i in manifest["inputs"]] == [["batch", 12, 3], ["batch", 2, 12, 3]]
+    assert manifest["outputs"][0]["meaning"] == "ar_correction"
+    assert manifest["verification"]["parity_max_abs"] <= 1e-5
+    perm = next(c for c in manifest["verification"]["equivariance"]["cases"] if c["case"] == "permutation")
+    assert perm["passed"] and "reversal" in perm["note"]
+    frames = data.frames[100:110]
+    x, past = frames[-1:].repeat(3, 0), np.stack([frames[-3:-1]] * 3)
+    p = step_function(build_model(ck), "e3nn-history", ck["spec"])
+    with Bundle.open(tmp_path / "hb") as b:
+        assert b.history == 2 and b.permutation == "chain_reversal"
+        np.testing.assert_allclose(b.step(x, past), p.step(x, past), atol=1e-6, rtol=0)
+        assert check_bundle(b).passed

@@ -43,6 +43,11 @@ def velocity_bundle(make_bundle) -> Path:
 
 
 @pytest.fixture
+def history_bundle(make_bundle) -> Path:
+    return make_bundle("history")
+
+
+@pytest.fixture
 def blowup_bundle(make_bundle) -> Path:
     return make_bundle("blowup", "blowup")
 

@@ -273,3 +273,73 @@ def test_an_all_zero_reference_fails_the_example_row(make_bundle, toys):
     with Bundle.open(path) as b:
         row = check_bundle(b, trials=1).case("example")
     assert not row.passed and row.note == "all-zero outputs prove nothing"
+
+
+HIST = {"positions": "positions", "previous_displacements": "previous_displacements"}
+
+
+def _bonded(inputs):
+    """Knows the chain: pulls each bead toward the mean of its bonded neighbours (reversal-symmetric), plus
+    the mean previous displacement; equivariant under E(3) and the chain's reversal, not under a shuffle."""
+    x = inputs["positions"]
+    pad = np.concatenate([x[:, :1], x, x[:, -1:]], axis=1)
+    lap = 0.5 * (pad[:, :-2] + pad[:, 2:]) - x
+    return 0.1 * lap + 0.2 * inputs["previous_displacements"].mean(axis=1)
+
+
+def _hist_frames(h=3, seed=1, planar=True):
+    rng = np.random.default_rng(seed)
+    x = _frames(6, seed, planar)
+    d = rng.normal(scale=0.02, size=(6, h, 12, 3))
+    if planar:
+        d[..., 2] = 0.0
+    return {"positions": x, "previous_displacements": d}
+
+
+def test_a_topology_aware_model_passes_on_its_promise_and_fails_a_shuffle():
+    frames = _hist_frames()
+    chain = check_equivariance(_bonded, HIST, "ar_correction", frames, permutation="chain_reversal")
+    assert chain.passed, chain.table()
+    assert chain.case("permutation").trials == 1 and "reversal" in chain.case("permutation").note
+    shuffled = check_equivariance(_bonded, HIST, "ar_correction", frames, permutation="any")
+    assert shuffled.failed == ["permutation"], shuffled.table()
+
+
+def test_the_reversal_check_fails_a_model_that_tells_the_ends_apart():
+    """Bead 0 treated unlike bead 11: the promised reversal must FAIL, every other case still passes."""
+
+    def lopsided(inputs):
+        y = _bonded(inputs)
+        y[:, 0] = y[:, 0] * 3.0
+        return y
+
+    report = check_equivariance(lopsided, HIST, "ar_correction", _hist_frames(), permutation="chain_reversal")
+    assert report.failed == ["permutation"], report.table()
+
+
+def test_every_history_frame_is_transformed_the_same_way():
+    """A model that reads only the oldest displacement is checked on it too: rotating only d_1 would miss it."""
+
+    def oldest(inputs):
+        return 0.1 * inputs["previous_displacements"][:, -1] + toy(inputs)
+
+    assert check_equivariance(oldest, HIST, "ar_correction", _hist_frames()).passed
+
+    def breaks_on_the_oldest(inputs):
+        d = inputs["previous_displacements"][:, -1]
+        return 0.1 * d @ W + toy(inputs)  # not a rotation-equivariant map of d
+
+    report = check_equivariance(breaks_on_the_oldest, HIST, "ar_correction", _hist_frames())
+    assert {"rotation", "improper"} <= set(report.failed), report.table()
+
+
+def test_a_history_bundle_checks_on_its_own_frames_too(history_bundle):
+    with Bundle.open(history_bundle) as b:
+        report = check_bundle(b)
+    assert report.passed, report.table()
+    assert report.frames == 8 + 16  # the example's frames and the check's own
+
+
+def test_unknown_permutation_promise_is_refused():
+    with pytest.raises(ValueError, match="permutation must be one of"):
+        check_equivariance(toy, POS, "displacement", {"positions": _frames()}, permutation="cyclic")

@@ -34,7 +34,7 @@ def test_inputs_and_outputs_follow_the_contract():
     m = build_manifest(
         **_args(inputs=(contract.POSITIONS, contract.PREVIOUS_DISPLACEMENT), output="velocity_correction")
     )
-    assert [i["name"] for i in m["inputs"]] == [i["meaning"] for i in m["inputs"]] == list(contract.INPUT_MEANINGS)
+    assert [i["name"] for i in m["inputs"]] == [i["meaning"] for i in m["inputs"]] == list(contract.INPUT_MEANINGS[:2])
     assert m["outputs"] == [
         {"name": contract.OUTPUT_NAME, "dtype": "float32", "shape": ["batch", 12, 3], "meaning": "velocity_correction"}
     ]
@@ -90,3 +90,46 @@ def test_write_manifest_refuses_subfolders_and_symlinks(tmp_path, one_line):
         write_manifest(tmp_path, {})
     one_line(e, "link", "symlink")
     assert not (tmp_path / "manifest.json").exists()
+
+
+def _history_manifest(make_bundle, mutate):
+    import json as _json
+
+    from _toys import rehash
+
+    d = make_bundle("history")
+    m = _json.loads((d / "manifest.json").read_text())
+    mutate(m)
+    (d / "manifest.json").write_text(_json.dumps(m))
+    rehash(d)
+    return d
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda m: m["model"].pop("ar_coefficients"), "ar_coefficients is None"),
+        (lambda m: m["model"].update(ar_coefficients=[1.0, "x", 2.0]), "finite numbers"),
+        (lambda m: m["model"].update(ar_coefficients=[1.0, 2.0]), "2 AR coefficients but the history input holds 3"),
+        (lambda m: m["inputs"][1].update(shape=["batch", 0, 12, 3]), "1 <= H <= 32"),
+        (lambda m: m["inputs"][0].update(shape=["batch", 5, 3]), "expected ['batch', 12, 3]"),
+        (lambda m: m["model"].update(permutation="cyclic"), "model.permutation is 'cyclic'"),
+    ],
+    ids=["no-coefficients", "non-numeric", "count-mismatch", "zero-history", "positions-shape", "permutation"],
+)
+def test_history_fields_are_checked(make_bundle, mutate, fragment):
+    from e3traj.runtime import InputError, verify_bundle
+
+    d = _history_manifest(make_bundle, mutate)
+    with pytest.raises(InputError) as e:
+        verify_bundle(d)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_history_manifest_records_h_and_the_coefficients(make_bundle, toys):
+    from e3traj.runtime import verify_bundle
+
+    m = verify_bundle(make_bundle("history"))
+    spec = {i["meaning"]: i["shape"] for i in m["inputs"]}
+    assert spec["previous_displacements"] == ["batch", toys.H, 12, 3]
+    assert m["model"]["ar_coefficients"] == list(toys.AR)

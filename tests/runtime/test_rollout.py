@@ -64,7 +64,7 @@ def test_velocity_rollout_uses_the_previous_frame(velocity_bundle, toys):
         res = rollout(b, init, 4, previous=prev)
         with pytest.raises(UsageError, match="previous"):
             rollout(b, init, 4)
-        with pytest.raises(UsageError, match="differs"):
+        with pytest.raises(UsageError, match="shape"):
             rollout(b, init, 4, previous=prev[:2])
     x_prev, x = prev.copy(), init.copy()
     for k in range(1, 5):
@@ -186,3 +186,39 @@ def test_write_xyz_round_trips(tmp_path):
     with pytest.raises(UsageError):
         write_xyz(tmp_path / "u.xyz", traj, starts=[1])
     assert not (tmp_path / "u.xyz").exists()
+
+
+def test_history_rollout_carries_the_window_and_applies_the_ar_rule(history_bundle, toys):
+    """x_{t+1} = x_t + sum_j b_j d_j + y: the past frames shift along with every step."""
+    h = len(toys.AR)
+    rng = np.random.default_rng(8)
+    frames = _starts(2, 4)[None] + np.cumsum(rng.normal(scale=0.02, size=(h + 1, 2, 12, 3)), axis=0)
+    init, previous = frames[-1], np.swapaxes(frames[:-1], 0, 1)  # (B, h, 12, 3), oldest first
+    with Bundle.open(history_bundle) as b:
+        assert b.history == h and b.ar_coefficients == toys.AR
+        res = rollout(b, init, 5, previous=previous)
+        with pytest.raises(UsageError, match=r"\(2, 3, 12, 3\)"):
+            rollout(b, init, 5, previous=previous[:, 1:])
+        with pytest.raises(UsageError, match="needs the 3 frame"):
+            rollout(b, init, 5)
+    window = list(frames)  # x_{t-3} .. x_t
+    for k in range(1, 6):
+        x = window[-1]
+        d = [window[-j] - window[-j - 1] for j in range(1, h + 1)]
+        nxt = x + sum(c * dj for c, dj in zip(toys.AR, d)) + toys.reference("history", x, np.stack(d, axis=1))
+        np.testing.assert_allclose(res.traj[k], nxt, atol=1e-7)
+        window = window[1:] + [nxt]  # follow the truth-free recursion as the rollout does
+        window[-1] = res.traj[k]
+
+
+def test_a_rollout_of_the_suite_needs_no_bundle():
+    """Any predictor (``history`` + ``step``) rolls out through the same loop: here AR(3) with fixed b."""
+    from e3traj.runtime import LinearExtrapolation
+
+    p = LinearExtrapolation("ar3", "AR(3)", (1.5, -0.5))
+    rng = np.random.default_rng(9)
+    frames = np.cumsum(rng.normal(scale=0.02, size=(3, 4, 12, 3)), axis=0)
+    res = rollout(p, frames[-1], 3, previous=np.swapaxes(frames[:-1], 0, 1))
+    a, b_, c = frames
+    want = c + 1.5 * (c - b_) - 0.5 * (b_ - a)
+    np.testing.assert_allclose(res.traj[1], want, atol=1e-14)

@@ -65,3 +65,18 @@ def test_rollout_stepper_matches_bundle_step_exactly(velocity_bundle):
         for k in range(1, 5):
             prev, x = x, b.step(x, prev)
             np.testing.assert_array_equal(res.traj[k], x)
+
+
+@pytest.mark.parametrize("batch", [3, CHUNK + 8], ids=["bound-sub-batch", "sub-batched"])
+@pytest.mark.parametrize("kind", ["velocity", "history"])  # velocity_correction and ar_correction
+def test_the_stepper_writes_what_step_returns_with_the_past(make_bundle, kind, batch):
+    rng = np.random.default_rng(5)
+    with Bundle.open(make_bundle(kind)) as b:
+        h = b.history
+        step_into = make_stepper(b, batch)
+        out = np.full((batch, 12, 3), np.nan)
+        for _ in range(3):
+            frames = np.cumsum(rng.normal(scale=0.05, size=(h + 1, batch, 12, 3)), axis=0)
+            x, past = frames[-1], frames[:-1]  # past: (h, B, 12, 3) rows, as the rollout holds them
+            step_into(x, past, out)
+            np.testing.assert_array_equal(out, b.step(x, np.swapaxes(past, 0, 1)))

@@ -17,21 +17,32 @@ def test_every_kind_builds_and_regresses_its_target(name):
     assert set(kind.inputs) <= set(C.INPUT_MEANINGS) and kind.inputs[0] == C.POSITIONS
     assert kind.output in C.OUTPUT_MEANINGS
     assert kind.equivariant == (name != "baseline")  # the baseline is the negative control
+    history = 4  # --history K: a window kind takes K - 1 = 3 previous displacements
+    h = kind.past_frames(history)
     config = None
     if kind.e3nn:
-        config = E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=1, irreps_in=kind.node_features)
-    model = kind.build(config, 0.01, 0.02, 0)
-    x = torch.randn(3, 12, 3)
-    v = 0.01 * torch.randn(3, 12, 3)
-    out = kind.raw(model, x, v)
+        config = E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=1, irreps_in=kind.irreps_in(history))
+    spec = {"history": h, "length_scale": 0.36, "ar_coefficients": [1.5, -0.6, 0.1]} if kind.window else {}
+    model = kind.build(config, 0.01, 0.02, 0, spec)
+    x = torch.randn(3, 12, 3, dtype=torch.float64)
+    past = x[:, None] - 0.01 * torch.arange(max(h, 1), 0, -1, dtype=x.dtype)[None, :, None, None]
+    from e3traj.train._train import model_inputs
+
+    inputs = model_inputs(kind, x, past)
+    assert [tuple(a.shape) for a in inputs] == [
+        (3, h, 12, 3) if m == C.PREVIOUS_DISPLACEMENTS else (3, 12, 3) for m in kind.inputs
+    ]
+    out = kind.raw(model, [a.float() for a in inputs])
     assert out.shape == (3, 12, 3)
-    y, prev = x + 0.01, x - 0.01
-    assert kind.target(x.double(), y.double(), prev.double()).shape == (3, 12, 3)
-    assert kind.needs_previous == C.needs_previous(kind.output, kind.inputs)
+    if kind.window:
+        spec["head_weights"] = [0.0] * 27
+    assert kind.target(x, x + 0.01, past, spec).shape == (3, 12, 3)
+    assert kind.needs_previous == (h > 0)
+    assert kind.permutation in C.PERMUTATIONS and (kind.permutation == "chain_reversal") == kind.window
 
 
 def test_unknown_kinds_name_the_choices():
-    with pytest.raises(UsageError, match="'history'.*baseline, e3nn, e3nn-velocity"):
+    with pytest.raises(UsageError, match="'history'.*baseline, e3nn, e3nn-velocity, e3nn-history"):
         get_kind("history", error=UsageError)
 
 

@@ -155,10 +155,16 @@ def test_cli_train_and_evaluate(traj, tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(traj), "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
-    assert set(rep["rollout_rmsd"]) == {"model", "persistence", "constant_velocity"}
+    suite = {"persistence", "constant_velocity", "constant_acceleration", "ar"}
+    assert set(rep["rollout_rmsd"]) == {"model"} | suite
+    one = rep["one_step"]
+    assert one["best_baseline"] in suite and one["best_baseline_mse"] == min(one[f"{n}_mse"] for n in suite)
+    assert one["ratio_to_best"] == pytest.approx(one["val_mse"] / one["best_baseline_mse"])
+    assert set(rep["rollout_best"].values()) <= suite
     assert rep["one_step"]["n_val_pairs"] == 40
     r = CliRunner().invoke(main, ["evaluate", str(out), "--data", str(traj)])
     assert r.exit_code == 0 and "constant velocity" in r.output and "k=10" in r.output
+    assert "<- best trivial predictor" in r.output and "model / best" in r.output and "fitted" in r.output
 
 
 def test_cli_train_refuses_existing_output_and_bad_data(traj, tmp_path):

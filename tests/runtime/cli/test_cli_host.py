@@ -269,3 +269,26 @@ def test_pack_cli(cli, toy_bundle, tmp_path, cli_error):
     cli_error(cli("pack", toy_bundle, "-o", toy_bundle / "x.tar.gz"), 2, "inside the bundle")
     cli_error(cli("pack", out, "-o", tmp_path / "y.tar.gz"), 2, "not a bundle folder")
     assert not (toy_bundle / "x.tar.gz").exists() and not (tmp_path / "y.tar.gz").exists()
+
+
+def test_rollout_with_a_history_bundle_reads_the_window_from_the_file(
+    cli, history_bundle, traj_file, tmp_path, cli_error
+):
+    r = cli("rollout", history_bundle, traj_file, "-o", tmp_path / "h.npz", "--steps", 3, "--frames", "3,19")
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "h.npz")["traj"].shape == (4, 2, 12, 3)
+    r = cli("rollout", history_bundle, traj_file, "-o", tmp_path / "w.npz", "--steps", 2, "--frames", "2,5")
+    cli_error(r, 2, "--frames", "frame 2", "the 3 previous frames", "start at 3")
+    short = tmp_path / "short.npz"
+    np.savez(short, arr=np.load(traj_file)["arr"][:3])
+    r = cli("rollout", history_bundle, short, "-o", tmp_path / "w.npz", "--steps", 2)
+    cli_error(r, 3, str(short), "3 frames", "the 3 previous frames")
+    assert not (tmp_path / "w.npz").exists()
+
+
+def test_inspect_shows_the_window_and_the_promise(cli, history_bundle, toy_bundle):
+    out = cli("inspect", history_bundle).output
+    assert "history     4 frames" in out and "AR(4)" in out and "b = [2.2, -1.6, 0.4]" in out
+    assert "(batch, 3, 12, 3)" in out
+    assert "any relabelling" in out  # the toy promises every permutation (it ignores the chain)
+    assert "history" not in cli("inspect", toy_bundle).output.split("inputs:")[0]

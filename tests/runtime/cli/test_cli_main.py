@@ -87,7 +87,12 @@ def test_evaluate_scores_bundles_without_torch_and_explains_checkpoints(tmp_path
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["model"]["kind"] == "e3nn" and report["one_step"]["n_val_pairs"] == 410
-    assert set(report["rollout_rmsd"]) == {"model", "persistence", "constant_velocity"}
+    suite = {"persistence", "constant_velocity", "constant_acceleration", "ar"}
+    assert set(report["rollout_rmsd"]) == {"model"} | suite
+    one = report["one_step"]
+    assert one["best_baseline"] in suite and one["best_baseline_mse"] == min(one[f"{n}_mse"] for n in suite)
+    assert one["ratio_to_best"] == pytest.approx(one["val_mse"] / one["best_baseline_mse"])
+    assert set(report["rollout_best"].values()) <= suite
     (tmp_path / "m.pt").write_bytes(b"x")
     r = _run_blocked(f"from e3traj.runtime.cli import main\nmain(['evaluate', {str(tmp_path / 'm.pt')!r}])")
     assert r.returncode == 2 and "pip install 'e3traj[train]'" in r.stderr and "Traceback" not in r.stderr

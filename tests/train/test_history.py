@@ -1,0 +1,130 @@
+"""The history model (train/_history.py): chain features, equivariance, AR(K) + head + network, its training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _nets import rotation
+
+from e3traj.runtime import fit_ar, resolve_data, save_trajectory, split_pairs
+from e3traj.runtime._simulate import simulate
+from e3traj.train import E3nnConfig
+from e3traj.train._checkpoint import build_model, load_checkpoint
+from e3traj.train._history import ChainFeatures, HistoryModel
+from e3traj.train._train import TrainConfig, step_function, train_model
+
+TINY = {"irreps_hidden": "2x0e + 2x1o", "layers": 1, "radial_neurons": 16}
+REVERSE = torch.arange(11, -1, -1)
+
+
+def _chain(batch=4, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    steps = torch.randn(batch, 11, 3, generator=gen, dtype=torch.float64)
+    steps = 0.36 * steps / steps.norm(dim=-1, keepdim=True)
+    x = torch.cat([torch.zeros(batch, 1, 3, dtype=torch.float64), steps.cumsum(1)], dim=1)
+    return x.to(dtype)
+
+
+def _model(h=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = E3nnConfig(irreps_in=f"{h + 1}x1o", **TINY)
+    gen = torch.Generator().manual_seed(seed)
+    m = HistoryModel(
+        cfg,
+        history=h,
+        scale=0.01,
+        input_scale=0.02,
+        length_scale=0.36,
+        ar_coefficients=[1.5, -0.7, 0.2][:h],
+        head_weights=0.01 * torch.randn(27, generator=gen),
+    ).double()
+    with torch.no_grad():
+        m.gain.fill_(0.7)  # a trained-like model: the network's share is on
+    return m
+
+
+def test_chain_features_rotate_ignore_translation_and_reversal_but_not_a_shuffle():
+    f = ChainFeatures(12, 0.36).double()
+    x = _chain()
+    d = 0.02 * torch.randn(4, 12, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    q = rotation(3)
+    base = f(x, d)
+    assert base.shape == (4, 12, 3, 27) and f.n_features == 27
+    moved = f(x @ q.T + torch.tensor([1.0, -2.0, 0.5], dtype=x.dtype), d @ q.T)
+    torch.testing.assert_close(moved, torch.einsum("ij,bnjf->bnif", q, base))
+    torch.testing.assert_close(f(x[:, REVERSE], d[:, REVERSE]), base[:, REVERSE])
+    shuffle = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(f(x[:, shuffle], d[:, shuffle]), base[:, shuffle], atol=1e-6)
+
+
+def test_history_model_is_e3_and_reversal_equivariant():
+    m = _model()
+    x = _chain(seed=2)
+    d = 0.02 * torch.randn(4, 3, 12, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = m(x, d)
+    q = -rotation(4)  # improper
+    t = torch.tensor([0.3, 0.2, -1.0], dtype=x.dtype)
+    torch.testing.assert_close(m(x @ q.T + t, d @ q.T), y @ q.T, atol=1e-10, rtol=1e-7)
+    torch.testing.assert_close(m(x[:, REVERSE], d[:, :, REVERSE]), y[:, REVERSE], atol=1e-10, rtol=1e-7)
+    shuffle = torch.randperm(12, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(m(x[:, shuffle], d[:, :, shuffle]), y[:, shuffle], atol=1e-8)
+
+
+def test_an_untrained_model_is_ar_plus_head():
+    m = _model()
+    with torch.no_grad():
+        m.gain.zero_()
+    x = _chain(seed=6)
+    d = 0.02 * torch.randn(4, 3, 12, 3, dtype=torch.float64)
+    torch.testing.assert_close(m(x, d), m.head(x, d))
+
+
+def test_bad_arguments_are_refused():
+    cfg = E3nnConfig(irreps_in="4x1o", **TINY)
+    with pytest.raises(ValueError, match="irreps_in '3x1o'"):
+        HistoryModel(cfg, history=2, scale=1.0, input_scale=1.0, length_scale=0.3)
+    with pytest.raises(ValueError, match="history must be"):
+        HistoryModel(cfg, history=0, scale=1.0, input_scale=1.0, length_scale=0.3)
+    with pytest.raises(ValueError, match="length_scale"):
+        ChainFeatures(12, 0.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hist")
+    save_trajectory(d / "sim.npz", simulate(frames=240, seed=3))
+    data = resolve_data(str(d / "sim.npz"))
+    cfg = TrainConfig(model="e3nn-history", history=4, epochs=3, max_time=60, batch_size=16, e3nn=TINY)
+    res = train_model(data, cfg, output=d / "h.pt", progress=False)
+    return data, res, d / "h.pt"
+
+
+def test_training_fits_the_runtime_ar_and_never_ends_worse_than_its_start(trained):
+    data, res, path = trained
+    ck = res.checkpoint
+    split = split_pairs(data.frames)
+    assert ck["spec"]["history"] == 3
+    assert ck["spec"]["ar_coefficients"] == list(fit_ar(split, 4).coefficients)  # the suite's AR(4), exactly
+    m = ck["metrics"]
+    for key in ("ar_mse", "constant_acceleration_mse", "best_baseline", "ratio_to_best"):
+        assert key in m
+    assert m["ratio_to_best"] == pytest.approx(m["val_mse"] / m["best_baseline_mse"])
+    # the best epoch is never worse than epoch 0 (AR(4) + the ridge head, the network's gain at 0)
+    model = build_model(load_checkpoint(path))
+    assert ck["sample_past"].shape == (16, 3, 12, 3)
+    p = step_function(model, "e3nn-history", ck["spec"])
+    assert p.history == 3
+    frames = split.frames
+    x, past = frames[200:210], np.stack([frames[197 + i : 207 + i] for i in range(3)], axis=1)
+    want = fit_ar(split, 4).step(x, past)
+    got = p.step(x, past)
+    assert np.abs(got - want).max() < 10 * np.abs(np.diff(frames, axis=0)).max()  # a correction, not a new frame
+
+
+def test_resume_keeps_the_fitted_spec(trained, tmp_path):
+    data, res, path = trained
+    ck = load_checkpoint(path)
+    cfg = TrainConfig(model="e3nn-history", history=4, epochs=4, max_time=60, batch_size=16, e3nn=dict(ck["config"]))
+    again = train_model(data, cfg, output=tmp_path / "r.pt", resume=ck, progress=False).checkpoint
+    assert again["spec"] == ck["spec"]
