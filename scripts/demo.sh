@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: the whole story on the embedded simulator data, with the real CLI commands:
-# simulate -> train the three kinds (baseline, e3nn, e3nn-velocity) -> evaluate -> export -> pack -> rollout -> check -> figures.
-# Budgets can be shortened for tests: E3TRAJ_DEMO_E3NN_TIME, E3TRAJ_DEMO_BASELINE_TIME, E3TRAJ_DEMO_STEPS.
+# simulate -> train the four kinds (baseline, e3nn, e3nn-velocity, e3nn-history) -> evaluate against the predictor
+# suite (the strongest: the fitted AR(k)) -> export -> pack -> rollout -> check -> figures.
+# Budgets can be shortened for tests: E3TRAJ_DEMO_E3NN_TIME, E3TRAJ_DEMO_VELOCITY_TIME, E3TRAJ_DEMO_HISTORY_TIME,
+# E3TRAJ_DEMO_BASELINE_TIME, E3TRAJ_DEMO_STEPS.
 # DATA=dmol uses the chapter's paths.npz instead of the simulator.
 set -euo pipefail
 
@@ -9,6 +11,7 @@ OUT=${1:-demo-out}
 DATA=${DATA:-sim}
 E3NN_TIME=${E3TRAJ_DEMO_E3NN_TIME:-90}
 VELOCITY_TIME=${E3TRAJ_DEMO_VELOCITY_TIME:-60}
+HISTORY_TIME=${E3TRAJ_DEMO_HISTORY_TIME:-60}
 BASELINE_TIME=${E3TRAJ_DEMO_BASELINE_TIME:-15}
 STEPS=${E3TRAJ_DEMO_STEPS:-200}
 mkdir -p "$OUT"
@@ -43,22 +46,32 @@ step "4. beyond the chapter: the same network given the previous displacement (s
 run e3traj train --model e3nn-velocity --data "$DATA_ARG" -o "$OUT/e3nn-velocity.pt" --max-time "$VELOCITY_TIME" \
   --force --quiet
 
-step "5. evaluate against copy-the-frame and constant velocity"
+step "5. the history model: AR(K) fitted on the last K frames, a linear head on the bonds, the gate network on top"
+run e3traj train --model e3nn-history --data "$DATA_ARG" -o "$OUT/e3nn-history.pt" --max-time "$HISTORY_TIME" \
+  --force --quiet
+
+step "6. evaluate against the predictor suite (persistence, constant velocity and acceleration, fitted AR(k))"
 run e3traj evaluate "$OUT/e3nn.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn.txt"
 run e3traj evaluate "$OUT/e3nn-velocity.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn-velocity.txt"
+run e3traj evaluate "$OUT/e3nn-history.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn-history.txt"
 
-step "6. export the models to verified ONNX bundles"
+step "7. export the models to verified ONNX bundles"
 run e3traj export "$OUT/e3nn.pt" -o "$OUT/e3nn-bundle" --force
 run e3traj export "$OUT/e3nn-velocity.pt" -o "$OUT/e3nn-velocity-bundle" --force
+run e3traj export "$OUT/e3nn-history.pt" -o "$OUT/e3nn-history-bundle" --force
 run e3traj export "$OUT/baseline.pt" -o "$OUT/baseline-bundle" --force
 run e3traj pack "$OUT/e3nn-bundle" -o "$OUT/e3nn-bundle.tar.gz" --force
 
-step "7. on the host side (onnxruntime + numpy): inspect, roll out, check"
+step "8. on the host side (onnxruntime + numpy): inspect, roll out, check"
 run e3traj inspect "$OUT/e3nn-bundle.tar.gz"
 run e3traj rollout "$OUT/e3nn-bundle.tar.gz" "$TRAJ" --frames 1637,1700,1800 --steps "$STEPS" \
   -o "$OUT/rollout.npz" --xyz "$OUT/rollout.xyz" --force
 run e3traj check "$OUT/e3nn-bundle"
 run e3traj check "$OUT/e3nn-velocity-bundle"
+run e3traj rollout "$OUT/e3nn-history-bundle" "$TRAJ" --frames 1637,1700,1800 --steps "$STEPS" \
+  -o "$OUT/rollout-history.npz" --force
+run e3traj check "$OUT/e3nn-history-bundle"
+run e3traj evaluate "$OUT/e3nn-history-bundle" --data "$DATA_ARG"
 set +e
 run e3traj check "$OUT/baseline-bundle"
 rc=$?
@@ -72,9 +85,10 @@ else
 fi
 
 if python -c "import matplotlib" 2>/dev/null && e3traj --help | grep -q ' plot '; then
-  step "8. figures"
-  run e3traj plot all --data "$DATA_ARG" --bundle "$OUT/e3nn-bundle" \
-    --bundle "$OUT/e3nn-velocity-bundle" --bundle "$OUT/baseline-bundle" --rollout "$OUT/rollout.npz" -o "$OUT/figures" --force
+  step "9. figures"
+  run e3traj plot all --data "$DATA_ARG" --bundle "$OUT/e3nn-history-bundle" --bundle "$OUT/e3nn-bundle" \
+    --bundle "$OUT/e3nn-velocity-bundle" --bundle "$OUT/baseline-bundle" --rollout "$OUT/rollout-history.npz" \
+    -o "$OUT/figures" --force
 fi
 
 step "done in $(( $(date +%s) - start )) s; everything is in $OUT/"

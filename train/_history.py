@@ -7,7 +7,8 @@ on the K - 1 previous displacements, predicting what the extrapolation misses.
   :func:`~e3traj.runtime.fit_ar`); accumulated in float64 on the host (the bundle's output is the correction).
 - head: ``sum_f w_f F_f``, ridge regression on :class:`ChainFeatures`: for each chain offset s = 1, 2, 3 and radial
   basis function phi_m, ``F_i = sum_{o = +s, -s} phi_m(|u| / L) u / L`` with ``u = x_{i+o} - x_i`` (L: the mean
-  bond length), and the last displacement relative to the neighbours', ``sum_{o = +s, -s} (d_{i+o} - d_i) / L``.
+  bond length); the last displacement relative to the neighbours', ``sum_{o = +s, -s} (d_{i+o} - d_i) / L``;
+  and the bend, ``c_i = (x_{i+1} + x_{i-1} - 2 x_i) / L`` times ``exp(-(|c_i| / w)^2)`` for w = 0.5, 1, 2.
   The sums over both directions make the features invariant under the chain's reversal.
 - net: the chapter's gate network (e3nn's ``Network`` on the fixed complete graph) given the previous displacements
   and the head's vector as (H + 1)x1o node features, trained on the rest.
@@ -36,12 +37,13 @@ N_BASIS = 8
 RIDGE = 1e-4
 _CENTERS = (0.55, 4.4)  # in units of the mean bond length
 _WIDTH = 0.55
+_BEND_WIDTHS = (0.5, 1.0, 2.0)
 
 
 class ChainFeatures(torch.nn.Module):
     """Equivariant features of the chain's topology (see the module docstring).
 
-    Shapes: pos, d ``(B, N, 3)`` -> ``(B, N, 3, len(OFFSETS) * (N_BASIS + 1))``, in units of ``length_scale``.
+    Shapes: pos, d ``(B, N, 3)`` -> ``(B, N, 3, n_features)``, in units of ``length_scale``.
     """
 
     def __init__(self, n_beads: int, length_scale: float) -> None:
@@ -63,7 +65,7 @@ class ChainFeatures(torch.nn.Module):
 
     @property
     def n_features(self) -> int:
-        return len(OFFSETS) * (N_BASIS + 1)
+        return len(OFFSETS) * (N_BASIS + 1) + len(_BEND_WIDTHS)
 
     def forward(self, pos: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         p = pos / self.length_scale.to(pos.dtype)
@@ -81,6 +83,12 @@ class ChainFeatures(torch.nn.Module):
         for k in range(0, self.index.shape[0], 2):  # relative motion: sum_{+s, -s} (d_{i+o} - d_i)
             rel = sum((v[:, self.index[kk]] - v) * self.mask[kk].to(d.dtype) for kk in (k, k + 1))
             feats.append(rel[..., None])
+        # the bend: +1 and -1 neighbours (both inside the chain), symmetric under the reversal
+        both = (self.mask[0] * self.mask[1]).to(pos.dtype)
+        c = (p[:, self.index[0]] + p[:, self.index[1]] - 2 * p) * both
+        c2 = (c * c).sum(-1, keepdim=True)
+        for w in _BEND_WIDTHS:
+            feats.append((c * torch.exp(-c2 / (w * w)))[..., None])
         return torch.cat(feats, dim=-1)
 
 

@@ -20,6 +20,7 @@ from e3traj.runtime import (
     InputError,
     Split,
     UsageError,
+    choose_ar,
     evaluate_predictor,
     one_step_metrics,
     split_pairs,
@@ -48,15 +49,21 @@ class TrainConfig:
     seed: int = 0
     train_fraction: float = 0.8
     threads: int | None = None
-    history: int = 5  # frames in the window of a history kind (AR order K; K - 1 previous displacements)
+    # frames in the window of a history kind (AR order K; K - 1 previous displacements); None: the AR order the
+    # predictor suite chooses on validation (at least 2), resolved (and recorded) when training starts
+    history: int | None = None
+    unroll: int = 1  # window kinds: the loss sums the errors of this many autoregressive steps (1: one-step)
     e3nn: dict[str, Any] = field(default_factory=dict)  # overrides of E3nnConfig fields
 
     def __post_init__(self) -> None:
         get_kind(self.model, error=UsageError)
-        if isinstance(self.history, bool) or not isinstance(self.history, int) or not 2 <= self.history <= MAX_AR_ORDER:
+        h = self.history
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or not 2 <= h <= MAX_AR_ORDER):
             raise UsageError(
                 f"history must be an integer in 2..{MAX_AR_ORDER} (frames in the window), got {self.history!r}"
             )
+        if isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or not 1 <= self.unroll <= 16:
+            raise UsageError(f"unroll must be an integer in 1..16 (steps in the loss), got {self.unroll!r}")
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs!r}")
         if self.max_time is not None and not self.max_time > 0:
@@ -95,7 +102,7 @@ def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0, spec: dict 
         from ._config import E3nnConfig
 
         overrides = dict(cfg.e3nn)
-        irreps_in = kind.irreps_in(cfg.history)
+        irreps_in = kind.irreps_in(cfg.history or 2)
         if irreps_in is not None:
             overrides["irreps_in"] = irreps_in
         try:
@@ -160,6 +167,21 @@ def _windows(frames: torch.Tensor, lo: int, hi: int, h: int):
     return frames[ts], past, frames[ts + 1]
 
 
+def _unrolled_loss(model, kind, spec, x, past, targets, scale: float) -> torch.Tensor:
+    """Mean over U autoregressive steps of the squared error of the next frame, in units of ``scale``: step 1 is
+    the one-step loss; later steps feed the model its own predictions (the window shifts), as a rollout does.
+
+    Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, H, 12, 3)``, ``targets`` ``(B, U, 12, 3)`` (float64).
+    """
+    loss = x.new_zeros((), dtype=torch.float32)
+    for k in range(targets.shape[1]):
+        nxt = _predict_next(model, kind, spec, x, past)
+        loss = loss + (((nxt - targets[:, k]) / scale) ** 2).mean().float()
+        past = torch.cat([past[:, 1:], x[:, None]], dim=1)
+        x = nxt
+    return loss / targets.shape[1]
+
+
 def _val_mse(model, kind, spec, vx, vpast, vy) -> float:
     model.eval()
     with torch.no_grad():
@@ -187,7 +209,9 @@ def train_model(
     split: Split = split_pairs(data.frames, cfg.train_fraction)
     frames = torch.as_tensor(split.frames, dtype=torch.float64)
     kind = cfg.kind
-    h = kind.past_frames(cfg.history)  # frames before the current one (velocity: 1, history: K - 1)
+    if kind.window and cfg.history is None:  # the window the suite's best AR(k) uses
+        cfg.history = max(2, choose_ar(split)[0].order)
+    h = kind.past_frames(cfg.history or 2)  # frames before the current one (velocity: 1, history: K - 1)
     if split.val_start < h:
         raise InputError(f"{data.path or data.source}: too few frames for a history of {cfg.history}")
     x64, past64, y64 = _windows(frames, 0, split.n_train, h)
@@ -230,6 +254,8 @@ def train_model(
     best_state = copy.deepcopy(model.state_dict())
     if kind.window and resume is None:  # the untrained model is AR(K) + head: the mark to beat
         best_val, best_epoch = _val_mse(model, kind, spec, vx, vpast, vy), 0
+        if log is not None:
+            log(f"epoch 0 (AR({cfg.history}) + linear head, before training): val_mse {best_val:.4g}")
     if resume is not None:
         r = resume["resume"]
         model.load_state_dict(r["last_state_dict"])
@@ -241,6 +267,11 @@ def train_model(
         history = list(resume.get("history", []))
 
     n = len(x64)
+    unrolled = None
+    if cfg.unroll > 1 and kind.window:  # targets x_{t+1} .. x_{t+U} for the pairs that have them
+        t0 = max(0, h)
+        m = split.n_train - cfg.unroll + 1 - t0
+        unrolled = torch.stack([frames[t0 + k + 1 : t0 + k + 1 + m] for k in range(cfg.unroll)], dim=1)
     labels = (target64 / scale).float() if kind.scaled_labels else y64.float()
     start = time.perf_counter()
     stopped = "epochs"
@@ -256,8 +287,12 @@ def train_model(
             total, count = 0.0, 0
             for i in range(0, n, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
-                out = kind.raw(model, [a[idx] for a in inputs32])
-                loss = torch.mean((out - labels[idx]) ** 2)
+                if unrolled is not None:
+                    idx = idx[idx < len(unrolled)]  # pairs whose `unroll` next frames are training frames
+                    loss = _unrolled_loss(model, kind, spec, x64[idx], past64[idx], unrolled[idx], scale)
+                else:
+                    out = kind.raw(model, [a[idx] for a in inputs32])
+                    loss = torch.mean((out - labels[idx]) ** 2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

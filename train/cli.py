@@ -51,9 +51,16 @@ __all__ = ["train", "evaluate"]
 @click.option(
     "--history",
     type=click.IntRange(min=2, max=8),
-    default=5,
+    default=None,
+    help="e3nn-history: frames in the window (K), i.e. AR(K) and K-1 previous displacements "
+    "[default: the AR order the predictor suite chooses on validation].",
+)
+@click.option(
+    "--unroll",
+    type=click.IntRange(min=1, max=16),
+    default=1,
     show_default=True,
-    help="e3nn-history: frames in the window (K), i.e. AR(K) and K-1 previous displacements.",
+    help="e3nn-history: autoregressive steps in the loss (1: the one-step loss).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
@@ -81,6 +88,7 @@ def train(
     lr,
     patience,
     history,
+    unroll,
     seed,
     threads,
     irreps_hidden,
@@ -126,12 +134,13 @@ def train(
         seed=seed,
         threads=threads,
         history=history,
+        unroll=unroll,
         e3nn=overrides,
     )
     if resume is not None and resume.get("config"):
         cfg.e3nn = {**resume["config"], **overrides}
     if resume is not None and KINDS[kind].window:
-        cfg.history = int(resume.get("train", {}).get("history", history))
+        cfg.history = resume.get("train", {}).get("history") or history
     src = resolve_data(data)
     with replacing(force):  # no-clobber holds at the checkpoint's final rename too
         result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)

@@ -1,5 +1,5 @@
-"""``e3traj evaluate``: score a bundle (any host) or a checkpoint (with the train extra) against the trivial
-predictors. The train extra builds the same command with a checkpoint scorer (``e3traj.train.cli``)."""
+"""``e3traj evaluate``: score a bundle (any host) or a checkpoint (with the train extra) against the predictor
+suite. The train extra builds the same command with a checkpoint scorer (``e3traj.train.cli``)."""
 
 from __future__ import annotations
 
@@ -38,9 +38,11 @@ def make_evaluate(score_checkpoint: CheckpointScorer | None) -> click.Command:
     def evaluate(model_path, data, starts, as_json):
         """Score MODEL (a bundle directory or .tar.gz, or a checkpoint) on the validation part of DATA.
 
-        One-step validation MSE, persistence MSE, constant-velocity MSE, skill, and the RMSD of k-step
-        rollouts (k = 1, 10, 100) for the model and the two trivial predictors. Bundles need only the base
-        install; checkpoints need the train extra.
+        One-step validation MSE and the RMSD of k-step rollouts (k = 1, 10, 100) of the model and of the
+        predictor suite: persistence, constant velocity, constant acceleration and the linear extrapolation
+        AR(k) fitted on the training part (k chosen on validation from 1..8). The best of the suite is named
+        and the model's ratio to it printed. Bundles need only the base install; checkpoints need the train
+        extra.
         """
         p = Path(model_path)
         if not is_bundle_path(p) and score_checkpoint is None:

@@ -34,7 +34,11 @@ def test_demo_script_runs_end_to_end(tmp_path):
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
     env.update(
-        E3TRAJ_DEMO_E3NN_TIME="4", E3TRAJ_DEMO_VELOCITY_TIME="4", E3TRAJ_DEMO_BASELINE_TIME="2", E3TRAJ_DEMO_STEPS="20"
+        E3TRAJ_DEMO_E3NN_TIME="4",
+        E3TRAJ_DEMO_VELOCITY_TIME="4",
+        E3TRAJ_DEMO_HISTORY_TIME="4",
+        E3TRAJ_DEMO_BASELINE_TIME="2",
+        E3TRAJ_DEMO_STEPS="20",
     )
     r = subprocess.run(
         ["bash", str(ROOT / "scripts" / "demo.sh"), str(out)],
@@ -58,6 +62,9 @@ def test_demo_script_runs_end_to_end(tmp_path):
         "rollout.npz",
         "rollout.xyz",
         "evaluate-e3nn.txt",
+        "evaluate-e3nn-history.txt",
+        "e3nn-history-bundle/manifest.json",
+        "rollout-history.npz",
     ):
         assert (out / name).exists(), name
     with np.load(out / "rollout.npz", allow_pickle=False) as z:
@@ -71,3 +78,5 @@ def test_demo_script_runs_end_to_end(tmp_path):
         "trajectory.png",
     ]
     assert "everything is in" in log
+    history = (out / "evaluate-e3nn-history.txt").read_text()
+    assert "<- best trivial predictor" in history and "model / best" in history

@@ -37,7 +37,7 @@ def _model(h=3, seed=0):
         input_scale=0.02,
         length_scale=0.36,
         ar_coefficients=[1.5, -0.7, 0.2][:h],
-        head_weights=0.01 * torch.randn(27, generator=gen),
+        head_weights=0.01 * torch.randn(30, generator=gen),
     ).double()
     with torch.no_grad():
         m.gain.fill_(0.7)  # a trained-like model: the network's share is on
@@ -50,7 +50,7 @@ def test_chain_features_rotate_ignore_translation_and_reversal_but_not_a_shuffle
     d = 0.02 * torch.randn(4, 12, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     q = rotation(3)
     base = f(x, d)
-    assert base.shape == (4, 12, 3, 27) and f.n_features == 27
+    assert base.shape == (4, 12, 3, 30) and f.n_features == 30
     moved = f(x @ q.T + torch.tensor([1.0, -2.0, 0.5], dtype=x.dtype), d @ q.T)
     torch.testing.assert_close(moved, torch.einsum("ij,bnjf->bnif", q, base))
     torch.testing.assert_close(f(x[:, REVERSE], d[:, REVERSE]), base[:, REVERSE])
@@ -128,3 +128,18 @@ def test_resume_keeps_the_fitted_spec(trained, tmp_path):
     cfg = TrainConfig(model="e3nn-history", history=4, epochs=4, max_time=60, batch_size=16, e3nn=dict(ck["config"]))
     again = train_model(data, cfg, output=tmp_path / "r.pt", resume=ck, progress=False).checkpoint
     assert again["spec"] == ck["spec"]
+
+
+def test_history_defaults_to_the_suites_ar_order_and_unrolled_losses_train(tmp_path):
+    from e3traj.runtime import choose_ar
+    from e3traj.runtime._errors import UsageError
+
+    save_trajectory(tmp_path / "sim.npz", simulate(frames=200, seed=5))
+    data = resolve_data(str(tmp_path / "sim.npz"))
+    cfg = TrainConfig(model="e3nn-history", epochs=1, batch_size=16, unroll=3, e3nn=TINY)
+    ck = train_model(data, cfg, progress=False).checkpoint
+    want = max(2, choose_ar(split_pairs(data.frames))[0].order)
+    assert ck["train"]["history"] == want and ck["spec"]["history"] == want - 1
+    assert ck["train"]["unroll"] == 3 and np.isfinite(ck["history"][0]["train_loss"])
+    with pytest.raises(UsageError, match="unroll must be"):
+        TrainConfig(model="e3nn-history", unroll=0)

@@ -35,7 +35,7 @@ def test_every_kind_builds_and_regresses_its_target(name):
     out = kind.raw(model, [a.float() for a in inputs])
     assert out.shape == (3, 12, 3)
     if kind.window:
-        spec["head_weights"] = [0.0] * 27
+        spec["head_weights"] = [0.0] * 30
     assert kind.target(x, x + 0.01, past, spec).shape == (3, 12, 3)
     assert kind.needs_previous == (h > 0)
     assert kind.permutation in C.PERMUTATIONS and (kind.permutation == "chain_reversal") == kind.window
