@@ -41,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", default="sim", help="artifacts/<prefix>-e3nn... (sim or dmol)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.3, help="time per case per round")
+    ap.add_argument("--history-bundle", type=Path, default=None, help="another history bundle to time instead")
     args = ap.parse_args(argv)
 
     from e3traj.runtime import Bundle, rollout
 
     kinds = ["e3nn", "e3nn-velocity", "e3nn-history"]
     paths = {k: ROOT / "artifacts" / f"{args.prefix}-{k}" for k in kinds}
+    if args.history_bundle is not None:
+        paths["e3nn-history"] = args.history_bundle
     missing = [str(p) for p in paths.values() if not p.is_dir()]
     if missing:
         print(f"missing bundles: {missing}; run 'make artifacts' first", file=sys.stderr)
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
             times[key].append((time.perf_counter() - t0) / (calls[key] * units))
     modes = ["predict B=1", "predict B=64", "predict B=256", "rollout step B=1"]
-    print(f"bundles artifacts/{args.prefix}-*, 1 thread, median of {args.repeats} interleaved rounds")
+    print(f"bundles {', '.join(str(p) for p in paths.values())}; 1 thread, median of {args.repeats} interleaved rounds")
     print(f"{'mode':<18}" + "".join(f"{k + ' µs/frame':>26}" for k in kinds) + f"{'history / e3nn':>16}")
     worst = 0.0
     for mode in modes:

@@ -101,7 +101,7 @@ def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0, spec: dict 
     if kind.e3nn:
         from ._config import E3nnConfig
 
-        overrides = dict(cfg.e3nn)
+        overrides = {**dict(kind.e3nn_defaults), **cfg.e3nn}
         irreps_in = kind.irreps_in(cfg.history or 2)
         if irreps_in is not None:
             overrides["irreps_in"] = irreps_in
@@ -228,7 +228,8 @@ def train_model(
     spec = {k: v for k, v in spec.items() if not k.startswith("_")}
     scale = float(torch.sqrt((target64**2).mean()))
     d1 = (x64 - past64[:, -1]) if h else None
-    input_scale = float(torch.sqrt((d1**2).mean())) if kind.uses_input_scale else 1.0
+    # the RMS of the float32 displacements the model sees (as the velocity bundles were built)
+    input_scale = float(torch.sqrt((d1.float().double() ** 2).mean())) if kind.uses_input_scale else 1.0
     if not math.isfinite(scale) or scale <= 0 or not math.isfinite(input_scale) or input_scale <= 0:
         raise InputError(
             f"{data.path or data.source}: training frames do not move (RMS target {scale}); check the data"

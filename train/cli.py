@@ -65,7 +65,9 @@ __all__ = ["train", "evaluate"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
 @click.option("--irreps-hidden", default=None, help="e3nn hidden irreps [default: 5x0e + 5x0o + 5x1e + 5x1o].")
-@click.option("--layers", type=click.IntRange(min=1), default=None, help="e3nn gate layers [default: 3].")
+@click.option(
+    "--layers", type=click.IntRange(min=1), default=None, help="e3nn gate layers [default: 3; e3nn-history 2]."
+)
 @click.option("--lmax", type=click.IntRange(min=1), default=None, help="Spherical harmonics degree [default: 3].")
 @click.option("--max-radius", type=click.FloatRange(min=0, min_open=True), default=None, help="Cutoff [default: 3.5].")
 @click.option("--radial-neurons", type=click.IntRange(min=1), default=None, help="Radial MLP width [default: 128].")
