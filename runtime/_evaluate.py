@@ -34,6 +34,10 @@ def _label(name: str, one: dict) -> str:
     return SUITE_LABELS.get(name, name)
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")  # a best RMSD of 0 (frames that never move) has no ratio
+
+
 def format_one_step(one: dict) -> str:
     """One line: the model's validation MSE, the suite's, and the ratio to the best of the suite."""
     suite = [n for n in SUITE_LABELS if f"{n}_mse" in one]
@@ -70,6 +74,11 @@ def format_evaluation(name: str, report: dict) -> str:
         best_k = report.get("rollout_best", {})
         if best_k:
             lines.append(
-                "  model / best:" + " " * 11 + "".join(f"{roll['model'][k] / roll[best_k[k]][k]:>12.3f}" for k in ks)
+                "  model / best:"
+                + " " * 11
+                + "".join(
+                    f"{_ratio(roll['model'][k], roll[best_k[k]][k]) if k in best_k else float('nan'):>12.3f}"
+                    for k in ks
+                )
             )
     return "\n".join(lines)

@@ -136,6 +136,16 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> dict:
     return manifest
 
 
+def _finite_number(v: Any) -> bool:
+    """A JSON number (not a bool) that is finite as a float (a 400-digit integer is not: float() overflows)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -227,7 +237,7 @@ def _check_manifest(manifest: dict, where: str) -> None:
     if isinstance(ts, dict) and isinstance(ts.get("file"), str) and ts["file"] not in files:
         raise InputError(f"{where}: torchscript.file {ts['file']!r} is not listed in 'files'; re-export the bundle")
     atol = manifest["example"].get("atol", 1e-5)
-    if not isinstance(atol, int | float) or isinstance(atol, bool) or not math.isfinite(atol) or atol < 0:
+    if not _finite_number(atol) or atol < 0:
         raise InputError(f"{where}: example.atol is {atol!r}; expected a non-negative number")
     onnx = manifest["onnx"]
     for key in ("opset", "ir_version"):
@@ -260,7 +270,7 @@ def manifest_history(manifest: dict) -> int:
 
 def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str) -> None:
     """The history input's shape, the AR coefficients and the permutation promise."""
-    model = manifest["model"]
+    model = manifest.get("model", {})
     h_in = None
     for spec in manifest["inputs"]:
         shape = spec.get("shape")
@@ -284,11 +294,7 @@ def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str)
             )
     coefs = model.get("ar_coefficients")
     if out_meaning == AR_CORRECTION or coefs is not None:
-        ok = (
-            isinstance(coefs, list)
-            and 1 <= len(coefs) <= MAX_HISTORY
-            and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in coefs)
-        )
+        ok = isinstance(coefs, list) and 1 <= len(coefs) <= MAX_HISTORY and all(_finite_number(c) for c in coefs)
         if not ok:
             raise InputError(
                 f"{where}: model.ar_coefficients is {coefs!r}; an 'ar_correction' output needs a list of 1 to "

@@ -212,7 +212,12 @@ def evaluate_predictor(
     roll = rollout_rmsd({"model": step, **suite}, split, ks=ks, n_starts=n_starts)
     starts = roll.pop("_starts", {}).get("starts", [])
     ks_done = list(roll.get("model", {}))
-    best = {k: best_of({n: roll[n][k] for n in suite}) for k in ks_done}
+    best = {}
+    for k in ks_done:
+        try:
+            best[k] = best_of({n: roll[n][k] for n in suite})
+        except ValueError:  # every member diverged at this horizon: no best to name
+            pass
     return {"one_step": one, "rollout_rmsd": roll, "rollout_starts": starts, "rollout_best": best}
 
 

@@ -116,8 +116,8 @@ def choose_ar(split: Split, orders: Sequence[int] | None = None) -> tuple[Linear
 
     Every order is scored on the same validation pairs. Returns the predictor and ``{k: validation MSE}``.
     """
-    if orders is None:  # every order whose window fits before the first validation pair
-        orders = list(range(1, min(MAX_AR_ORDER, split.val_start + 1) + 1))
+    if orders is None:  # every order whose window fits before the first validation pair and can be fitted
+        orders = list(range(1, min(MAX_AR_ORDER, split.val_start + 1, split.n_train // 3 + 1) + 1))
     orders = [int(k) for k in orders]
     if not orders:
         raise ValueError("choose_ar: no AR order to try")

@@ -5,7 +5,8 @@ Bundles:
 - ``baseline``: y = x @ W + b, meaning ``next_positions``, ``equivariant: false`` (like the chapter's baseline).
 - ``velocity``: y = 0.01 (centroid(x) - x) + 0.1 v, inputs positions + previous_displacement,
   meaning ``velocity_correction``.
-- ``history``: y = 0.01 (centroid(x) - x) + 0.05 mean_j d_j, inputs positions + previous_displacements
+- ``history``: y = 0.01 (centroid(x) - x) + mean_j w_j d_j with w = :data:`HISTORY_W` (unequal, so the order of
+  the displacements matters), inputs positions + previous_displacements
   ``(B, 3, 12, 3)``, meaning ``ar_correction`` with the AR coefficients :data:`AR`.
 - ``blowup``: y = 1e30 x, meaning ``displacement``: overflows float32 to Inf at the second step (rows that
   start at exactly 0 stay finite).
@@ -41,6 +42,7 @@ KINDS = {
 #: The history toy's AR coefficients (one per previous displacement) and H.
 AR = (2.2, -1.6, 0.4)
 H = len(AR)
+HISTORY_W = np.array([0.15, 0.05, -0.1], dtype=np.float32)
 INPUT_NAMES = {"positions": "positions", "previous_displacement": "previous_displacement"}
 
 
@@ -59,14 +61,14 @@ def build_model(kind: str, *, opset: int = OPSET, batch="batch"):
     if kind == "history":
         inits += [
             numpy_helper.from_array(np.array(0.01, dtype=np.float32), "k_centroid"),
-            numpy_helper.from_array(np.array(0.05, dtype=np.float32), "k_history"),
+            numpy_helper.from_array(HISTORY_W.reshape(1, H, 1, 1), "w_history"),
         ]
         nodes = [
             helper.make_node("ReduceMean", ["positions"], ["centroid"], axes=[1], keepdims=1),
             helper.make_node("Sub", ["centroid", "positions"], ["rel"]),
             helper.make_node("Mul", ["rel", "k_centroid"], ["pull"]),
-            helper.make_node("ReduceMean", ["previous_displacements"], ["mean_d"], axes=[1], keepdims=0),
-            helper.make_node("Mul", ["mean_d", "k_history"], ["push"]),
+            helper.make_node("Mul", ["previous_displacements", "w_history"], ["weighted"]),
+            helper.make_node("ReduceMean", ["weighted"], ["push"], axes=[1], keepdims=0),
             helper.make_node("Add", ["pull", "push"], ["prediction"]),
         ]
         inputs = [_vi("positions", batch), _vi("previous_displacements", batch)]
@@ -130,7 +132,7 @@ def reference(kind: str, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarr
     if kind == "history":
         d32 = np.asarray(v, dtype=np.float32)
         pull = np.float32(0.01) * (x32.mean(axis=1, keepdims=True) - x32)
-        return (pull + np.float32(0.05) * d32.mean(axis=1)).astype(np.float64)
+        return (pull + (HISTORY_W[None, :, None, None] * d32).mean(axis=1)).astype(np.float64)
     if kind == "velocity":
         v32 = np.asarray(v, dtype=np.float32)
         return (np.float32(0.01) * (x32.mean(axis=1, keepdims=True) - x32) + np.float32(0.1) * v32).astype(np.float64)

@@ -121,11 +121,14 @@ def _history_prepare(split, x, past, y, history):
     """Fit AR(K) (the runtime's fit, so the model corrects the very AR(K) of the reports) and the linear head."""
     import torch
 
-    from e3traj.runtime import fit_ar
+    from e3traj.runtime import InputError, fit_ar
 
     from ._history import ChainFeatures, fit_head, mean_bond_length
 
-    ar = fit_ar(split, int(history))
+    try:
+        ar = fit_ar(split, int(history))
+    except ValueError as exc:  # too few training frames for this window
+        raise InputError(f"training data: {exc}; pass a smaller --history or more frames") from None
     length = mean_bond_length(split.train_x)
     feats = ChainFeatures(x.shape[1], length).double()(x, x - past[:, -1])
     residual = y - C.ar_extrapolate(x, past, ar.coefficients)

@@ -290,6 +290,8 @@ def train_model(
                 idx = perm[i : i + cfg.batch_size]
                 if unrolled is not None:
                     idx = idx[idx < len(unrolled)]  # pairs whose `unroll` next frames are training frames
+                    if not len(idx):
+                        continue
                     loss = _unrolled_loss(model, kind, spec, x64[idx], past64[idx], unrolled[idx], scale)
                 else:
                     out = kind.raw(model, [a[idx] for a in inputs32])

@@ -133,3 +133,42 @@ def test_a_history_manifest_records_h_and_the_coefficients(make_bundle, toys):
     spec = {i["meaning"]: i["shape"] for i in m["inputs"]}
     assert spec["previous_displacements"] == ["batch", toys.H, 12, 3]
     assert m["model"]["ar_coefficients"] == list(toys.AR)
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda m: m.pop("model"), None),  # the model section is optional: no traceback, and the bundle opens
+        (lambda m: m["model"].update(ar_coefficients=[10**400, 1.0, 1.0]), "finite numbers"),
+        (lambda m: m["example"].update(atol=10**400), "example.atol"),
+    ],
+    ids=["no-model-section", "huge-integer-coefficient", "huge-integer-atol"],
+)
+def test_hostile_numbers_and_missing_sections_are_one_line(make_bundle, mutate, fragment):
+    from e3traj.runtime import InputError, verify_bundle
+
+    d = _history_manifest(make_bundle, mutate)
+    if fragment is None:
+        with pytest.raises(InputError) as e:  # without the model section the ar_correction output has no rule
+            verify_bundle(d)
+        assert "ar_coefficients" in str(e.value) and "\n" not in str(e.value)
+        return
+    with pytest.raises(InputError) as e:
+        verify_bundle(d)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bundle_without_a_model_section_still_opens(make_bundle):
+    import json as _json
+
+    from _toys import rehash
+
+    from e3traj.runtime import Bundle
+
+    d = make_bundle("toy")
+    m = _json.loads((d / "manifest.json").read_text())
+    m.pop("model")
+    (d / "manifest.json").write_text(_json.dumps(m))
+    rehash(d)
+    with Bundle.open(d) as b:
+        assert b.history == 0 and b.permutation == "any" and b.kind == "unknown"

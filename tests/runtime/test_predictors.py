@@ -88,3 +88,11 @@ def test_suite_names_and_best_of():
 def test_linear_extrapolation_is_a_plain_dataclass():
     p = LinearExtrapolation("x", "x", (1.0, 0.5))
     assert p.order == 3 and p.history == 2
+
+
+def test_a_short_trajectory_gets_the_orders_it_can_fit():
+    """20 frames: 15 training pairs fit AR(k) up to k = 6 (3 (k - 1) training frames); no order beyond is tried."""
+    rng = np.random.default_rng(2)
+    split = split_pairs(np.cumsum(rng.normal(scale=0.01, size=(20, 12, 3)), axis=0))
+    best, scores = choose_ar(split)
+    assert max(scores) == split.n_train // 3 + 1 and best.order in scores

@@ -143,3 +143,13 @@ def test_history_defaults_to_the_suites_ar_order_and_unrolled_losses_train(tmp_p
     assert ck["train"]["unroll"] == 3 and np.isfinite(ck["history"][0]["train_loss"])
     with pytest.raises(UsageError, match="unroll must be"):
         TrainConfig(model="e3nn-history", unroll=0)
+
+
+def test_unrolled_training_skips_batches_without_future_frames(tmp_path):
+    """batch size 1 and --unroll 2: the pairs at the end of the training part have no second target frame;
+    their batches are skipped instead of adding a NaN loss."""
+    save_trajectory(tmp_path / "sim.npz", simulate(frames=60, seed=6))
+    data = resolve_data(str(tmp_path / "sim.npz"))
+    cfg = TrainConfig(model="e3nn-history", history=3, epochs=1, batch_size=1, unroll=2, e3nn=TINY)
+    ck = train_model(data, cfg, progress=False).checkpoint
+    assert np.isfinite(ck["history"][0]["train_loss"])

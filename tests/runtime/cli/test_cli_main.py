@@ -4,6 +4,7 @@ extra sees."""
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -96,3 +97,18 @@ def test_evaluate_scores_bundles_without_torch_and_explains_checkpoints(tmp_path
     (tmp_path / "m.pt").write_bytes(b"x")
     r = _run_blocked(f"from e3traj.runtime.cli import main\nmain(['evaluate', {str(tmp_path / 'm.pt')!r}])")
     assert r.returncode == 2 and "pip install 'e3traj[train]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_frames_that_never_move_and_a_short_trajectory(tmp_path, toy_bundle, cli):
+    """A best RMSD of 0 has no ratio (nan, not a ZeroDivisionError); 20 frames still give a suite."""
+    still = tmp_path / "still.npy"
+    np.save(still, np.tile(np.arange(36, dtype=np.float64).reshape(1, 12, 3), (60, 1, 1)))
+    r = cli("evaluate", toy_bundle, "--data", still)
+    assert r.exit_code == 0, r.output
+    assert "model / best" in r.output and "nan" in r.output
+    rng = np.random.default_rng(0)
+    short = tmp_path / "short.npy"
+    np.save(short, np.cumsum(rng.normal(scale=0.01, size=(20, 12, 3)), axis=0))
+    r = cli("evaluate", toy_bundle, "--data", short)
+    assert r.exit_code == 0, r.output
+    assert "fitted" in r.output
