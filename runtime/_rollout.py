@@ -82,6 +82,8 @@ def rollout(
     *,
     previous: np.ndarray | None = None,
     max_distance: float | None = None,
+    stop: Callable[[np.ndarray], np.ndarray] | None = None,
+    stop_reason: str = "left the allowed band",
     progress: Callable[[int], None] | None = None,
     max_bytes: int = MAX_ROLLOUT_BYTES,
 ) -> RolloutResult:
@@ -100,6 +102,9 @@ def rollout(
         previous: the ``history`` frames before each start, oldest first, needed by velocity-aware and history
             bundles. Shapes: ``(B, H, 12, 3)``, or ``(B, 12, 3)`` when one frame is needed.
         max_distance: optional bound on the distance of any bead from its start's centroid.
+        stop: optional ``stop(frames (B, 12, 3)) -> (B,) bool``: the rows to stop at (e.g. outside the physical
+            band of :func:`~e3traj.runtime._fidelity.unstable_rows`); the frames before that step are kept and
+            ``reason`` is ``stop_reason``.
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
         max_bytes: refuse to allocate a trajectory larger than this.
 
@@ -147,6 +152,11 @@ def rollout(
                 if far.any() and finite:
                     reason = f"moved farther than {max_distance:g} from the starting centroid"
                 bad = far if bad is None else bad | far
+            if stop is not None and finite:
+                broken = np.asarray(stop(nxt), dtype=bool)
+                if broken.any():
+                    reason = stop_reason
+                    bad = broken if bad is None else bad | broken
             if bad is not None and bad.any():
                 return RolloutResult(
                     traj=traj[:k],

@@ -37,13 +37,19 @@ __all__ = ["main", "COMMANDS", "EXTRAS", "DATA_HELP", "make_evaluate"]
 #: name -> (module, attribute, extra or None, one-line help shown by ``e3traj --help``)
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "simulate": ("e3traj.runtime.cli._data", "simulate", None, "Simulate a 12-bead bead-spring polymer trajectory."),
-    "train": ("e3traj.train.cli", "train", "train", "Train the baseline or the e3nn model; writes a checkpoint."),
-    "evaluate": ("e3traj.train.cli", "evaluate", "train", "Score a bundle or checkpoint against trivial predictors."),
+    "train": ("e3traj.train.cli", "train", "train", "Train a model of one kind (--model); writes a checkpoint."),
+    "evaluate": ("e3traj.train.cli", "evaluate", "train", "Score a bundle or checkpoint against the predictor suite."),
     "export": ("e3traj.export.cli", "export", "train", "Export a checkpoint to a verified ONNX bundle."),
     "pack": ("e3traj.runtime.cli._host", "pack", None, "Pack a bundle directory into one .tar.gz for shipping."),
     "inspect": ("e3traj.runtime.cli._host", "inspect", None, "Show a bundle's manifest and verify its hashes."),
     "rollout": ("e3traj.runtime.cli._host", "rollout", None, "Extrapolate trajectories with a bundle."),
     "check": ("e3traj.runtime.cli._host", "check", None, "Check a bundle's equivariance and example outputs."),
+    "fidelity": (
+        "e3traj.runtime.cli._fidelity",
+        "fidelity",
+        None,
+        "Long rollouts judged by stability and distributions, beside the predictor suite.",
+    ),
     "bench": ("e3traj.runtime.cli._bench", "bench", None, "Measure a bundle's throughput and latency on this CPU."),
     "plot": ("e3traj.runtime.cli._plot", "plot", "plot", "Draw the chapter's figures (needs the plot extra)."),
 }

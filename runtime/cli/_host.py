@@ -83,8 +83,14 @@ def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
 @click.option("--xyz", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write extended XYZ.")
 @threads_option
 @click.option("--max-distance", type=float, default=None, help="Stop when a bead strays this far from its start.")
+@click.option(
+    "--stop-unstable",
+    is_flag=True,
+    help="Stop at the first frame outside the physical band of INIT's frames (a bond beyond 0.5x..1.5x their "
+    "shortest..longest, or two non-bonded beads closer than half their closest pair); exit 5, frames kept.",
+)
 @click.option("--force", is_flag=True, help="Replace existing output files.")
-def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, force):
+def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, stop_unstable, force):
     """Extrapolate trajectories from frames of INIT with BUNDLE (a folder or a .tar.gz).
 
     INIT is a trajectory (T, 12, 2|3) in the dmol-book format or one frame. All starting frames roll out
@@ -112,6 +118,16 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
 
     frames = load_trajectory(init)
     starts = parse_frames(frames_spec, len(frames))
+    stop = None
+    reason = ""
+    if stop_unstable:
+        from .._fidelity import bands_from, unstable_rows
+
+        if len(frames) < 2:
+            raise InputError(f"{init}: has one frame; --stop-unstable derives its band from INIT's frames (>= 2)")
+        bands = bands_from(frames)
+        stop = lambda f: unstable_rows(f, bands)  # noqa: E731
+        reason = "left the physical band: " + bands.describe().split(", ", 1)[1]
     with Bundle.open(bundle, threads=threads) as b:
         previous = None
         h = b.history
@@ -133,9 +149,20 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
         t0 = time.perf_counter()
         if total >= PROGRESS_THRESHOLD:
             with click.progressbar(length=steps, label="rollout", file=sys.stderr) as bar:
-                result = run(b, init_frames, steps, previous=previous, max_distance=max_distance, progress=bar.update)
+                result = run(
+                    b,
+                    init_frames,
+                    steps,
+                    previous=previous,
+                    max_distance=max_distance,
+                    stop=stop,
+                    stop_reason=reason,
+                    progress=bar.update,
+                )
         else:
-            result = run(b, init_frames, steps, previous=previous, max_distance=max_distance)
+            result = run(
+                b, init_frames, steps, previous=previous, max_distance=max_distance, stop=stop, stop_reason=reason
+            )
         elapsed = time.perf_counter() - t0
         with atomic_outputs(outputs, suffix=".tmp", replace=force) as tmps:  # both files or neither
             write_rollout_file(tmps[0], result, starts=starts, bundle_sha256=b.sha256, source=str(init))

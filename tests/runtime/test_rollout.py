@@ -222,3 +222,17 @@ def test_a_rollout_of_the_suite_needs_no_bundle():
     a, b_, c = frames
     want = c + 1.5 * (c - b_) - 0.5 * (b_ - a)
     np.testing.assert_allclose(res.traj[1], want, atol=1e-14)
+
+
+def test_a_stop_predicate_ends_the_rollout_and_names_its_reason(toy_bundle):
+    init = _starts(3, 5)
+    calls = []
+
+    def stop(frames):
+        calls.append(len(calls) + 1)
+        return np.array([False, len(calls) >= 2, False])  # row 1 "breaks" at step 2
+
+    with Bundle.open(toy_bundle) as b:
+        res = rollout(b, init, 6, stop=stop, stop_reason="left the band")
+    assert not res.complete and res.failed_step == 2 and res.steps_done == 1
+    assert res.failed_starts.tolist() == [1] and res.reason == "left the band" and res.traj.shape[0] == 2
