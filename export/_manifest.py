@@ -39,6 +39,8 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
     hyper = dict(ckpt.get("config") or {})
     spec = ckpt.get("spec") or {}
     model_extra: dict[str, Any] = {"permutation": KINDS[kind].permutation}
+    if ckpt.get("noise_scale") is not None:
+        model_extra["noise_scale"] = float(ckpt["noise_scale"])  # RMS one-step training residual per coordinate
     if KINDS[kind].window:
         model_extra.update(
             history_frames=int(spec["history"]) + 1,

@@ -174,6 +174,12 @@ class Bundle:
         return tuple(float(c) for c in self._manifest.get("model", {}).get("ar_coefficients") or ())
 
     @property
+    def noise_scale(self) -> float | None:
+        """``model.noise_scale``: the RMS one-step training residual per coordinate (sampled rollouts), or None."""
+        v = self._manifest.get("model", {}).get("noise_scale")
+        return None if v is None else float(v)
+
+    @property
     def permutation(self) -> str:
         """``model.permutation``: ``any`` (complete graph) or ``chain_reversal`` (a model that knows the bonds)."""
         return str(self._manifest.get("model", {}).get("permutation", "any"))

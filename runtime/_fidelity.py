@@ -278,15 +278,27 @@ def fidelity_report(
     else:
         reference = frames
     bands = bands_from(reference)
+    from ._noise import RolloutNoise
+
+    runs = [("model", bundle, None)]
+    scale = getattr(bundle, "noise_scale", None)
+    if scale:  # sampled: the model plus noise of its training residuals' size
+        runs.append(("sampled", bundle, RolloutNoise(scale, seed, starts)))
+    runs += [(name, p, None) for name, p in suite.items()]
     rows = []
-    for name, p in {"model": bundle, **suite}.items():
+    for name, p, noise in runs:
         ph = int(p.history)
         previous = np.stack([frames[starts - ph + i] for i in range(ph)], axis=1) if ph else None
-        res = rollout(p, frames[starts], steps, previous=previous)
+        res = rollout(p, frames[starts], steps, previous=previous, noise=noise)
         traj = np.full((steps + 1,) + res.traj.shape[1:], np.nan)
         traj[: len(res.traj)] = res.traj  # a stopped rollout: NaN after its last frame (unstable from there)
-        label = f"AR({suite['ar'].order}), fitted" if name == "ar" else name.replace("_", " ")
-        rows.append(fidelity_row(label if name != "model" else f"model ({bundle.kind})", traj, reference, bands))
+        if name == "sampled":
+            label = f"model, sampled ({scale:.2g})"
+        else:
+            label = {"model": f"model ({bundle.kind})", "ar": f"AR({suite['ar'].order}), fitted"}.get(
+                name, name.replace("_", " ")
+            )
+        rows.append(fidelity_row(label, traj, reference, bands))
     return {
         "steps": steps,
         "starts": [int(s) for s in starts],

@@ -305,6 +305,9 @@ def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str)
                 f"{where}: {len(coefs)} AR coefficients but the history input holds {h_in} displacements; "
                 "re-export the bundle"
             )
+    noise = model.get("noise_scale")
+    if noise is not None and (not _finite_number(noise) or noise < 0):
+        raise InputError(f"{where}: model.noise_scale is {noise!r}; expected a finite number >= 0; re-export")
     perm = model.get("permutation", "any")
     if perm not in PERMUTATIONS:
         raise InputError(f"{where}: model.permutation is {perm!r}; expected one of {list(PERMUTATIONS)}")

@@ -84,6 +84,7 @@ def rollout(
     max_distance: float | None = None,
     stop: Callable[[np.ndarray], np.ndarray] | None = None,
     stop_reason: str = "left the allowed band",
+    noise: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: Callable[[int], None] | None = None,
     max_bytes: int = MAX_ROLLOUT_BYTES,
 ) -> RolloutResult:
@@ -105,6 +106,8 @@ def rollout(
         stop: optional ``stop(frames (B, 12, 3)) -> (B,) bool``: the rows to stop at (e.g. outside the physical
             band of :func:`~e3traj.runtime._fidelity.unstable_rows`); the frames before that step are kept and
             ``reason`` is ``stop_reason``.
+        noise: optional ``noise(frames (B, 12, 3)) -> (B, 12, 3)`` added to every predicted frame (a sampled
+            rollout, e.g. :class:`~e3traj.runtime._noise.RolloutNoise`).
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
         max_bytes: refuse to allocate a trajectory larger than this.
 
@@ -144,6 +147,11 @@ def rollout(
                 step_into(x, past, nxt)
             else:
                 nxt = bundle.step(x, np.swapaxes(past, 0, 1)) if h else bundle.step(x)
+            if noise is not None:  # a sampled rollout: in place in the trajectory row, or on the new array
+                if step_into is not None:
+                    nxt += noise(nxt)
+                else:
+                    nxt = nxt + noise(nxt)
             finite = bool(np.isfinite(nxt).all())
             bad = None if finite else ~np.isfinite(nxt).all(axis=(1, 2))
             reason = "became non-finite (NaN or Inf)"
@@ -196,7 +204,14 @@ def save_rollout(
 
 
 def write_rollout_file(
-    path: Path, result: RolloutResult, *, starts: Sequence[int] | np.ndarray, bundle_sha256: str, source: str
+    path: Path,
+    result: RolloutResult,
+    *,
+    starts: Sequence[int] | np.ndarray,
+    bundle_sha256: str,
+    source: str,
+    noise_scale: float = 0.0,
+    noise_seed: int = -1,
 ) -> None:
     """The body of :func:`save_rollout`: write straight to ``path`` (a temporary file of the caller's)."""
     starts_arr = np.asarray(starts, dtype=np.int64)
@@ -214,6 +229,8 @@ def write_rollout_file(
             failed_step=np.int64(-1 if result.failed_step is None else result.failed_step),
             failed_starts=np.asarray(result.failed_starts, dtype=np.int64),
             source=np.str_(source),
+            noise_scale=np.float64(noise_scale),  # 0: a deterministic rollout
+            noise_seed=np.int64(noise_seed),  # -1: no noise
         )
 
 

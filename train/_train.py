@@ -23,6 +23,7 @@ from e3traj.runtime import (
     choose_ar,
     evaluate_predictor,
     one_step_metrics,
+    residual_scale,
     split_pairs,
 )
 from e3traj.runtime import contract as C
@@ -342,6 +343,7 @@ def train_model(
     model.load_state_dict(best_state)
     model.eval()
     metrics = one_step_metrics(step_function(model, kind, spec), split)
+    noise_scale = residual_scale(step_function(model, kind, spec), split.frames, 0, split.n_train)
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = history[-1]["time"] if history else 0.0
     config = model.net.config.to_dict() if kind.e3nn else {}
@@ -352,6 +354,7 @@ def train_model(
         "state_dict": best_state,
         "scale": scale,
         "input_scale": input_scale,
+        "noise_scale": noise_scale,
         "spec": spec,
         "train": cfg.to_dict(),
         "data": {

@@ -84,13 +84,24 @@ def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
 @threads_option
 @click.option("--max-distance", type=float, default=None, help="Stop when a bead strays this far from its start.")
 @click.option(
+    "--noise",
+    default="none",
+    show_default=True,
+    help="Sampled rollouts: 'fitted' adds isotropic Gaussian noise of the bundle's model.noise_scale (its RMS "
+    "one-step training residual) to every predicted frame, in the chain's plane for planar frames; a number sets "
+    "the scale. This samples trajectories instead of predicting one.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Noise seed; each start is seeded by (seed, frame)."
+)
+@click.option(
     "--stop-unstable",
     is_flag=True,
     help="Stop at the first frame outside the physical band of INIT's frames (a bond beyond 0.5x..1.5x their "
     "shortest..longest, or two non-bonded beads closer than half their closest pair); exit 5, frames kept.",
 )
 @click.option("--force", is_flag=True, help="Replace existing output files.")
-def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, stop_unstable, force):
+def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, noise, seed, stop_unstable, force):
     """Extrapolate trajectories from frames of INIT with BUNDLE (a folder or a .tar.gz).
 
     INIT is a trajectory (T, 12, 2|3) in the dmol-book format or one frame. All starting frames roll out
@@ -145,6 +156,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
             idx = np.asarray(starts)
             previous = np.stack([frames[idx - h + i] for i in range(h)], axis=1)
         init_frames = frames[np.asarray(starts)]
+        scale, sampler = _noise_of(b, noise, seed, starts)
         total = steps * len(starts)
         t0 = time.perf_counter()
         if total >= PROGRESS_THRESHOLD:
@@ -157,15 +169,31 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
                     max_distance=max_distance,
                     stop=stop,
                     stop_reason=reason,
+                    noise=sampler,
                     progress=bar.update,
                 )
         else:
             result = run(
-                b, init_frames, steps, previous=previous, max_distance=max_distance, stop=stop, stop_reason=reason
+                b,
+                init_frames,
+                steps,
+                previous=previous,
+                max_distance=max_distance,
+                stop=stop,
+                stop_reason=reason,
+                noise=sampler,
             )
         elapsed = time.perf_counter() - t0
         with atomic_outputs(outputs, suffix=".tmp", replace=force) as tmps:  # both files or neither
-            write_rollout_file(tmps[0], result, starts=starts, bundle_sha256=b.sha256, source=str(init))
+            write_rollout_file(
+                tmps[0],
+                result,
+                starts=starts,
+                bundle_sha256=b.sha256,
+                source=str(init),
+                noise_scale=scale,
+                noise_seed=seed if sampler is not None else -1,
+            )
             if xyz is not None:
                 write_xyz_file(tmps[1], result.traj, starts)
     written = f"{output}" + (f" and {xyz}" if xyz is not None else "")
@@ -294,6 +322,30 @@ def inspect(bundle, as_json):
     click.echo("\n".join(one_line(line) for line in lines))  # names from the file system and the manifest
 
 
+def _noise_of(b, noise: str, seed: int, starts):
+    """``--noise`` as (scale, sampler or None)."""
+    from .._noise import RolloutNoise
+
+    if noise == "none":
+        return 0.0, None
+    if noise == "fitted":
+        if b.noise_scale is None:
+            raise UsageError(
+                f"--noise fitted: {b.path} records no model.noise_scale (exported before sampled rollouts); "
+                "pass a number or re-export the checkpoint"
+            )
+        scale = b.noise_scale
+    else:
+        try:
+            scale = float(noise)
+        except ValueError:
+            raise UsageError(f"--noise: got {noise!r}; pass none, fitted or a number >= 0") from None
+    positive("--seed", seed, zero_ok=True)
+    if not (np.isfinite(scale) and scale >= 0):
+        raise UsageError(f"--noise: got {noise!r}; pass none, fitted or a finite number >= 0")
+    return scale, RolloutNoise(scale, seed, starts)
+
+
 def _history_lines(model: dict) -> list[str]:
     """What a step needs and promises: the AR window and its coefficients, and the relabellings it commutes with."""
     lines = []
@@ -305,6 +357,12 @@ def _history_lines(model: dict) -> list[str]:
             f"history     {k} frames (the current one and {k - 1} before); the output corrects AR({k}): "
             f"x_t + sum_j b_j (x_(t-j+1) - x_(t-j)), b = [{', '.join(f'{v:.6g}' for v in coefs)}] "
             f"(= sum_i c_i x_(t-i), c = [{', '.join(f'{v:.6g}' for v in c)}])"
+        )
+    noise = model.get("noise_scale")
+    if isinstance(noise, int | float) and not isinstance(noise, bool):
+        lines.append(
+            f"sampling    noise_scale {noise:.4g} per coordinate (the RMS one-step training residual; "
+            "rollout --noise fitted)"
         )
     perm = model.get("permutation", "any")
     lines.append(

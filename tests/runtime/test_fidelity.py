@@ -82,3 +82,22 @@ def test_report_for_a_bundle_and_the_suite_with_the_noise_floor(history_bundle):
     assert persistence["stable_fraction"] == 1.0 and persistence["motion_ratio"]["lag=1"] == 0.0  # it freezes
     text = format_fidelity(rep["_rows"], rep["_bands"], floor=rep["floor"])
     assert "noise floor" in text and "unstable at the first non-finite value" in text
+
+
+def test_a_bundle_with_a_noise_scale_also_gets_a_sampled_row(make_bundle):
+    import json
+
+    from _toys import rehash
+
+    from e3traj.runtime import Bundle, resolve_data
+
+    d = make_bundle("history")
+    m = json.loads((d / "manifest.json").read_text())
+    m["model"]["noise_scale"] = 1e-4
+    (d / "manifest.json").write_text(json.dumps(m))
+    rehash(d)
+    data = resolve_data("sim", sim_frames=300)
+    with Bundle.open(d) as b:
+        assert b.noise_scale == 1e-4
+        rep = fidelity_report(b, data, steps=20, n_starts=2, seed=0)
+    assert [r["name"] for r in rep["rows"]][:2] == ["model (e3nn-history)", "model, sampled (0.0001)"]

@@ -49,3 +49,16 @@ def test_stop_unstable_lets_a_physical_rollout_run_to_the_end(cli, toy_bundle, t
     traj = _traj(tmp_path, 40)
     r = cli("rollout", toy_bundle, traj, "-o", tmp_path / "ok.npz", "--steps", 5, "--frames", "3", "--stop-unstable")
     assert r.exit_code == 0, r.output
+
+
+def test_rollout_noise_options(cli, toy_bundle, tmp_path, cli_error):
+    traj = _traj(tmp_path, 40)
+    out = tmp_path / "s.npz"
+    r = cli("rollout", toy_bundle, traj, "-o", out, "--steps", 5, "--frames", "3,9", "--noise", "0.001", "--seed", 4)
+    assert r.exit_code == 0, r.output
+    with np.load(out, allow_pickle=False) as z:
+        assert float(z["noise_scale"]) == 0.001 and int(z["noise_seed"]) == 4
+    r = cli("rollout", toy_bundle, traj, "-o", tmp_path / "f.npz", "--steps", 5, "--noise", "fitted")
+    cli_error(r, 2, "--noise fitted", "noise_scale", "re-export")
+    r = cli("rollout", toy_bundle, traj, "-o", tmp_path / "f.npz", "--steps", 5, "--noise", "loud")
+    cli_error(r, 2, "--noise", "'loud'")

@@ -1,0 +1,70 @@
+"""Sampled rollouts: isotropic Gaussian noise on every predicted frame, with a scale fitted on the training
+residuals, seeded per start (numpy only).
+
+A deterministic model of a Langevin system predicts the mean of the next frame and loses the thermal noise, so
+its rollouts freeze. Adding noise of the size of its one-step residuals samples trajectories instead of
+predicting one. The noise is isotropic, so the sampled process is E(3)-equivariant in distribution; on planar
+data it is drawn in the chain's own plane (found from the frame), so a planar chain stays planar. Every start has
+its own generator, seeded by ``(seed, start frame)``: splitting the starts over several runs never changes a
+trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._contract import N_BEADS
+from ._errors import UsageError
+
+__all__ = ["RolloutNoise", "residual_scale"]
+
+
+def residual_scale(predictor, frames: np.ndarray, lo: int, hi: int) -> float:
+    """RMS one-step residual per moving coordinate of ``predictor`` on the pairs ``t -> t + 1``, ``lo <= t < hi``.
+
+    On planar data (z = 0 everywhere) the z coordinate, which never moves, is not counted.
+    Shapes: ``frames`` ``(T, 12, 3)``.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    h = int(predictor.history)
+    ts = np.arange(max(lo, h), hi)
+    if not len(ts):
+        raise UsageError(f"residual_scale: no pairs in [{lo}, {hi}) with {h} frames before them")
+    past = np.stack([frames[ts - h + i] for i in range(h)], axis=1) if h else None
+    pred = predictor.step(frames[ts], past) if h else predictor.step(frames[ts])
+    res = pred - frames[ts + 1]
+    ncoord = 2 if np.all(frames[..., 2] == 0) else 3
+    return float(np.sqrt(np.sum(res * res) / (res[..., 0].size * ncoord)))
+
+
+class RolloutNoise:
+    """``noise(frames) -> eps``: one draw per start and step, ``scale`` per coordinate.
+
+    ``starts``: the frame index of each batch row in its trajectory (seeds its generator with ``seed``).
+    Shapes: ``frames`` ``(B, 12, 3)`` -> ``(B, 12, 3)``.
+    """
+
+    def __init__(self, scale: float, seed: int, starts: Sequence[int] | np.ndarray) -> None:
+        if not (isinstance(scale, int | float) and not isinstance(scale, bool) and np.isfinite(scale) and scale >= 0):
+            raise UsageError(f"noise scale: got {scale!r}; pass a finite number >= 0")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise UsageError(f"seed: got {seed!r}; pass an integer >= 0")
+        self.scale = float(scale)
+        self.seed = int(seed)
+        self._rngs = [np.random.default_rng([int(seed), int(s)]) for s in np.asarray(starts, dtype=np.int64)]
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        if len(frames) != len(self._rngs):
+            raise UsageError(f"noise: {len(frames)} frames for {len(self._rngs)} starts")
+        eps = np.stack([g.standard_normal((N_BEADS, 3)) for g in self._rngs]) * self.scale
+        planar = np.all(frames[..., 2] == 0, axis=-1)  # (B,): exactly planar frames keep z = 0
+        eps[planar, :, 2] = 0.0
+        for b in np.flatnonzero(~planar):
+            centred = frames[b] - frames[b].mean(axis=0)
+            _, sv, vt = np.linalg.svd(centred, full_matrices=True)
+            if sv[-1] <= 1e-6 * sv[0]:  # in a plane of its own (a rotated planar chain, up to float32 rounding)
+                n = vt[-1]
+                eps[b] -= np.outer(eps[b] @ n, n)
+        return eps
