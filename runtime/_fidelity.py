@@ -234,7 +234,7 @@ def format_fidelity(rows: Sequence[FidelityRow], bands: Bands, *, floor: Mapping
 
 
 def fidelity_report(
-    bundle, data, *, steps: int = 1000, n_starts: int = 8, seed: int = 0, simulated: bool = False
+    bundle, data, *, steps: int = 1000, n_starts: int = 8, seed: int = 0, simulated: bool = False, keep: bool = False
 ) -> dict:
     """Roll ``bundle`` (an open :class:`~e3traj.runtime.Bundle`) and the predictor suite out for ``steps`` steps
     from ``n_starts`` seeded starting frames of ``data`` (a :class:`~e3traj.runtime.DataSource`), and score them.
@@ -243,7 +243,8 @@ def fidelity_report(
     simulation of ``max(2048, n_starts * steps)`` frames (seed ``seed + 1``); then the noise floor is the same
     W1 distance between that reference and a second independent simulation of ``n_starts * steps`` frames.
 
-    Returns ``{"rows": [FidelityRow.to_dict()...], "bands": ..., "floor": {...} | None, "starts": [...], ...}``.
+    Returns ``{"rows": [FidelityRow.to_dict()...], "bands": ..., "floor": {...} | None, "starts": [...], ...}``;
+    with ``keep``, also ``"_trajs"`` (label -> trajectory) and ``"_reference"`` (the reference frames) for figures.
     """
     from ._data import split_pairs
     from ._predictors import predictor_suite
@@ -285,7 +286,7 @@ def fidelity_report(
     if scale:  # sampled: the model plus noise of its training residuals' size
         runs.append(("sampled", bundle, RolloutNoise(scale, seed, starts)))
     runs += [(name, p, None) for name, p in suite.items()]
-    rows = []
+    rows, trajs = [], {}
     for name, p, noise in runs:
         ph = int(p.history)
         previous = np.stack([frames[starts - ph + i] for i in range(ph)], axis=1) if ph else None
@@ -299,6 +300,8 @@ def fidelity_report(
                 name, name.replace("_", " ")
             )
         rows.append(fidelity_row(label, traj, reference, bands))
+        if keep:
+            trajs[label] = traj
     return {
         "steps": steps,
         "starts": [int(s) for s in starts],
@@ -310,4 +313,5 @@ def fidelity_report(
         "rows": [r.to_dict() for r in rows],
         "_rows": rows,
         "_bands": bands,
+        **({"_trajs": trajs, "_reference": reference} if keep else {}),
     }

@@ -177,3 +177,19 @@ def _training(curves, manifests, out: Path) -> str:
     data = f" (data: {sources.pop()})" if len(sources) == 1 and "None" not in sources else ""
     plot_training(curves, out, title=f"Training: validation MSE vs wall time{data}")
     return ", ".join(f"{c.label}: {len(c.time)} epochs" for c in curves)
+
+
+def _fidelity(b, label: str, ds, data_name: str, steps: int, n_starts: int, seed: int, out: Path) -> str:
+    from ._fidelity import fidelity_report
+    from ._plot_fidelity import plot_fidelity
+
+    rep = fidelity_report(b, ds, steps=steps, n_starts=n_starts, seed=seed, simulated=data_name == "sim", keep=True)
+    plot_fidelity(
+        rep["rows"],
+        rep["_trajs"],
+        rep["_reference"],
+        out,
+        title=f"Long rollouts: {label} vs the predictor suite ({data_name}, {steps} steps, "
+        f"{len(rep['starts'])} starts; reference: {rep['reference']})",
+    )
+    return "stable to the end: " + ", ".join(f"{r['name']} {r['stable_fraction']:.0%}" for r in rep["rows"])

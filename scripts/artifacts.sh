@@ -39,6 +39,7 @@ elif paths=$(python -c "from e3traj.runtime import dmol_path; print(dmol_path(do
     artifacts/dmol-baseline -o docs/equivariance.png --force
   e3traj plot rmsd artifacts/dmol-e3nn-history --data dmol -o docs/rmsd-history.png --force
   e3traj plot parity artifacts/dmol-e3nn --data dmol -o docs/parity-e3nn.png --force
+  e3traj plot fidelity artifacts/dmol-e3nn-history --data dmol --steps 1000 --starts 8 -o docs/fidelity.png --force
 else
   echo "the chapter's paths.npz is not available here: kept the committed dmol-* bundles as they are"
 fi

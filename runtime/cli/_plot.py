@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from .._errors import InputError, UsageError
-from .._figures import _equivariance, _parity, _rmsd, _str_field, _training, _trajectory, load_rollout
+from .._figures import _equivariance, _fidelity, _parity, _rmsd, _str_field, _training, _trajectory, load_rollout
 from .._io import check_output_path, replacing
 from ._options import MAX_TRIALS, positive
 
@@ -181,6 +181,33 @@ def rmsd(bundle, data, output, force, n_starts, horizon):
     ds = resolve_data(data)
     with Bundle.open(bundle) as b:
         summary = _rmsd(b, b.kind, ds, _data_label(ds), n_starts, horizon, out)
+    click.echo(f"wrote {out}: {summary}")
+
+
+@plot.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="Trajectory file, 'sim' or 'dmol'.")
+@_output_option
+@click.option("--steps", default=1000, show_default=True, type=int, help="Steps of every rollout.")
+@click.option("--starts", "n_starts", default=8, show_default=True, type=int, help="Seeded starting frames.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the starts (and of the reference).")
+@_honours_force
+def fidelity(bundle, data, output, force, steps, n_starts, seed):
+    """Long rollouts of BUNDLE and the predictor suite from seeded frames of DATA (see 'e3traj fidelity'): the
+    share of starts still physical against steps, and bond-length and radius-of-gyration densities of the
+    stable parts against the reference's.
+    """
+    from .._bundle import Bundle
+    from .._sources import resolve_data
+    from ._fidelity import MAX_STARTS, MAX_STEPS
+
+    positive("--steps", steps, maximum=MAX_STEPS)
+    positive("--starts", n_starts, maximum=MAX_STARTS)
+    positive("--seed", seed, zero_ok=True)
+    out = _prepare(output, _data_inputs(data), [bundle], force)
+    ds = resolve_data(data)
+    with Bundle.open(bundle) as b:
+        summary = _fidelity(b, b.kind, ds, "sim" if data == "sim" else _data_label(ds), steps, n_starts, seed, out)
     click.echo(f"wrote {out}: {summary}")
 
 

@@ -125,3 +125,18 @@ def test_plot_without_matplotlib_says_how_to_install(args):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "pip install 'e3traj[plot]'" in lines[0]
+
+
+def test_plot_fidelity_draws_the_stability_and_distribution_panels(cli, toy_bundle, tmp_path):
+    import numpy as np
+
+    from e3traj.runtime._simulate import simulate
+
+    xy = simulate(frames=200, seed=3)
+    traj = tmp_path / "t.npy"
+    np.save(traj, np.concatenate([xy, np.zeros(xy.shape[:2] + (1,))], axis=-1))
+    out = tmp_path / "fid.png"
+    r = cli("plot", "fidelity", toy_bundle, "--data", traj, "--steps", 30, "--starts", 3, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 10_000 and "stable to the end: model (e3nn)" in r.output
+    assert "persistence 100%" in r.output
