@@ -18,7 +18,6 @@ from ._contract import (
     POSITIONS,
     PREVIOUS_DISPLACEMENT,
     PREVIOUS_DISPLACEMENTS,
-    VELOCITY_CORRECTION,
     as_past,
     next_frame,
     past_displacements,
@@ -299,7 +298,9 @@ class Bundle:
         oldest first (or ``(B, 12, 3)`` when one frame is needed).
         """
         x = np.asarray(positions, dtype=np.float64)
-        past = self._past(x, previous)
+        return self._inputs(x, self._past(x, previous))
+
+    def _inputs(self, x: np.ndarray, past: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {}
         for name, meaning in self._input_meanings.items():
             if meaning == POSITIONS:
@@ -332,11 +333,9 @@ class Bundle:
         Shapes: ``positions`` ``(B, 12, 3)``; ``previous`` as in :meth:`model_inputs` -> ``(B, 12, 3)`` float64.
         """
         x = np.asarray(positions, dtype=np.float64)
-        y = self.predict(self.model_inputs(x, previous))
         past = self._past(x, previous)
+        y = self.predict(self._inputs(x, past))
         with np.errstate(all="ignore"):
-            if self.output_meaning == VELOCITY_CORRECTION:
-                return next_frame(self.output_meaning, x, y, past[:, -1])
             return next_frame(self.output_meaning, x, y, past, self.ar_coefficients)
 
     # ---- the stored example

@@ -89,9 +89,11 @@ def as_past(previous, history: int, batch_shape):
     if history == 1 and shape == tuple(batch_shape):
         return previous[:, None]
     if len(shape) != 4 or shape[0] != batch_shape[0] or shape[2:] != tuple(batch_shape[1:]) or shape[1] < history:
+        rest = ", ".join(str(d) for d in batch_shape[1:])
         raise ValueError(
-            f"previous frames: shape {shape}; expected ({batch_shape[0]}, H >= {history}, "
-            f"{', '.join(str(d) for d in batch_shape[1:])}) (chronological, the last is the frame before)"
+            f"previous: shape {shape}; expected ({batch_shape[0]}, {history}, {rest}), the {history} frame(s) "
+            f"before, oldest first (or ({batch_shape[0]}, H >= {history}, {rest}): the last {history} are used)"
+            + (f", or ({batch_shape[0]}, {rest})" if history == 1 else "")
         )
     return previous[:, shape[1] - history :]
 
@@ -124,8 +126,8 @@ def next_frame(meaning: str, x, prediction, previous=None, coefficients=()):
     (constant velocity plus the correction; with ``y = 0`` it is constant-velocity extrapolation);
     ``ar_correction``: :func:`ar_extrapolate` ``+ y`` (``previous``: the past frames, chronological).
 
-    Shapes: ``x``, ``prediction`` ``(B, 12, 3)`` (numpy or torch) -> ``(B, 12, 3)``; ``previous`` ``(B, 12, 3)``,
-    or ``(B, H, 12, 3)`` for ``ar_correction``.
+    Shapes: ``x``, ``prediction`` ``(B, 12, 3)`` (numpy or torch) -> ``(B, 12, 3)``; ``previous`` ``(B, 12, 3)``
+    (the frame before) or ``(B, H, 12, 3)`` (the past frames, oldest first; ``ar_correction`` needs these).
     """
     if meaning == AR_CORRECTION:
         if previous is None or len(tuple(coefficients)) == 0:
@@ -138,5 +140,7 @@ def next_frame(meaning: str, x, prediction, previous=None, coefficients=()):
     if meaning == VELOCITY_CORRECTION:
         if previous is None:
             raise ValueError("next_frame: 'velocity_correction' needs the previous frame, got None")
+        if previous.ndim == 4:  # the past frames (B, H, 12, 3): the last is the frame before
+            previous = previous[:, -1]
         return x + (x - previous) + prediction
     raise ValueError(f"next_frame: meaning must be one of {OUTPUT_MEANINGS}, got {meaning!r}")

@@ -23,6 +23,7 @@ __all__ = [
     "save_trajectory",
     "validate_frames",
     "lift_to_3d",
+    "frames_before",
     "Split",
     "split_pairs",
     "frames_sha256",
@@ -170,6 +171,16 @@ def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
         raise InputError(
             f"{name}: could not read the .npz ({first_line(exc)}); the file may be truncated or corrupt"
         ) from None
+
+
+def frames_before(frames: np.ndarray, idx, h: int) -> np.ndarray | None:
+    """The ``h`` frames before each index, oldest first (what a step with history ``h`` needs); None when h = 0.
+
+    Shapes: ``frames`` ``(T, 12, 3)``, ``idx`` ``(n,)`` with every index >= h -> ``(n, h, 12, 3)``.
+    """
+    if not h:
+        return None
+    return np.asarray(frames)[np.asarray(idx, dtype=np.int64)[:, None] + np.arange(-int(h), 0)[None, :]]
 
 
 def lift_to_3d(frames: np.ndarray) -> np.ndarray:

@@ -246,7 +246,7 @@ def fidelity_report(
     Returns ``{"rows": [FidelityRow.to_dict()...], "bands": ..., "floor": {...} | None, "starts": [...], ...}``;
     with ``keep``, also ``"_trajs"`` (label -> trajectory) and ``"_reference"`` (the reference frames) for figures.
     """
-    from ._data import split_pairs
+    from ._data import frames_before, split_pairs
     from ._predictors import predictor_suite
     from ._rollout import rollout
 
@@ -288,9 +288,7 @@ def fidelity_report(
     runs += [(name, p, None) for name, p in suite.items()]
     rows, trajs = [], {}
     for name, p, noise in runs:
-        ph = int(p.history)
-        previous = np.stack([frames[starts - ph + i] for i in range(ph)], axis=1) if ph else None
-        res = rollout(p, frames[starts], steps, previous=previous, noise=noise)
+        res = rollout(p, frames[starts], steps, previous=frames_before(frames, starts, int(p.history)), noise=noise)
         traj = np.full((steps + 1,) + res.traj.shape[1:], np.nan)
         traj[: len(res.traj)] = res.traj  # a stopped rollout: NaN after its last frame (unstable from there)
         if name == "sampled":

@@ -98,12 +98,12 @@ def _trajectory(
 
 def _parity(b, label: str, ds, data_name: str, out: Path) -> str:
     from ._data import split_pairs
-    from ._metrics import _pairs
     from ._plot import plot_parity
     from ._plot_data import r2_score
+    from ._predictors import validation_windows
 
     split = split_pairs(ds.frames)
-    x, past, y = _pairs(split, b.history)
+    x, past, y = validation_windows(split, b.history)
     with np.errstate(all="ignore"):
         pred = b.step(x, past) if b.history else b.step(x)
         pred_d, true_d = pred - x, y - x
@@ -179,11 +179,13 @@ def _training(curves, manifests, out: Path) -> str:
     return ", ".join(f"{c.label}: {len(c.time)} epochs" for c in curves)
 
 
-def _fidelity(b, label: str, ds, data_name: str, steps: int, n_starts: int, seed: int, out: Path) -> str:
+def _fidelity(
+    b, label: str, ds, data_name: str, steps: int, n_starts: int, seed: int, out: Path, *, simulated: bool
+) -> str:
     from ._fidelity import fidelity_report
     from ._plot_fidelity import plot_fidelity
 
-    rep = fidelity_report(b, ds, steps=steps, n_starts=n_starts, seed=seed, simulated=data_name == "sim", keep=True)
+    rep = fidelity_report(b, ds, steps=steps, n_starts=n_starts, seed=seed, simulated=simulated, keep=True)
     plot_fidelity(
         rep["rows"],
         rep["_trajs"],

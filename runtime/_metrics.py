@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ._contract import as_past
-from ._data import N_BEADS, Split, lift_to_3d, split_pairs
+from ._data import N_BEADS, Split, frames_before, lift_to_3d, split_pairs
 from ._errors import InputError
-from ._predictors import CONSTANT_VELOCITY, PERSISTENCE, best_of, predictor_suite
+from ._predictors import CONSTANT_VELOCITY, PERSISTENCE, best_of, predictor_suite, validation_windows
 from ._rollout import rollout
 
 __all__ = [
@@ -97,18 +97,6 @@ def as_predictor(p):
     raise TypeError(f"not a predictor: {p!r}")
 
 
-def _pairs(split: Split, h: int):
-    """Validation inputs, the ``h`` frames before each, and labels. Shapes: (n, 12, 3), (n, h, 12, 3), (n, 12, 3)."""
-    frames = split.frames
-    ts = np.arange(split.val_start, len(frames) - 1)
-    if split.val_start < h:
-        raise InputError(
-            f"trajectory: {h} frames are needed before the first validation pair, it has {split.val_start}"
-        )
-    past = np.stack([frames[ts - h + i] for i in range(h)], axis=1) if h else None
-    return frames[ts], past, frames[ts + 1]
-
-
 def _predict(p, x, past, batch_size: int = 4096) -> np.ndarray:
     h = int(p.history)
     parts = []
@@ -130,7 +118,7 @@ def one_step_metrics(model, split: Split, suite: Mapping | None = None, batch_si
     model = as_predictor(model)
     suite = dict(predictor_suite(split) if suite is None else suite)
     h = max([int(model.history)] + [int(p.history) for p in suite.values()])
-    x, past, y = _pairs(split, h)
+    x, past, y = validation_windows(split, h)
     m = mse(_predict(model, x, past, batch_size), y)
     out: dict = {"val_mse": m, "val_rmse": float(np.sqrt(m))}
     scores = {name: mse(_predict(p, x, past, batch_size), y) for name, p in suite.items()}
@@ -168,7 +156,7 @@ def _roll(step, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndar
     """
     p = as_predictor(step)
     h = int(p.history)
-    previous = np.stack([frames[starts - h + i] for i in range(h)], axis=1) if h else None
+    previous = frames_before(frames, starts, h)
     res = rollout(p, frames[starts], horizon, previous=previous)
     out = np.full((horizon + 1, len(starts), N_BEADS, 3), np.nan)
     out[: len(res.traj)] = res.traj

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._contract import N_BEADS
+from ._data import frames_before
 from ._errors import UsageError
 
 __all__ = ["RolloutNoise", "residual_scale"]
@@ -32,7 +33,7 @@ def residual_scale(predictor, frames: np.ndarray, lo: int, hi: int) -> float:
     ts = np.arange(max(lo, h), hi)
     if not len(ts):
         raise UsageError(f"residual_scale: no pairs in [{lo}, {hi}) with {h} frames before them")
-    past = np.stack([frames[ts - h + i] for i in range(h)], axis=1) if h else None
+    past = frames_before(frames, ts, h)
     pred = predictor.step(frames[ts], past) if h else predictor.step(frames[ts])
     res = pred - frames[ts + 1]
     ncoord = 2 if np.all(frames[..., 2] == 0) else 3

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._contract import ar_extrapolate, as_past, past_displacements
-from ._data import Split
+from ._data import Split, frames_before
+from ._errors import InputError
 
 __all__ = [
     "LinearExtrapolation",
@@ -78,8 +79,7 @@ def _windows(frames: np.ndarray, ts: np.ndarray, h: int) -> tuple[np.ndarray, np
 
     Shapes: -> ``(n, 12, 3)``, ``(n, h, 12, 3)``, ``(n, 12, 3)``.
     """
-    past = np.stack([frames[ts - h + i] for i in range(h)], axis=1) if h else np.zeros((len(ts), 0) + frames.shape[1:])
-    return frames[ts], past, frames[ts + 1]
+    return frames[ts], frames_before(frames, ts, h), frames[ts + 1]
 
 
 def fit_ar(split: Split, order: int) -> LinearExtrapolation:
@@ -103,10 +103,22 @@ def fit_ar(split: Split, order: int) -> LinearExtrapolation:
     return LinearExtrapolation(f"ar{order}", f"AR({order}), fitted", tuple(float(v) for v in b))
 
 
-def _val_mse(p, split: Split, h: int) -> float:
+def validation_windows(split: Split, h: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Every validation pair's input, the ``h`` frames before it and its label (what every predictor is scored on).
+
+    Shapes: -> ``(n, 12, 3)``, ``(n, h, 12, 3)`` (None for h = 0), ``(n, 12, 3)``.
+    Raises InputError when the first validation pair has fewer than ``h`` frames before it.
+    """
+    if split.val_start < h:
+        raise InputError(
+            f"trajectory: {h} frames are needed before the first validation pair, it has {split.val_start}"
+        )
     frames = np.asarray(split.frames, dtype=np.float64)
-    ts = np.arange(split.val_start, len(frames) - 1)
-    x, past, y = _windows(frames, ts, h)
+    return _windows(frames, np.arange(split.val_start, len(frames) - 1), h)
+
+
+def _val_mse(p, split: Split, h: int) -> float:
+    x, past, y = validation_windows(split, h)
     d = p.step(x, past) - y
     return float(np.mean(d * d))
 

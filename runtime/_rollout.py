@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._contract import as_past
 from ._data import N_BEADS
 from ._errors import InputError, UsageError
 from ._io import atomic_output
@@ -62,14 +63,11 @@ def _past(previous, h: int, shape: tuple[int, ...]) -> np.ndarray:
     p = np.asarray(previous)
     if p.dtype.kind not in "fiu":
         raise UsageError(f"previous: dtype {p.dtype} is not numeric")
-    if h == 1 and p.shape == shape:
-        p = p[:, None]
-    if p.ndim != 4 or p.shape[0] != shape[0] or p.shape[2:] != shape[1:] or p.shape[1] < h:
-        raise UsageError(
-            f"previous: shape {p.shape}; expected ({shape[0]}, {h}, {N_BEADS}, 3), the {h} frame(s) before each "
-            f"start, oldest first" + (f", or ({shape[0]}, {N_BEADS}, 3)" if h == 1 else "")
-        )
-    p = np.swapaxes(p[:, p.shape[1] - h :], 0, 1).astype(np.float64)
+    try:
+        p = as_past(p, h, shape)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    p = np.swapaxes(p, 0, 1).astype(np.float64)
     if not np.all(np.isfinite(p)):
         raise InputError("previous: non-finite value (NaN or Inf); start from finite frames")
     return p

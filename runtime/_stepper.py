@@ -87,10 +87,9 @@ def make_stepper(bundle, batch: int):
             out[...] = pred
         elif meaning == AR_CORRECTION:
             out[...] = x
-            for j, b in enumerate(coefficients):
+            for j, b in enumerate(coefficients):  # ar_extrapolate's order: out = out + b_j d_j
                 np.multiply(b, disps[j], out=term)
-                np.add(out, term, out=term)
-                out[...] = term
+                np.add(out, term, out=out)
             np.add(out, pred, out=out)
         else:
             np.add(x, velocity, out=out)

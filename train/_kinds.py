@@ -119,7 +119,6 @@ def _history(config, scale, input_scale, seed, spec):
 
 def _history_prepare(split, x, past, y, history):
     """Fit AR(K) (the runtime's fit, so the model corrects the very AR(K) of the reports) and the linear head."""
-    import torch
 
     from e3traj.runtime import InputError, fit_ar
 
@@ -138,7 +137,6 @@ def _history_prepare(split, x, past, y, history):
         "length_scale": length,
         "ar_coefficients": [float(c) for c in ar.coefficients],
         "head_weights": [float(v) for v in w],
-        "_head_vectors": (feats @ w.to(feats.dtype)).to(torch.float32).double(),  # what the float32 head adds
     }
 
 
@@ -148,11 +146,9 @@ def _history_target(x, y, past, spec):
 
     from ._history import ChainFeatures
 
-    head = spec.get("_head_vectors")
-    if head is None or head.shape != x.shape:
-        f = ChainFeatures(x.shape[1], spec["length_scale"])
-        d = (x - past[:, -1]).float()
-        head = (f(x.float(), d) @ torch.as_tensor(spec["head_weights"], dtype=torch.float32)).double()
+    feats = ChainFeatures(x.shape[1], spec["length_scale"]).double()(x, x - past[:, -1])
+    w = torch.as_tensor(spec["head_weights"], dtype=torch.float64)
+    head = (feats @ w).to(torch.float32).double()  # the head in float64, rounded as the float32 model holds it
     return y - C.ar_extrapolate(x, past, spec["ar_coefficients"]) - head
 
 

@@ -133,8 +133,6 @@ def model_inputs(kind: ModelKind, x: torch.Tensor, past: torch.Tensor | None) ->
 def _predict_next(model: torch.nn.Module, kind: ModelKind, spec: dict, x: torch.Tensor, past) -> torch.Tensor:
     """Next positions (float64) from float64 positions and the frames before; the model sees float32."""
     y = model(*[a.float() for a in model_inputs(kind, x, past)]).double()
-    if kind.output == C.VELOCITY_CORRECTION:
-        return C.next_frame(kind.output, x, y, past[:, -1])
     return C.next_frame(kind.output, x, y, past, spec.get("ar_coefficients", ()))
 
 
@@ -164,7 +162,7 @@ def step_function(model: torch.nn.Module, kind: ModelKind | str, spec: dict | No
 def _windows(frames: torch.Tensor, lo: int, hi: int, h: int):
     """x = frames[t], past = frames[t-h:t] (chronological), y = frames[t+1] for t in [max(lo, h), hi)."""
     ts = torch.arange(max(lo, h), hi)
-    past = torch.stack([frames[ts - h + i] for i in range(h)], dim=1) if h else None
+    past = frames[ts[:, None] + torch.arange(-h, 0)[None, :]] if h else None  # as runtime's frames_before
     return frames[ts], past, frames[ts + 1]
 
 
@@ -226,7 +224,6 @@ def train_model(
     inputs64 = model_inputs(kind, x64, past64)
     inputs32 = [a.float() for a in inputs64]
     target64 = kind.target(x64, y64, past64, spec)  # what the output stands for: displacement or correction
-    spec = {k: v for k, v in spec.items() if not k.startswith("_")}
     scale = float(torch.sqrt((target64**2).mean()))
     d1 = (x64 - past64[:, -1]) if h else None
     # the RMS of the float32 displacements the model sees (as the velocity bundles were built)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -110,7 +111,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
     the command exits with code 5.
     """
     from .._bundle import Bundle
-    from .._data import load_trajectory
+    from .._data import frames_before, load_trajectory
     from .._io import atomic_outputs
     from .._rollout import rollout as run
     from .._rollout import write_rollout_file, write_xyz_file
@@ -153,26 +154,15 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
                 raise UsageError(
                     f"--frames: frame {early[0]} lacks {before}, which this {what} bundle needs; start at {h} or later"
                 )
-            idx = np.asarray(starts)
-            previous = np.stack([frames[idx - h + i] for i in range(h)], axis=1)
+            previous = frames_before(frames, starts, h)
         init_frames = frames[np.asarray(starts)]
         scale, sampler = _noise_of(b, noise, seed, starts)
         total = steps * len(starts)
         t0 = time.perf_counter()
-        if total >= PROGRESS_THRESHOLD:
-            with click.progressbar(length=steps, label="rollout", file=sys.stderr) as bar:
-                result = run(
-                    b,
-                    init_frames,
-                    steps,
-                    previous=previous,
-                    max_distance=max_distance,
-                    stop=stop,
-                    stop_reason=reason,
-                    noise=sampler,
-                    progress=bar.update,
-                )
-        else:
+        with contextlib.ExitStack() as stack:
+            bar = None
+            if total >= PROGRESS_THRESHOLD:
+                bar = stack.enter_context(click.progressbar(length=steps, label="rollout", file=sys.stderr))
             result = run(
                 b,
                 init_frames,
@@ -182,6 +172,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
                 stop=stop,
                 stop_reason=reason,
                 noise=sampler,
+                progress=None if bar is None else bar.update,
             )
         elapsed = time.perf_counter() - t0
         with atomic_outputs(outputs, suffix=".tmp", replace=force) as tmps:  # both files or neither

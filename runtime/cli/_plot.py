@@ -207,7 +207,7 @@ def fidelity(bundle, data, output, force, steps, n_starts, seed):
     out = _prepare(output, _data_inputs(data), [bundle], force)
     ds = resolve_data(data)
     with Bundle.open(bundle) as b:
-        summary = _fidelity(b, b.kind, ds, "sim" if data == "sim" else _data_label(ds), steps, n_starts, seed, out)
+        summary = _fidelity(b, b.kind, ds, _data_label(ds), steps, n_starts, seed, out, simulated=data == "sim")
     click.echo(f"wrote {out}: {summary}")
 
 
