@@ -40,7 +40,8 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
     spec = ckpt.get("spec") or {}
     model_extra: dict[str, Any] = {"permutation": KINDS[kind].permutation}
     if ckpt.get("noise_scale") is not None:
-        model_extra["noise_scale"] = float(ckpt["noise_scale"])  # RMS one-step training residual per coordinate
+        model_extra["noise_scale"] = float(ckpt["noise_scale"])  # per coordinate, fitted by noise_rule
+        model_extra["noise_rule"] = str(ckpt.get("noise_rule", "residual"))
     if KINDS[kind].window:
         model_extra.update(
             history_frames=int(spec["history"]) + 1,

@@ -174,9 +174,13 @@ class Bundle:
 
     @property
     def noise_scale(self) -> float | None:
-        """``model.noise_scale``: the RMS one-step training residual per coordinate (sampled rollouts), or None."""
-        v = self._manifest.get("model", {}).get("noise_scale")
-        return None if v is None else float(v)
+        """``model.noise_scale``: the sampled rollouts' noise per coordinate (see :attr:`noise_rule`), or None."""
+        return None if (v := self._manifest.get("model", {}).get("noise_scale")) is None else float(v)
+
+    @property
+    def noise_rule(self) -> str:
+        """``model.noise_rule``: how ``noise_scale`` was fitted (:data:`contract.NOISE_RULES`)."""
+        return str(self._manifest.get("model", {}).get("noise_rule", "residual"))
 
     @property
     def permutation(self) -> str:

@@ -18,6 +18,7 @@ __all__ = [
     "AR_CORRECTION",
     "OUTPUT_MEANINGS",
     "PERMUTATIONS",
+    "NOISE_RULES",
     "OUTPUT_NAME",
     "needs_previous",
     "history_length",
@@ -48,6 +49,11 @@ OUTPUT_MEANINGS = (DISPLACEMENT, NEXT_POSITIONS, VELOCITY_CORRECTION, AR_CORRECT
 #: What relabellings of the beads a model promises to commute with: ``any`` (a complete graph that ignores the
 #: chain), ``chain_reversal`` (a model that knows the bonds: only bead i -> N - 1 - i carries the chain along).
 PERMUTATIONS = ("any", "chain_reversal")
+
+#: How a bundle's ``model.noise_scale`` was fitted: ``residual`` (the RMS one-step training residual) or
+#: ``thermostat`` (the noise whose steady state under the model's damping has the training frames' motion,
+#: :func:`e3traj.runtime.thermostat_scale`).
+NOISE_RULES = ("residual", "thermostat")
 
 #: The output's name in every exported graph.
 OUTPUT_NAME = "prediction"

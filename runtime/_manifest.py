@@ -22,6 +22,7 @@ from ._contract import (
     AR_CORRECTION,
     INPUT_MEANINGS,
     N_BEADS,
+    NOISE_RULES,
     OUTPUT_MEANINGS,
     OUTPUT_NAME,
     PERMUTATIONS,
@@ -308,6 +309,9 @@ def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str)
     noise = model.get("noise_scale")
     if noise is not None and (not _finite_number(noise) or noise < 0):
         raise InputError(f"{where}: model.noise_scale is {noise!r}; expected a finite number >= 0; re-export")
+    rule = model.get("noise_rule", "residual")
+    if rule not in NOISE_RULES:
+        raise InputError(f"{where}: model.noise_rule is {rule!r}; expected one of {list(NOISE_RULES)}; re-export")
     perm = model.get("permutation", "any")
     if perm not in PERMUTATIONS:
         raise InputError(f"{where}: model.permutation is {perm!r}; expected one of {list(PERMUTATIONS)}")

@@ -11,6 +11,7 @@ trajectory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from ._contract import N_BEADS
 from ._data import frames_before
 from ._errors import UsageError
 
-__all__ = ["RolloutNoise", "residual_scale"]
+__all__ = ["RolloutNoise", "residual_scale", "thermostat_scale", "velocity_gain"]
 
 
 def residual_scale(predictor, frames: np.ndarray, lo: int, hi: int) -> float:
@@ -38,6 +39,48 @@ def residual_scale(predictor, frames: np.ndarray, lo: int, hi: int) -> float:
     res = pred - frames[ts + 1]
     ncoord = 2 if np.all(frames[..., 2] == 0) else 3
     return float(np.sqrt(np.sum(res * res) / (res[..., 0].size * ncoord)))
+
+
+def velocity_gain(coefficients: Sequence[float]) -> float:
+    """Stationary variance of ``d_{t+1} = sum_j b_j d_{t-j+1} + e_t`` per unit variance of the white noise ``e``.
+
+    Solved exactly from the companion matrix A (``P = A P A^T + e_1 e_1^T``, the gain is ``P[0, 0]``).
+    Raises ``ValueError`` naming the coefficients when the recursion does not damp (a root on or outside the
+    unit circle): no noise then holds a steady state.
+    """
+    b = np.asarray([float(c) for c in coefficients], dtype=np.float64)
+    if b.ndim != 1 or not len(b) or not np.all(np.isfinite(b)):
+        raise ValueError(f"damping coefficients: got {list(coefficients)!r}; expected 1 or more finite numbers")
+    h = len(b)
+    a = np.zeros((h, h))
+    a[0] = b
+    a[1:, :-1] = np.eye(h - 1)
+    radius = float(np.max(np.abs(np.linalg.eigvals(a))))
+    if not radius < 1.0:
+        raise ValueError(
+            f"damping coefficients {b.tolist()} do not damp (spectral radius {radius:.6g} >= 1): no thermostat "
+            "noise holds a steady state"
+        )
+    q = np.zeros((h, h))
+    q[0, 0] = 1.0
+    p = np.linalg.solve(np.eye(h * h) - np.kron(a, a), q.reshape(-1)).reshape(h, h)
+    return float(p[0, 0])
+
+
+def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo: int, hi: int) -> float:
+    """The noise per coordinate whose steady state under the damping ``coefficients`` has the mean squared
+    one-step displacement of ``frames[lo:hi + 1]`` (fluctuation-dissipation: the thermostat of a learned
+    Langevin integrator, see :mod:`e3traj.train._langevin`).
+
+    Planar data's z coordinate, which never moves, is not counted. Shapes: ``frames`` ``(T, 12, 3)``.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    if not 0 <= lo < hi < len(frames):
+        raise UsageError(f"thermostat_scale: no displacements in [{lo}, {hi}) of {len(frames)} frames")
+    d = frames[lo + 1 : hi + 1] - frames[lo:hi]
+    ncoord = 2 if np.all(frames[..., 2] == 0) else 3
+    mean_square = float(np.sum(d * d) / (d[..., 0].size * ncoord))
+    return math.sqrt(mean_square / velocity_gain(coefficients))
 
 
 class RolloutNoise:

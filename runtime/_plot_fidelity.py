@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fidelity import observables
+from ._fidelity import _internal_msd, observables
 from ._plot import _RC, _mpl, _new_figure, _save
 
 __all__ = ["plot_fidelity"]
@@ -35,8 +35,10 @@ def plot_fidelity(
     *,
     title: str = "Long rollouts",
 ) -> Path:
-    """Three panels: the share of starts still stable after k steps; bond-length and radius-of-gyration
-    densities over every start's stable part, each predictor against the reference (filled).
+    """Four panels: the share of starts still stable after k steps; bond-length and radius-of-gyration
+    densities over every start's stable part, each predictor against the reference (filled); and internal
+    motion (mean squared displacement relative to the centre of mass) against the lag, over the starts stable to
+    the end, against the reference's (a frozen rollout sits far below it, a heated one above).
 
     Args:
         rows: ``FidelityRow.to_dict()`` per predictor (``name``, ``steps``, ``stable_steps``).
@@ -46,7 +48,7 @@ def plot_fidelity(
     matplotlib, _ = _mpl()
     ref = observables(reference)
     with matplotlib.rc_context(_RC):
-        fig, (ax_s, ax_b, ax_r) = _new_figure((14.5, 4.6), ncols=3)
+        fig, (ax_s, ax_b, ax_r, ax_m) = _new_figure((19, 4.6), ncols=4)
         for key, ax, label in (
             ("bond_length", ax_b, "bond length"),
             ("radius_of_gyration", ax_r, "radius of gyration"),
@@ -73,6 +75,20 @@ def plot_fidelity(
             frac = (stable[None, :] >= k[:, None]).mean(axis=1)
             color, ls = _style(r["name"], j)
             ax_s.plot(k, frac, color=color, ls=ls, lw=1.8, label=r["name"])
+        steps = max(int(r["steps"]) for r in rows)
+        lags = np.unique(np.logspace(0, np.log10(max(1, min(steps, len(reference) - 1) // 2)), 14).astype(int))
+        ax_m.loglog(
+            lags, [_internal_msd(reference[:, None], int(g)) for g in lags], color="0.6", lw=5, label="reference"
+        )
+        for j, r in enumerate(rows):
+            fully = [i for i, s in enumerate(r["stable_steps"]) if s == int(r["steps"])]
+            msd = [_internal_msd(trajs[r["name"]][:, fully], int(g)) if fully else np.nan for g in lags]
+            if fully and np.all(np.asarray(msd) > 0):  # a frozen rollout (persistence) has none to draw on log axes
+                color, ls = _style(r["name"], j)
+                ax_m.loglog(lags, msd, color=color, ls=ls, lw=1.6)
+        ax_m.set_xlabel("lag (steps)")
+        ax_m.set_ylabel("internal MSD (starts stable to the end)")
+        ax_m.legend(loc="lower right", framealpha=0.85, fontsize=9)
         ax_s.set_ylim(-0.03, 1.03)
         ax_s.set_xlabel("steps k")
         ax_s.set_ylabel("share of starts still physical")

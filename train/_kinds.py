@@ -45,6 +45,10 @@ class ModelKind:
         prepare: ``prepare(split, x, past, y, history) -> spec``: fits done before training (AR coefficients...).
         permutation: the relabellings the model commutes with (``any`` or ``chain_reversal``).
         e3nn_defaults: E3nnConfig fields this kind sets before the user's overrides.
+        default_history: the window kinds' ``--history`` when none is given (None: the suite's AR order).
+        noise_rule: how training fits the sampled rollouts' ``noise_scale`` (:data:`contract.NOISE_RULES`):
+            ``residual`` (the RMS one-step residual) or ``thermostat`` (fluctuation-dissipation with the fitted
+            damping, :func:`e3traj.runtime.thermostat_scale`).
     """
 
     name: str
@@ -63,6 +67,8 @@ class ModelKind:
     prepare: Callable[..., dict] | None = None
     permutation: str = "any"
     e3nn_defaults: tuple[tuple[str, Any], ...] = ()
+    default_history: int | None = None
+    noise_rule: str = "residual"
 
     def past_frames(self, history: int) -> int:
         """Frames before the current one a step needs, for ``--history`` ``history`` (window kinds only)."""
@@ -78,6 +84,17 @@ class ModelKind:
     @property
     def uses_input_scale(self) -> bool:
         return C.PREVIOUS_DISPLACEMENT in self.inputs or C.PREVIOUS_DISPLACEMENTS in self.inputs
+
+    def noise_scale(self, predictor, spec: dict, split) -> float:
+        """The sampled rollouts' noise per coordinate by :attr:`noise_rule`, on the training part of ``split``."""
+        from e3traj.runtime import InputError, residual_scale, thermostat_scale
+
+        if self.noise_rule == "thermostat":
+            try:
+                return thermostat_scale(spec["ar_coefficients"], split.frames, 0, split.n_train)
+            except ValueError as exc:
+                raise InputError(f"training data: {exc}; pass --history 2 or more frames") from None
+        return residual_scale(predictor, split.frames, 0, split.n_train)
 
     def irreps_in(self, history: int) -> str | None:
         """The network's node input irreps for ``--history`` ``history``."""
@@ -152,6 +169,58 @@ def _history_target(x, y, past, spec):
     return y - C.ar_extrapolate(x, past, spec["ar_coefficients"]) - head
 
 
+def _langevin(config, scale, input_scale, seed, spec):
+    from ._langevin import LangevinModel
+
+    return LangevinModel(
+        int(spec["n_beads"]),
+        history=int(spec["history"]),
+        scale=scale,
+        length_scale=float(spec["length_scale"]),
+        ar_coefficients=spec.get("ar_coefficients"),
+        head_weights=spec.get("head_weights"),
+        wall_low=spec["wall_low"],
+        wall_high=spec["wall_high"],
+    )
+
+
+def _langevin_prepare(split, x, past, y, history):
+    """Fit the damping and the pair forces jointly (ridge), and find the walls from the training frames."""
+    import torch
+
+    from ._history import fit_head, mean_bond_length
+    from ._langevin import JOINT_RIDGE, PairForces, distance_range
+
+    h = int(history) - 1
+    length = mean_bond_length(split.train_x)
+    disp = torch.stack(C.past_displacements(x, past, h), dim=-1)  # (n, N, 3, H), the most recent first
+    feats = PairForces(x.shape[1], length).double()(x)
+    w = fit_head(torch.cat([disp, feats], dim=-1), y - x, ridge=JOINT_RIDGE)
+    low, high = distance_range(split.frames[: split.n_train + 1])
+    return {
+        "history": h,
+        "length_scale": length,
+        "ar_coefficients": [float(c) for c in w[:h]],
+        "head_weights": [float(v) for v in w[h:]],
+        "wall_low": low,
+        "wall_high": high,
+        "n_beads": int(x.shape[1]),
+    }
+
+
+def _langevin_target(x, y, past, spec):
+    """The pair forces and the wall (the whole model: nothing is left to train; the scale is their RMS)."""
+    import torch
+
+    from ._langevin import PairForces, Wall
+
+    feats = PairForces(x.shape[1], spec["length_scale"]).double()(x)
+    w = torch.as_tensor(spec["head_weights"], dtype=torch.float64)
+    head = (feats @ w).to(torch.float32).double()  # in float64, rounded as the float32 model holds it
+    head = head + Wall(x.shape[1], spec["wall_low"], spec["wall_high"]).double()(x)
+    return head
+
+
 KINDS: dict[str, ModelKind] = {
     k.name: k
     for k in (
@@ -218,6 +287,27 @@ KINDS: dict[str, ModelKind] = {
             # constant input is folded away), and 2 layers train as well (0.863 vs 0.869 x AR(5) on the chapter's
             # data, 0.933 vs 0.943 x AR(8) on the simulator's) at 1.4x the e3nn bundle's time per frame
             e3nn_defaults=(("layers", 2),),
+        ),
+        ModelKind(
+            name="langevin",
+            help="a learned Langevin integrator for long rollouts: fitted damping, central pair forces by chain "
+            "separation and walls outside the training distances, all in closed form (no network); sampled with "
+            "a thermostat's noise",
+            inputs=(C.POSITIONS,),  # the damping needs the frames before; the host applies it (ar_correction)
+            output=C.AR_CORRECTION,
+            equivariant=True,
+            learning_rate=1e-3,  # unused: nothing is trained by gradient descent
+            e3nn=False,
+            node_features=None,
+            scaled_labels=True,
+            build=_langevin,
+            raw=lambda model, a: model(a[0]) / model.scale,
+            target=_langevin_target,
+            window=True,
+            prepare=_langevin_prepare,
+            permutation="chain_reversal",
+            default_history=2,
+            noise_rule="thermostat",
         ),
     )
 }

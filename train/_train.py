@@ -23,7 +23,6 @@ from e3traj.runtime import (
     choose_ar,
     evaluate_predictor,
     one_step_metrics,
-    residual_scale,
     split_pairs,
 )
 from e3traj.runtime import contract as C
@@ -208,8 +207,8 @@ def train_model(
     split: Split = split_pairs(data.frames, cfg.train_fraction)
     frames = torch.as_tensor(split.frames, dtype=torch.float64)
     kind = cfg.kind
-    if kind.window and cfg.history is None:  # the window the suite's best AR(k) uses
-        cfg.history = max(2, choose_ar(split)[0].order)
+    if kind.window and cfg.history is None:  # the kind's window, or the one the suite's best AR(k) uses
+        cfg.history = kind.default_history or max(2, choose_ar(split)[0].order)
     h = kind.past_frames(cfg.history or 2)  # frames before the current one (velocity: 1, history: K - 1)
     if split.val_start < h:
         raise InputError(f"{data.path or data.source}: too few frames for a history of {cfg.history}")
@@ -243,7 +242,8 @@ def train_model(
     torch.manual_seed(cfg.seed)
     model = _build(cfg, scale, input_scale, spec)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    params = [p for p in model.parameters() if p.requires_grad]  # none: fitted in closed form (langevin)
+    opt = torch.optim.Adam(params or [torch.nn.Parameter(torch.zeros(()))], lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
     )
@@ -273,14 +273,14 @@ def train_model(
         unrolled = torch.stack([frames[t0 + k + 1 : t0 + k + 1 + m] for k in range(cfg.unroll)], dim=1)
     labels = (target64 / scale).float() if kind.scaled_labels else y64.float()
     start = time.perf_counter()
-    stopped = "epochs"
+    stopped = "epochs" if params else "nothing to train (fitted in closed form)"
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {kind.name}", unit="epoch", leave=True)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs if params else start_epoch):
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             perm = torch.randperm(n, generator=g)
             total, count = 0.0, 0
@@ -340,7 +340,7 @@ def train_model(
     model.load_state_dict(best_state)
     model.eval()
     metrics = one_step_metrics(step_function(model, kind, spec), split)
-    noise_scale = residual_scale(step_function(model, kind, spec), split.frames, 0, split.n_train)
+    noise_scale = kind.noise_scale(step_function(model, kind, spec), spec, split)
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = history[-1]["time"] if history else 0.0
     config = model.net.config.to_dict() if kind.e3nn else {}
@@ -352,6 +352,7 @@ def train_model(
         "scale": scale,
         "input_scale": input_scale,
         "noise_scale": noise_scale,
+        "noise_rule": kind.noise_rule,
         "spec": spec,
         "train": cfg.to_dict(),
         "data": {

@@ -52,8 +52,8 @@ __all__ = ["train", "evaluate"]
     "--history",
     type=click.IntRange(min=2, max=8),
     default=None,
-    help="e3nn-history: frames in the window (K), i.e. AR(K) and K-1 previous displacements "
-    "[default: the AR order the predictor suite chooses on validation].",
+    help="e3nn-history, langevin: frames in the window (K), i.e. AR(K) and K-1 previous displacements "
+    "[default: e3nn-history the AR order the predictor suite chooses on validation; langevin 2].",
 )
 @click.option(
     "--unroll",
@@ -66,7 +66,10 @@ __all__ = ["train", "evaluate"]
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
 @click.option("--irreps-hidden", default=None, help="e3nn hidden irreps [default: 5x0e + 5x0o + 5x1e + 5x1o].")
 @click.option(
-    "--layers", type=click.IntRange(min=1), default=None, help="e3nn gate layers [default: 3; e3nn-history 2]."
+    "--layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="e3nn gate layers [default: 3; e3nn-history 2].",
 )
 @click.option("--lmax", type=click.IntRange(min=1), default=None, help="Spherical harmonics degree [default: 3].")
 @click.option("--max-radius", type=click.FloatRange(min=0, min_open=True), default=None, help="Cutoff [default: 3.5].")

@@ -89,8 +89,8 @@ def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
     default="none",
     show_default=True,
     help="Sampled rollouts: 'fitted' adds isotropic Gaussian noise of the bundle's model.noise_scale (its RMS "
-    "one-step training residual) to every predicted frame, in the chain's plane for planar frames; a number sets "
-    "the scale. This samples trajectories instead of predicting one.",
+    "one-step training residual, or a langevin bundle's thermostat) to every predicted frame, in the chain's plane "
+    "for planar frames; a number sets the scale. This samples trajectories instead of predicting one.",
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Noise seed; each start is seeded by (seed, frame)."
@@ -351,10 +351,11 @@ def _history_lines(model: dict) -> list[str]:
         )
     noise = model.get("noise_scale")
     if isinstance(noise, int | float) and not isinstance(noise, bool):
-        lines.append(
-            f"sampling    noise_scale {noise:.4g} per coordinate (the RMS one-step training residual; "
-            "rollout --noise fitted)"
-        )
+        why = {
+            "thermostat": "a thermostat: the noise whose steady state under the fitted damping has the training "
+            "frames' motion",
+        }.get(model.get("noise_rule"), "the RMS one-step training residual")
+        lines.append(f"sampling    noise_scale {noise:.4g} per coordinate ({why}; rollout --noise fitted)")
     perm = model.get("permutation", "any")
     lines.append(
         "symmetry    E(3) and any relabelling of the beads"

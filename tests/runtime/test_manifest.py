@@ -114,8 +114,9 @@ def _history_manifest(make_bundle, mutate):
         (lambda m: m["inputs"][1].update(shape=["batch", 0, 12, 3]), "1 <= H <= 32"),
         (lambda m: m["inputs"][0].update(shape=["batch", 5, 3]), "expected ['batch', 12, 3]"),
         (lambda m: m["model"].update(permutation="cyclic"), "model.permutation is 'cyclic'"),
+        (lambda m: m["model"].update(noise_rule="guess"), "model.noise_rule is 'guess'"),
     ],
-    ids=["no-coefficients", "non-numeric", "count-mismatch", "zero-history", "positions-shape", "permutation"],
+    ids=["no-coefficients", "non-numeric", "count-mismatch", "zero-history", "positions-shape", "permutation", "noise"],
 )
 def test_history_fields_are_checked(make_bundle, mutate, fragment):
     from e3traj.runtime import InputError, verify_bundle

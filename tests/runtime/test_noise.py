@@ -58,3 +58,34 @@ def test_a_sampled_rollout_adds_the_noise_to_every_frame():
     assert np.std(step) == pytest.approx(0.01, rel=0.1)
     again = rollout(p, x, 50, noise=RolloutNoise(0.01, 3, [5, 6]))
     np.testing.assert_array_equal(res.traj, again.traj)
+
+
+def test_the_velocity_gain_is_exact_and_refuses_what_does_not_damp():
+    from e3traj.runtime import velocity_gain
+
+    assert velocity_gain([0.9]) == pytest.approx(1 / (1 - 0.81))
+    b = [1.2, -0.35]  # AR(2): the gain equals the impulse response's sum of squares
+    psi = [1.0, 1.2]
+    for _ in range(2000):
+        psi.append(b[0] * psi[-1] + b[1] * psi[-2])
+    assert velocity_gain(b) == pytest.approx(float(np.sum(np.square(psi))), rel=1e-9)
+    for bad, fragment in (([1.0], "do not damp"), ([0.5, 0.6], "do not damp"), ([], "1 or more"), ([np.nan], "nan")):
+        with pytest.raises(ValueError, match=fragment):
+            velocity_gain(bad)
+
+
+def test_the_thermostat_recovers_the_noise_of_a_damped_walk():
+    from e3traj.runtime import thermostat_scale
+
+    rng = np.random.default_rng(0)
+    b, sigma, n = 0.95, 2e-3, 20_000
+    d = np.zeros((n, 12, 3))
+    for t in range(1, n):
+        d[t] = b * d[t - 1] + sigma * rng.standard_normal((12, 3))
+    frames = np.cumsum(d, axis=0)
+    assert thermostat_scale([b], frames, 100, n - 1) == pytest.approx(sigma, rel=0.03)
+    planar = frames.copy()
+    planar[..., 2] = 0.0  # z never moves: not counted
+    assert thermostat_scale([b], planar, 100, n - 1) == pytest.approx(sigma, rel=0.03)
+    with pytest.raises(UsageError, match=r"\[5, 5\)"):
+        thermostat_scale([b], frames, 5, 5)

@@ -23,6 +23,8 @@ def test_every_kind_builds_and_regresses_its_target(name):
     if kind.e3nn:
         config = E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=1, irreps_in=kind.irreps_in(history))
     spec = {"history": h, "length_scale": 0.36, "ar_coefficients": [1.5, -0.6, 0.1]} if kind.window else {}
+    if kind.window:
+        spec.update(n_beads=12, wall_low=[0.1] * 4, wall_high=[1.0, 2.0, 3.0])
     model = kind.build(config, 0.01, 0.02, 0, spec)
     x = torch.randn(3, 12, 3, dtype=torch.float64)
     past = x[:, None] - 0.01 * torch.arange(max(h, 1), 0, -1, dtype=x.dtype)[None, :, None, None]
@@ -35,7 +37,7 @@ def test_every_kind_builds_and_regresses_its_target(name):
     out = kind.raw(model, [a.float() for a in inputs])
     assert out.shape == (3, 12, 3)
     if kind.window:
-        spec["head_weights"] = [0.0] * 30
+        spec["head_weights"] = [0.0] * model.features.n_features
     assert kind.target(x, x + 0.01, past, spec).shape == (3, 12, 3)
     assert kind.needs_previous == (h > 0)
     assert kind.permutation in C.PERMUTATIONS and (kind.permutation == "chain_reversal") == kind.window
