@@ -38,7 +38,13 @@ from ._evaluate import format_evaluation, format_one_step
 from ._io import atomic_output, atomic_output_dir, atomic_outputs, check_output_path, replacing, sha256_file  # noqa: F401
 from ._manifest import build_manifest, write_manifest
 from ._metrics import evaluate_predictor, one_step_metrics
-from ._noise import RolloutNoise, residual_scale, thermostat_scale, velocity_gain
+from ._noise import (
+    RolloutNoise,
+    internal_msd,
+    residual_scale,
+    thermostat_scale,
+    velocity_gain,
+)
 from ._pack import pack_bundle, unpack_bundle
 from ._predictors import MAX_AR_ORDER, LinearExtrapolation, choose_ar, fit_ar, predictor_suite
 from ._rollout import RolloutResult, rollout, save_rollout, write_xyz
@@ -78,6 +84,7 @@ __all__ = [
     "RolloutNoise",
     "residual_scale",
     "thermostat_scale",
+    "internal_msd",
     "velocity_gain",
     "choose_ar",
     "fit_ar",

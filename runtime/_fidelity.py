@@ -25,6 +25,7 @@ import numpy as np
 
 from ._contract import N_BEADS
 from ._errors import UsageError
+from ._noise import internal_msd
 
 __all__ = [
     "Bands",
@@ -144,15 +145,6 @@ def w1(a: np.ndarray, b: np.ndarray, n: int = 512) -> float:
     return float(np.mean(np.abs(np.quantile(a, q) - np.quantile(b, q))))
 
 
-def _internal_msd(traj: np.ndarray, lag: int) -> float:
-    """Mean squared displacement relative to the centre of mass after ``lag`` steps. Shapes: ``(T, S, 12, 3)``."""
-    if len(traj) <= lag:
-        return float("nan")
-    rel = traj - traj.mean(axis=-2, keepdims=True)
-    d = rel[lag:] - rel[:-lag]
-    return float(np.mean(np.sum(d * d, axis=-1)))
-
-
 @dataclass
 class FidelityRow:
     """One predictor's figures (see the module docstring). ``stable_steps`` per start."""
@@ -199,8 +191,8 @@ def fidelity_row(
         row.w1 = {k: float("nan") for k in OBSERVABLES}
     fully = [i for i, s in enumerate(stable) if s == steps]
     for lag in lags:
-        ref_msd = _internal_msd(ref[:, None], lag)
-        got = _internal_msd(t[:, fully], lag) if fully else float("nan")
+        ref_msd = internal_msd(ref[:, None], lag)
+        got = internal_msd(t[:, fully], lag) if fully else float("nan")
         row.motion_ratio[f"lag={lag}"] = got / ref_msd if ref_msd > 0 else float("nan")
     if fully:
         com = t[:, fully].mean(axis=-2)
@@ -212,8 +204,16 @@ def fidelity_row(
     return row
 
 
-def format_fidelity(rows: Sequence[FidelityRow], bands: Bands, *, floor: Mapping[str, float] | None = None) -> str:
-    """Fixed-width table of :func:`fidelity_row` results (``floor``: the W1 noise floor per observable)."""
+def format_fidelity(
+    rows: Sequence[FidelityRow],
+    bands: Bands,
+    *,
+    floor: Mapping[str, float] | None = None,
+    data_floor: Mapping[str, float] | None = None,
+) -> str:
+    """Fixed-width table of :func:`fidelity_row` results (``floor``: the W1 noise floor per observable;
+    ``data_floor``: the W1 of the data's own frames against the reference), with the models' W1 as ratios to
+    the floor."""
     head = f"{'predictor':<24}{'stable':>9}" + "".join(f"{k:>20}" for k in OBSERVABLES)
     head += "".join(f"{'motion ' + k:>16}" for k in rows[0].motion_ratio) + f"{'COM drift':>11}"
     lines = [
@@ -230,6 +230,16 @@ def format_fidelity(rows: Sequence[FidelityRow], bands: Bands, *, floor: Mapping
         lines.append(line)
     if floor:
         lines.append(f"{'noise floor':<24}{'':>9}" + "".join(f"{floor.get(k, math.nan):>20.3g}" for k in OBSERVABLES))
+    if data_floor:
+        lines.append(
+            f"{'the data (its frames)':<24}{'':>9}"
+            + "".join(f"{data_floor.get(k, math.nan):>20.3g}" for k in OBSERVABLES)
+        )
+    if floor:
+        for r in rows:
+            if r.name.startswith("model"):
+                ratios = ", ".join(f"{k} {r.w1.get(k, math.nan) / floor[k]:.3g}x" for k in OBSERVABLES if floor.get(k))
+                lines.append(f"{r.name} / noise floor: {ratios}")
     return "\n".join(lines)
 
 
@@ -261,7 +271,7 @@ def fidelity_report(
         raise UsageError(f"data: {len(frames)} frames; the starts need {h} frames before them")
     rng = np.random.default_rng([seed, 0xF1DE])
     starts = np.sort(rng.choice(np.arange(h, len(frames)), size=min(n_starts, len(frames) - h), replace=False))
-    floor = None
+    floor = data_floor = None
     if simulated:
         from ._simulate import simulate
 
@@ -272,10 +282,12 @@ def fidelity_report(
         reference = sim(max(2048, len(starts) * steps), seed + 1)
         twin = sim(len(starts) * steps, seed + 2)
         ref_obs, twin_obs = observables(reference), observables(twin)
-        floor = {}
+        floor, data_floor = {}, {}
+        data_obs = observables(frames)  # what a model trained on these frames saw: its own distance to the reference
         for k in OBSERVABLES:
             spread = float(np.std(ref_obs[k]))
             floor[k] = w1(twin_obs[k], ref_obs[k]) / spread if spread > 0 else float("nan")
+            data_floor[k] = w1(data_obs[k], ref_obs[k]) / spread if spread > 0 else float("nan")
     else:
         reference = frames
     bands = bands_from(reference)
@@ -308,6 +320,7 @@ def fidelity_report(
         "bands": asdict(bands),
         "bands_text": bands.describe(),
         "floor": floor,
+        "data_floor": data_floor,
         "rows": [r.to_dict() for r in rows],
         "_rows": rows,
         "_bands": bands,

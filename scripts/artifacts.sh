@@ -30,7 +30,7 @@ if [[ " $sources " == *" sim "* ]]; then
   build sim "$work/sim.npz"
   mkdir -p docs  # the long-rollout figure: 10,000 sampled steps from 16 starts (about 2 minutes)
   e3traj plot fidelity artifacts/sim-langevin --data sim --steps 10000 --starts 16 -o docs/fidelity-langevin.png \
-    --force --threads 1
+    --force
 fi
 if [[ " $sources " != *" dmol "* ]]; then
   echo "SOURCES=$sources: kept the committed dmol-* bundles and figures as they are"

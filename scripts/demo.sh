@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: the whole story on the embedded simulator data, with the real CLI commands:
-# simulate -> train the four kinds (baseline, e3nn, e3nn-velocity, e3nn-history) -> evaluate against the predictor
-# suite (the strongest: the fitted AR(k)) -> export -> pack -> rollout -> check -> figures.
+# simulate -> train the five kinds (baseline, e3nn, e3nn-velocity, e3nn-history, langevin) -> evaluate against the
+# predictor suite (the strongest: the fitted AR(k)) -> export -> pack -> rollout -> check -> long sampled rollouts
+# (fidelity) -> figures.
 # Budgets can be shortened for tests: E3TRAJ_DEMO_E3NN_TIME, E3TRAJ_DEMO_VELOCITY_TIME, E3TRAJ_DEMO_HISTORY_TIME,
-# E3TRAJ_DEMO_BASELINE_TIME, E3TRAJ_DEMO_STEPS.
+# E3TRAJ_DEMO_BASELINE_TIME, E3TRAJ_DEMO_STEPS, E3TRAJ_DEMO_FIDELITY_STEPS.
 # DATA=dmol uses the chapter's paths.npz instead of the simulator.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ VELOCITY_TIME=${E3TRAJ_DEMO_VELOCITY_TIME:-60}
 HISTORY_TIME=${E3TRAJ_DEMO_HISTORY_TIME:-60}
 BASELINE_TIME=${E3TRAJ_DEMO_BASELINE_TIME:-15}
 STEPS=${E3TRAJ_DEMO_STEPS:-200}
+FIDELITY_STEPS=${E3TRAJ_DEMO_FIDELITY_STEPS:-2000}
 mkdir -p "$OUT"
 start=$(date +%s)
 
@@ -50,6 +52,9 @@ step "5. the history model: AR(K) fitted on the last K frames, a linear head on 
 run e3traj train --model e3nn-history --data "$DATA_ARG" -o "$OUT/e3nn-history.pt" --max-time "$HISTORY_TIME" \
   --force --quiet
 
+step "5b. the langevin model for long rollouts: damping, pair and angle forces, walls (closed form, no epochs)"
+run e3traj train --model langevin --data "$DATA_ARG" -o "$OUT/langevin.pt" --force --quiet
+
 step "6. evaluate against the predictor suite (persistence, constant velocity and acceleration, fitted AR(k))"
 run e3traj evaluate "$OUT/e3nn.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn.txt"
 run e3traj evaluate "$OUT/e3nn-velocity.pt" --data "$DATA_ARG" | tee "$OUT/evaluate-e3nn-velocity.txt"
@@ -60,6 +65,7 @@ run e3traj export "$OUT/e3nn.pt" -o "$OUT/e3nn-bundle" --force
 run e3traj export "$OUT/e3nn-velocity.pt" -o "$OUT/e3nn-velocity-bundle" --force
 run e3traj export "$OUT/e3nn-history.pt" -o "$OUT/e3nn-history-bundle" --force
 run e3traj export "$OUT/baseline.pt" -o "$OUT/baseline-bundle" --force
+run e3traj export "$OUT/langevin.pt" -o "$OUT/langevin-bundle" --force
 run e3traj pack "$OUT/e3nn-bundle" -o "$OUT/e3nn-bundle.tar.gz" --force
 
 step "8. on the host side (onnxruntime + numpy): inspect, roll out, check"
@@ -83,6 +89,12 @@ elif [ "$rc" -eq 0 ]; then
 else
   exit "$rc"
 fi
+
+step "8b. long rollouts judged as physics: the langevin bundle sampled with its thermostat, beside the suite"
+FID_DATA="$DATA_ARG"
+[ "$DATA" = "sim" ] && FID_DATA=sim  # the same frames (2048, seed 0), judged against an independent simulation
+run e3traj fidelity "$OUT/langevin-bundle" --data "$FID_DATA" --steps "$FIDELITY_STEPS" --starts 4 \
+  | tee "$OUT/fidelity-langevin.txt"
 
 if python -c "import matplotlib" 2>/dev/null && e3traj --help | grep -q ' plot '; then
   step "9. figures"

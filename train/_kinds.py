@@ -181,6 +181,7 @@ def _langevin(config, scale, input_scale, seed, spec):
         head_weights=spec.get("head_weights"),
         wall_low=spec["wall_low"],
         wall_high=spec["wall_high"],
+        wall_core=spec.get("wall_core"),
     )
 
 
@@ -189,21 +190,20 @@ def _langevin_prepare(split, x, past, y, history):
     import torch
 
     from ._history import fit_head, mean_bond_length
-    from ._langevin import JOINT_RIDGE, PairForces, distance_range
+    from ._langevin import JOINT_RIDGE, ChainForces, distance_range
 
     h = int(history) - 1
     length = mean_bond_length(split.train_x)
     disp = torch.stack(C.past_displacements(x, past, h), dim=-1)  # (n, N, 3, H), the most recent first
-    feats = PairForces(x.shape[1], length).double()(x)
+    feats = ChainForces(x.shape[1], length).double()(x)
     w = fit_head(torch.cat([disp, feats], dim=-1), y - x, ridge=JOINT_RIDGE)
-    low, high = distance_range(split.frames[: split.n_train + 1])
+    walls = distance_range(split.frames[: split.n_train + 1])
     return {
         "history": h,
         "length_scale": length,
         "ar_coefficients": [float(c) for c in w[:h]],
         "head_weights": [float(v) for v in w[h:]],
-        "wall_low": low,
-        "wall_high": high,
+        **walls,
         "n_beads": int(x.shape[1]),
     }
 
@@ -212,12 +212,12 @@ def _langevin_target(x, y, past, spec):
     """The pair forces and the wall (the whole model: nothing is left to train; the scale is their RMS)."""
     import torch
 
-    from ._langevin import PairForces, Wall
+    from ._langevin import ChainForces, Wall
 
-    feats = PairForces(x.shape[1], spec["length_scale"]).double()(x)
+    feats = ChainForces(x.shape[1], spec["length_scale"]).double()(x)
     w = torch.as_tensor(spec["head_weights"], dtype=torch.float64)
     head = (feats @ w).to(torch.float32).double()  # in float64, rounded as the float32 model holds it
-    head = head + Wall(x.shape[1], spec["wall_low"], spec["wall_high"]).double()(x)
+    head = head + Wall(x.shape[1], spec["wall_low"], spec["wall_high"], spec.get("wall_core")).double()(x)
     return head
 
 

@@ -56,5 +56,5 @@ def fidelity(bundle, data, steps, n_starts, seed, threads, as_json):
         f"fidelity of {bundle} on {src.source}: {steps} steps from {len(report['starts'])} starts "
         f"(seed {seed}); reference: {report['reference']}"
     )
-    text = format_fidelity(rows, bands, floor=report["floor"])
+    text = format_fidelity(rows, bands, floor=report["floor"], data_floor=report["data_floor"])
     click.echo("\n".join(one_line(line) for line in text.splitlines()))

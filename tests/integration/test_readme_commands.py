@@ -39,6 +39,7 @@ def test_demo_script_runs_end_to_end(tmp_path):
         E3TRAJ_DEMO_HISTORY_TIME="4",
         E3TRAJ_DEMO_BASELINE_TIME="2",
         E3TRAJ_DEMO_STEPS="20",
+        E3TRAJ_DEMO_FIDELITY_STEPS="100",
     )
     r = subprocess.run(
         ["bash", str(ROOT / "scripts" / "demo.sh"), str(out)],
@@ -65,8 +66,12 @@ def test_demo_script_runs_end_to_end(tmp_path):
         "evaluate-e3nn-history.txt",
         "e3nn-history-bundle/manifest.json",
         "rollout-history.npz",
+        "langevin-bundle/manifest.json",
+        "fidelity-langevin.txt",
     ):
         assert (out / name).exists(), name
+    fid = (out / "fidelity-langevin.txt").read_text()
+    assert "model, sampled" in fid and "noise floor" in fid and "AR(8), fitted" in fid
     with np.load(out / "rollout.npz", allow_pickle=False) as z:
         assert z["traj"].shape == (21, 3, 12, 3) and bool(z["complete"])
     figures = out / "figures"

@@ -80,8 +80,14 @@ def test_report_for_a_bundle_and_the_suite_with_the_noise_floor(history_bundle):
     assert set(rep["floor"]) == {"bond_length", "bond_angle", "radius_of_gyration", "end_to_end"}
     persistence = rep["rows"][1]
     assert persistence["stable_fraction"] == 1.0 and persistence["motion_ratio"]["lag=1"] == 0.0  # it freezes
-    text = format_fidelity(rep["_rows"], rep["_bands"], floor=rep["floor"])
+    text = format_fidelity(rep["_rows"], rep["_bands"], floor=rep["floor"], data_floor=rep["data_floor"])
     assert "noise floor" in text and "unstable at the first non-finite value" in text
+    # the data's own frames against the reference: what a model trained on them saw
+    assert set(rep["data_floor"]) == set(rep["floor"]) and "the data (its frames)" in text
+    assert all(0 < v < 10 for v in rep["data_floor"].values())
+    ratio = next(line for line in text.splitlines() if line.startswith("model (e3nn-history) / noise floor"))
+    w, f = rep["rows"][0]["w1"]["bond_length"], rep["floor"]["bond_length"]
+    assert f"bond_length {w / f:.3g}x" in ratio
 
 
 def test_a_bundle_with_a_noise_scale_also_gets_a_sampled_row(make_bundle):

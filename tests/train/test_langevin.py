@@ -9,11 +9,12 @@ from _nets import rotation
 
 from e3traj.runtime import resolve_data, save_trajectory, thermostat_scale
 from e3traj.train._checkpoint import build_model, load_checkpoint
-from e3traj.train._langevin import CLASSES, LangevinModel, PairForces, Wall, distance_range
+from e3traj.train._langevin import ANGLE_DEGREE, CLASSES, AngleForces, LangevinModel, PairForces, Wall, distance_range
 from e3traj.train._train import TrainConfig, train_model
 
 REVERSE = torch.arange(11, -1, -1)
-N_FEATURES = sum(count for _, _, (_, _, count), _ in CLASSES)
+N_PAIR = sum(count for _, _, (_, _, count), _ in CLASSES)
+N_FEATURES = N_PAIR + ANGLE_DEGREE
 
 
 def _chain(batch=4, seed=0):
@@ -40,7 +41,7 @@ def test_pair_forces_rotate_ignore_translation_and_reversal_but_not_a_shuffle():
     f = PairForces(12, 0.36).double()
     x = _chain()
     base = f(x)
-    assert base.shape == (4, 12, 3, N_FEATURES) and f.n_features == N_FEATURES
+    assert base.shape == (4, 12, 3, N_PAIR) and f.n_features == N_PAIR
     q = -rotation(3)  # improper: a rotation times the inversion
     torch.testing.assert_close(
         f(x @ q.T + torch.tensor([1.0, -2.0, 0.5], dtype=x.dtype)), torch.einsum("ij,bnjf->bnif", q, base)
@@ -53,7 +54,34 @@ def test_pair_forces_rotate_ignore_translation_and_reversal_but_not_a_shuffle():
 def test_pair_forces_are_central_so_they_conserve_momentum():
     # every feature is a sum of pair terms phi(r_ij) u_ij / r_ij with the same weight both ways: they cancel
     f = PairForces(12, 0.36).double()
-    torch.testing.assert_close(f(_chain()).sum(dim=1), torch.zeros(4, 3, N_FEATURES, dtype=torch.float64))
+    torch.testing.assert_close(f(_chain()).sum(dim=1), torch.zeros(4, 3, N_PAIR, dtype=torch.float64))
+
+
+def test_angle_forces_are_minus_the_gradient_of_the_cosine_powers():
+    f = AngleForces(0.36).double()
+    x = _chain(seed=4).requires_grad_(True)
+    got = f(x)
+    assert got.shape == (4, 12, 3, ANGLE_DEGREE)
+    a, b = x[:, :-2] - x[:, 1:-1], x[:, 2:] - x[:, 1:-1]
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    for m in range(1, ANGLE_DEGREE + 1):
+        (grad,) = torch.autograd.grad((cos**m).sum(), x, retain_graph=True)
+        torch.testing.assert_close(got[..., m - 1], -0.36 * grad)
+    # a potential of the angles only: no net force and no net torque on the chain
+    torch.testing.assert_close(got.sum(dim=1), torch.zeros(4, 3, ANGLE_DEGREE, dtype=torch.float64))
+    torque = torch.linalg.cross(x[..., None].expand_as(got), got, dim=2).sum(dim=1)
+    torch.testing.assert_close(torque, torch.zeros_like(torque))
+
+
+def test_the_core_stops_what_the_soft_wall_lets_through():
+    soft = Wall(2, low=[0.2, 0.3, 0.3, 0.3], high=[0.5, 0.9, 1.2]).double()
+    hard = Wall(2, low=[0.2, 0.3, 0.3, 0.3], high=[0.5, 0.9, 1.2], core=[0.1] * 4).double()
+    deep = torch.tensor([[[0.0, 0, 0], [0.05, 0, 0]]], dtype=torch.float64)
+    # the soft wall: 0.01 x (0.2 - 0.05) per bead; the core adds 0.5 x (0.1 - 0.05)
+    np.testing.assert_allclose(float(soft(deep)[0, 1, 0]), 0.01 * 0.15, rtol=1e-6)
+    np.testing.assert_allclose(float(hard(deep)[0, 1, 0]), 0.01 * 0.15 + 0.5 * 0.05, rtol=1e-6)
+    inside_core = torch.tensor([[[0.0, 0, 0], [0.15, 0, 0]]], dtype=torch.float64)
+    torch.testing.assert_close(hard(inside_core), soft(inside_core))
 
 
 def test_the_wall_is_zero_inside_the_range_and_pushes_back_outside():
@@ -76,6 +104,7 @@ def test_the_wall_is_zero_inside_the_range_and_pushes_back_outside():
     "kwargs, fragment",
     [
         ({"low": [0.1] * 3, "high": [1.0] * 3}, "3 lower"),
+        ({"low": [0.1] * 4, "high": [1.0] * 3, "core": [0.1] * 2}, "2 core"),
         ({"low": [0.1] * 4, "high": [float("nan")] * 3}, "nan"),
         ({"low": [-0.1] + [0.1] * 3, "high": [1.0] * 3}, "-0.1"),
     ],
@@ -93,10 +122,13 @@ def test_the_model_is_e3_and_reversal_equivariant_and_the_range_comes_from_the_f
     t = torch.tensor([0.3, 0.2, -1.0], dtype=x.dtype)
     torch.testing.assert_close(m(x @ q.T + t), y @ q.T, atol=1e-12, rtol=1e-9)
     torch.testing.assert_close(m(x[:, REVERSE]), y[:, REVERSE], atol=1e-12, rtol=1e-9)
-    low, high = distance_range(x, margin=0.0)
+    walls = distance_range(x, margin=0.0)
+    low, high, core = walls["wall_low"], walls["wall_high"], walls["wall_core"]
     bonds = (x[:, 1:] - x[:, :-1]).norm(dim=-1)
-    np.testing.assert_allclose([low[0], high[0]], [float(bonds.min()), float(bonds.max())])
-    assert len(low) == 4 and len(high) == 3 and low[1] <= high[1]
+    np.testing.assert_allclose(
+        [low[0], high[0], core[0]], [float(bonds.min()), float(bonds.max()), 0.6 * float(bonds.min())]
+    )
+    assert len(low) == 4 and len(high) == 3 and len(core) == 4 and low[1] <= high[1]
     with pytest.raises(ValueError, match="history"):
         LangevinModel(12, history=0, length_scale=0.36)
     with pytest.raises(ValueError, match=r"\(3,\)"):
