@@ -1,4 +1,4 @@
-"""Export a checkpoint to a bundle: ONNX (and TorchScript on request) over the fixed 12-node graph.
+"""Export a checkpoint to a bundle: ONNX (and TorchScript on request) over the fixed graph of its N beads.
 
 For e3nn models the radial MLPs are exported as a cubic table of the edge length whose error is measured first
 (:func:`e3traj.train.tabulate_radial`; ``radial="mlp"`` keeps them). Nothing is written unless every check
@@ -32,7 +32,14 @@ from e3traj.runtime import (
     write_manifest,
 )
 from e3traj.runtime import contract as C
-from e3traj.train import KINDS, build_model, load_checkpoint, reference_flops_per_frame, tabulate_radial
+from e3traj.train import (
+    KINDS,
+    build_model,
+    checkpoint_n_beads,
+    load_checkpoint,
+    reference_flops_per_frame,
+    tabulate_radial,
+)
 
 from ._manifest import MIN_ONNXRUNTIME, _manifest
 from ._onnx import _eager, _finish_onnx, _metadata_props, _parity, _quiet, _run, _session, _torch_export
@@ -82,16 +89,17 @@ def _input_names(kind: str) -> list[str]:
 
 def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str, np.ndarray]:
     """Training frames carried by the checkpoint plus random frames around them (and, for the velocity model,
-    the previous displacements). Shapes: each ``(N, 12, 3)`` float32."""
+    the previous displacements). Shapes: each ``(F, N, 3)`` float32, N the checkpoint's beads per frame."""
     rng = np.random.default_rng(seed)
+    n = checkpoint_n_beads(ckpt)
     sample = ckpt.get("sample_frames")
-    if isinstance(sample, torch.Tensor) and sample.ndim == 3 and sample.shape[1:] == (12, 3):
+    if isinstance(sample, torch.Tensor) and sample.ndim == 3 and sample.shape[1:] == (n, 3):
         real = sample.double().numpy()
     else:
-        real = np.zeros((0, 12, 3))
+        real = np.zeros((0, n, 3))
     center = real.mean(axis=(0, 1)) if len(real) else np.zeros(3)
     spread = float(real.std()) if len(real) else 1.0
-    rand = center + rng.normal(scale=max(spread, 0.3), size=(n_random, 12, 3))
+    rand = center + rng.normal(scale=max(spread, 0.3), size=(n_random, n, 3))
     # planar random frames too: the chapter's data is planar and the check verifies planar stays planar
     rand[: n_random // 2, :, 2] = center[2]
     out = {INPUT: np.concatenate([real, rand]).astype(np.float32)}
@@ -102,16 +110,16 @@ def _example_inputs(ckpt: dict[str, Any], n_random: int, seed: int) -> dict[str,
             p = past.double().numpy()[:, past.shape[1] - h :]
             real_d = np.stack(C.past_displacements(real, p, h), axis=1)
         else:
-            real_d = np.zeros((0, h, 12, 3))
+            real_d = np.zeros((0, h, n, 3))
         step = float(ckpt.get("input_scale", 0.005))
-        rand_d = rng.normal(scale=step, size=(n_random, h, 12, 3))
+        rand_d = rng.normal(scale=step, size=(n_random, h, n, 3))
         rand_d[: n_random // 2, ..., 2] = 0.0
         out[C.PREVIOUS_DISPLACEMENTS] = np.concatenate([real_d, rand_d]).astype(np.float32)
     if PREVIOUS in KINDS[ckpt["kind"]].inputs:
         prev = ckpt.get("sample_previous")
-        real_v = real - prev.double().numpy() if isinstance(prev, torch.Tensor) and len(real) else np.zeros((0, 12, 3))
+        real_v = real - prev.double().numpy() if isinstance(prev, torch.Tensor) and len(real) else np.zeros((0, n, 3))
         step = float(ckpt.get("input_scale", 0.005))
-        rand_v = rng.normal(scale=step, size=(n_random, 12, 3))
+        rand_v = rng.normal(scale=step, size=(n_random, n, 3))
         rand_v[: n_random // 2, :, 2] = 0.0
         out[PREVIOUS] = np.concatenate([real_v, rand_v]).astype(np.float32)
     return out

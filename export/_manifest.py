@@ -12,7 +12,7 @@ import torch
 
 from e3traj.runtime import build_manifest
 from e3traj.runtime import contract as C
-from e3traj.train import KINDS
+from e3traj.train import KINDS, checkpoint_n_beads
 
 __all__ = ["MIN_ONNXRUNTIME"]
 
@@ -50,6 +50,7 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
         )
     return build_manifest(
         history=int(spec.get("history", 0)),
+        n_beads=checkpoint_n_beads(ckpt),
         kind=kind,
         equivariant=KINDS[kind].equivariant,
         inputs=KINDS[kind].inputs,

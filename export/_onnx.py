@@ -122,7 +122,7 @@ def _metadata_props(manifest: dict[str, Any]) -> dict[str, str]:
         "e3traj.kind": m["kind"],
         "e3traj.equivariant": str(m["equivariant"]).lower(),
         "e3traj.output_meaning": manifest["outputs"][0]["meaning"],
-        "e3traj.num_nodes": "12",
+        "e3traj.num_nodes": str(m["num_nodes"]),
         "e3traj.hyperparameters": json.dumps(m["hyperparameters"], sort_keys=True),
         "e3traj.training_data_sha256": str(manifest["training"]["data_sha256"]),
     }

@@ -9,6 +9,7 @@ from ._bundle import Bundle
 from ._data import (
     N_BEADS,
     Split,
+    check_beads,
     frames_sha256,
     load_trajectory,
     read_trajectory,
@@ -102,6 +103,7 @@ __all__ = [
     "save_trajectory",
     "split_pairs",
     "validate_frames",
+    "check_beads",
     "simulate",
     # errors, exit codes, one-line messages, safe outputs: everything those modules export
     *_errors.__all__,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._bundle_fields import ManifestFields
 from ._contract import (
-    N_BEADS,
     POSITIONS,
     PREVIOUS_DISPLACEMENT,
     PREVIOUS_DISPLACEMENTS,
@@ -23,7 +23,7 @@ from ._contract import (
     past_displacements,
 )
 from ._errors import CheckFailed, InputError, UsageError
-from ._manifest import _DTYPES, _is_int, manifest_history
+from ._manifest import _DTYPES, _is_int, manifest_history, manifest_n_beads
 from ._session import CHUNK, _default_threads, _run_failed, make_session
 from ._stepper import make_stepper
 from ._verify import _load_example, _read_bundle, _Verified
@@ -31,10 +31,10 @@ from ._verify import _load_example, _read_bundle, _Verified
 __all__ = ["Bundle"]
 
 
-class Bundle:
+class Bundle(ManifestFields):
     """A verified bundle with an onnxruntime session. Open with :meth:`Bundle.open`; use as a context manager.
 
-    Shapes: every input and output is ``(B, 12, 3)``, except ``previous_displacements`` ``(B, H, 12, 3)``;
+    Shapes: every input and output is ``(B, N, 3)``, except ``previous_displacements`` ``(B, H, N, 3)``;
     ``predict`` and ``step`` return float64.
     """
 
@@ -56,6 +56,7 @@ class Bundle:
         self._input_dtypes = {i["name"]: _DTYPES[i.get("dtype", "float32")] for i in inputs}
         self._output_name = manifest["outputs"][0]["name"]
         self._history = manifest_history(manifest)
+        self._n_beads = manifest_n_beads(manifest)
 
     # ---- construction
 
@@ -132,77 +133,12 @@ class Bundle:
         """sha256 of ``manifest.json`` (which pins every file of the bundle)."""
         return self._sha256
 
-    @property
-    def kind(self) -> str:
-        """``model.kind`` from the manifest (``e3nn``, ``baseline``, ``e3nn-velocity``...)."""
-        return str(self._manifest.get("model", {}).get("kind", "unknown"))
-
-    @property
-    def equivariant(self) -> bool:
-        """``model.equivariant`` from the manifest (False: its equivariance check is expected to fail)."""
-        return bool(self._manifest.get("model", {}).get("equivariant", False))
-
-    @property
-    def inputs(self) -> list[dict]:
-        """The manifest's input specifications (name, dtype, shape, meaning)."""
-        return list(self._manifest["inputs"])
-
-    @property
-    def input_meanings(self) -> dict[str, str]:
-        """Input name -> ``positions`` | ``previous_displacement``."""
-        return dict(self._input_meanings)
-
-    @property
-    def output_meaning(self) -> str:
-        """``displacement`` | ``next_positions`` | ``velocity_correction``."""
-        return self._manifest["outputs"][0]["meaning"]
-
-    @property
-    def needs_previous(self) -> bool:
-        """True when :meth:`step` needs frames before the current one (velocity-aware and history bundles)."""
-        return self._history > 0
-
-    @property
-    def history(self) -> int:
-        """How many frames before the current one :meth:`step` needs (0, 1, or H of a history bundle)."""
-        return self._history
-
-    @property
-    def ar_coefficients(self) -> tuple[float, ...]:
-        """``model.ar_coefficients``: the AR extrapolation the output corrects (empty for other bundles)."""
-        return tuple(float(c) for c in self._manifest.get("model", {}).get("ar_coefficients") or ())
-
-    @property
-    def noise_scale(self) -> float | None:
-        """``model.noise_scale``: the sampled rollouts' noise per coordinate (see :attr:`noise_rule`), or None."""
-        return None if (v := self._manifest.get("model", {}).get("noise_scale")) is None else float(v)
-
-    @property
-    def noise_rule(self) -> str:
-        """``model.noise_rule``: how ``noise_scale`` was fitted (:data:`contract.NOISE_RULES`)."""
-        return str(self._manifest.get("model", {}).get("noise_rule", "residual"))
-
-    @property
-    def permutation(self) -> str:
-        """``model.permutation``: ``any`` (complete graph) or ``chain_reversal`` (a model that knows the bonds)."""
-        return str(self._manifest.get("model", {}).get("permutation", "any"))
-
-    @property
-    def threads(self) -> int:
-        """Threads that run the sub-batches of a large batch concurrently (see :meth:`open`)."""
-        return self._threads
-
-    @property
-    def example_atol(self) -> float:
-        """The tolerance of the example re-check (``example.atol``)."""
-        return float(self._manifest["example"].get("atol", 1e-5))
-
     # ---- running
 
     def predict(self, inputs: Mapping[str, np.ndarray], chunk: int | None = None) -> np.ndarray:
         """Run the model on a batch.
 
-        Shapes: each input ``(B, 12, 3)`` -> output ``(B, 12, 3)`` float64. Inputs are cast to the bundle dtype;
+        Shapes: each input ``(B, N, 3)`` -> output ``(B, N, 3)`` float64. Inputs are cast to the bundle dtype;
         the batch runs in ``ceil(B / chunk)`` near-equal sub-batches (``chunk`` default :data:`CHUNK`), concurrently
         on :attr:`threads` threads. On the project machines the sub-batching does not change any output bit as long
         as every sub-batch holds at least 8 frames (true for ``B >= 8`` and ``chunk >= 16``); onnxruntime may
@@ -238,7 +174,7 @@ class Bundle:
             if not np.all(np.isfinite(a)):
                 raise InputError(f"input {n!r}: holds NaN or Inf; pass finite positions")
             arrays[n] = a
-        out = np.empty((batch, N_BEADS, 3), dtype=np.float64)
+        out = np.empty((batch, self._n_beads, 3), dtype=np.float64)
         with np.errstate(over="ignore"):
             feed = {n: np.ascontiguousarray(a, dtype=self._input_dtypes[n]) for n, a in arrays.items()}
         self._run_chunks(feed, out, CHUNK if chunk is None else chunk)
@@ -259,9 +195,11 @@ class Bundle:
                     y = session.run(out_name, {n: a[lo:hi] for n, a in feed.items()})[0]
                 except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: one line of ours
                     raise _run_failed(f"{self._label}/{self._manifest['onnx']['file']}", exc) from None
-                if not isinstance(y, np.ndarray) or y.shape != (hi - lo, N_BEADS, 3):
+                if not isinstance(y, np.ndarray) or y.shape != (hi - lo, self._n_beads, 3):
                     shape = getattr(y, "shape", type(y).__name__)
-                    raise InputError(f"{self._path}: model returned shape {shape}; expected ({hi - lo}, 12, 3)")
+                    raise InputError(
+                        f"{self._path}: model returned shape {shape}; expected ({hi - lo}, {self._n_beads}, 3)"
+                    )
                 out[lo:hi] = y
 
         n_work = min(self._threads, len(bounds))
@@ -280,8 +218,8 @@ class Bundle:
 
     def _input_shape(self, name: str) -> tuple[int, ...]:
         if self._input_meanings[name] == PREVIOUS_DISPLACEMENTS:
-            return (self._history, N_BEADS, 3)
-        return (N_BEADS, 3)
+            return (self._history, self._n_beads, 3)
+        return (self._n_beads, 3)
 
     def _stepper(self, batch: int):
         """The rollout's fast step function (see :func:`e3traj.runtime._stepper.make_stepper`)."""
@@ -298,8 +236,8 @@ class Bundle:
     def model_inputs(self, positions: np.ndarray, previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Build the model's inputs for frames ``positions`` (and the frames before them, if needed).
 
-        Shapes: ``positions`` ``(B, 12, 3)``; ``previous`` ``(B, H, 12, 3)``, the :attr:`history` frames before,
-        oldest first (or ``(B, 12, 3)`` when one frame is needed).
+        Shapes: ``positions`` ``(B, N, 3)``; ``previous`` ``(B, H, N, 3)``, the :attr:`history` frames before,
+        oldest first (or ``(B, N, 3)`` when one frame is needed).
         """
         x = np.asarray(positions, dtype=np.float64)
         return self._inputs(x, self._past(x, previous))
@@ -334,7 +272,7 @@ class Bundle:
         ``displacement``: x + y; ``next_positions``: y; ``velocity_correction``: x + (x - previous) + y;
         ``ar_correction``: the AR extrapolation of the manifest's coefficients + y.
 
-        Shapes: ``positions`` ``(B, 12, 3)``; ``previous`` as in :meth:`model_inputs` -> ``(B, 12, 3)`` float64.
+        Shapes: ``positions`` ``(B, N, 3)``; ``previous`` as in :meth:`model_inputs` -> ``(B, N, 3)`` float64.
         """
         x = np.asarray(positions, dtype=np.float64)
         past = self._past(x, previous)
@@ -347,7 +285,7 @@ class Bundle:
     def load_example(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The example inputs (float64, by input name) and the reference output stored at export.
 
-        Shapes: each input ``(B, 12, 3)`` (``previous_displacements`` ``(B, H, 12, 3)``); reference ``(B, 12, 3)``.
+        Shapes: each input ``(B, N, 3)`` (``previous_displacements`` ``(B, H, N, 3)``); reference ``(B, N, 3)``.
         """
         if self._example is None:
             ex_file = self._manifest["example"]["file"]
@@ -361,12 +299,13 @@ class Bundle:
             bad = [
                 n
                 for n in names
-                if arrays[n].shape[1:] != (self._input_shape(n) if n in self._input_meanings else (N_BEADS, 3))
+                if arrays[n].shape[1:] != (self._input_shape(n) if n in self._input_meanings else (self._n_beads, 3))
             ]
             if bad or len(batches) != 1:
                 shapes = {n: arrays[n].shape for n in names}
+                n = self._n_beads
                 raise InputError(
-                    f"{where}: example arrays have shapes {shapes}; expected (B, 12, 3) (history: (B, H, 12, 3))"
+                    f"{where}: example arrays have shapes {shapes}; expected (B, {n}, 3) (history: (B, H, {n}, 3))"
                 )
             inputs = {n: arrays[n].astype(np.float64) for n in self._input_meanings}
             for n, a in inputs.items():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 __all__ = [
     "N_BEADS",
+    "DEFAULT_N_BEADS",
+    "MIN_BEADS",
+    "MAX_BEADS",
     "POSITIONS",
     "PREVIOUS_DISPLACEMENT",
     "PREVIOUS_DISPLACEMENTS",
@@ -28,11 +31,17 @@ __all__ = [
     "next_frame",
 ]
 
-#: Beads per frame; every model and bundle is built for exactly this graph.
-N_BEADS = 12
+#: Beads per frame N: fixed per bundle at training time (the graph is the complete graph of N nodes), any N from
+#: ``MIN_BEADS`` (a bond angle needs 3) to ``MAX_BEADS`` (a cap on what an untrusted manifest may ask for: the
+#: graph's work grows as N(N - 1)); the chapter's chain and the default is 12. ``N_BEADS`` is the default's old
+#: name.
+DEFAULT_N_BEADS = 12
+N_BEADS = DEFAULT_N_BEADS
+MIN_BEADS = 3
+MAX_BEADS = 1024
 
-#: Input meanings: the frame's positions; x_t - x_{t-1} (velocity-aware models), shape ``(B, 12, 3)``; and the
-#: H previous displacements (history models), shape ``(B, H, 12, 3)`` with ``[:, j - 1] = x_{t-j+1} - x_{t-j}``
+#: Input meanings: the frame's positions; x_t - x_{t-1} (velocity-aware models), shape ``(B, N, 3)``; and the
+#: H previous displacements (history models), shape ``(B, H, N, 3)`` with ``[:, j - 1] = x_{t-j+1} - x_{t-j}``
 #: (the most recent first).
 POSITIONS = "positions"
 PREVIOUS_DISPLACEMENT = "previous_displacement"

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._contract import N_BEADS
+from ._contract import MAX_BEADS, MIN_BEADS, N_BEADS
 from ._errors import InputError, first_line
 from ._io import atomic_output
 
 __all__ = [
     "N_BEADS",
+    "check_beads",
     "MAX_TRAJECTORY_BYTES",
     "load_trajectory",
     "read_trajectory",
@@ -78,29 +79,41 @@ def _read_array(fh, name: str, max_bytes: int, fix: str = _TRAJ_FIX) -> np.ndarr
 
 
 def load_trajectory(
-    path: str | os.PathLike, *, min_frames: int = 1, max_bytes: int = MAX_TRAJECTORY_BYTES
+    path: str | os.PathLike,
+    *,
+    min_frames: int = 1,
+    max_bytes: int = MAX_TRAJECTORY_BYTES,
+    n_beads: int | None = None,
 ) -> np.ndarray:
     """Load and validate a trajectory file.
 
-    Accepts the dmol-book format (``.npz`` with key ``arr``), an ``.npz`` with a single array, or an ``.npy``.
-    2D coordinates are lifted to 3D with z = 0 as in the chapter. Nothing is unpickled.
+    Accepts the dmol-book format (``.npz`` with key ``arr``), an ``.npz`` with a single array, an ``.npy``, or
+    extended XYZ (what ``rollout --xyz`` writes, ASE, OVITO and VMD read: one species, no periodic cell; see
+    :mod:`e3traj.runtime._xyz`). 2D coordinates are lifted to 3D with z = 0 as in the chapter. Nothing is
+    unpickled. ``n_beads``: the N the caller's model expects (None: any N from ``MIN_BEADS`` to ``MAX_BEADS``).
 
-    Shapes: file ``(T, 12, 2|3)`` or one frame ``(12, 2|3)`` -> returned ``(T, 12, 3)`` float64.
+    Shapes: file ``(T, N, 2|3)`` or one frame ``(N, 2|3)`` -> returned ``(T, N, 3)`` float64.
 
     Raises:
         InputError: one line naming the file, what was found and what is expected.
     """
-    return read_trajectory(path, min_frames=min_frames, max_bytes=max_bytes)[0]
+    return read_trajectory(path, min_frames=min_frames, max_bytes=max_bytes, n_beads=n_beads)[0]
 
 
 def read_trajectory(
-    path: str | os.PathLike, *, min_frames: int = 1, max_bytes: int = MAX_TRAJECTORY_BYTES
+    path: str | os.PathLike,
+    *,
+    min_frames: int = 1,
+    max_bytes: int = MAX_TRAJECTORY_BYTES,
+    n_beads: int | None = None,
 ) -> tuple[np.ndarray, str]:
     """:func:`load_trajectory` and the sha256 of the file: read once, hashed and parsed from the same bytes.
 
-    Shapes: returned frames ``(T, 12, 3)`` float64.
+    Shapes: returned frames ``(T, N, 3)`` float64.
     """
     import hashlib
+
+    from ._xyz import looks_like_xyz, parse_xyz
 
     name = str(path)
     data = _read_file(Path(path), name, max_bytes)
@@ -108,9 +121,13 @@ def read_trajectory(
         arr = _load_npz(data, name, max_bytes)
     elif data.startswith(b"\x93NUMPY"):
         arr = _read_array(io.BytesIO(data), name, max_bytes)
+    elif looks_like_xyz(data):
+        arr = parse_xyz(data, name)
     else:
-        raise InputError(f"{name}: not an .npz or .npy file; expected the dmol-book format (.npz with key 'arr')")
-    return validate_frames(arr, name, min_frames=min_frames), hashlib.sha256(data).hexdigest()
+        raise InputError(
+            f"{name}: not an .npz, .npy or extended XYZ file; expected the dmol-book format (.npz with key 'arr')"
+        )
+    return validate_frames(arr, name, min_frames=min_frames, n_beads=n_beads), hashlib.sha256(data).hexdigest()
 
 
 def _read_file(p: Path, name: str, max_bytes: int) -> bytes:
@@ -193,24 +210,22 @@ def lift_to_3d(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.ndarray:
-    """Validate positions and return them as ``(T, 12, 3)`` float64 (2D lifted with z = 0).
+def validate_frames(arr, name: str = "frames", *, min_frames: int = 1, n_beads: int | None = None) -> np.ndarray:
+    """Validate positions and return them as ``(T, N, 3)`` float64 (2D lifted with z = 0).
 
-    Shapes: ``(T, 12, 2|3)`` or ``(12, 2|3)`` -> ``(T, 12, 3)``.
+    ``n_beads``: the N a bundle or checkpoint expects (None: any N from ``MIN_BEADS`` to ``MAX_BEADS``).
+    Shapes: ``(T, N, 2|3)`` or ``(N, 2|3)`` -> ``(T, N, 3)``.
     """
     arr = np.asarray(arr)
     if arr.dtype.hasobject or arr.dtype.kind not in "fiu":
-        raise InputError(f"{name}: dtype {arr.dtype} is not numeric; expected float positions of shape (T, 12, 2|3)")
+        raise InputError(f"{name}: dtype {arr.dtype} is not numeric; expected float positions of shape (T, N, 2|3)")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
         raise InputError(
-            f"{name}: array has rank {arr.ndim} (shape {arr.shape}); expected (T, 12, 2|3) or one frame (12, 2|3)"
+            f"{name}: array has rank {arr.ndim} (shape {arr.shape}); expected (T, N, 2|3) or one frame (N, 2|3)"
         )
-    if arr.shape[1] != N_BEADS:
-        raise InputError(
-            f"{name}: {arr.shape[1]} beads per frame (shape {arr.shape}); the models are built for {N_BEADS}"
-        )
+    check_beads(arr.shape[1], name, n_beads)
     if arr.shape[2] not in (2, 3):
         raise InputError(
             f"{name}: {arr.shape[2]} coordinates per bead (shape {arr.shape}); expected 2 (lifted to z = 0) or 3"
@@ -225,6 +240,15 @@ def validate_frames(arr, name: str = "frames", *, min_frames: int = 1) -> np.nda
         )
     arr = lift_to_3d(arr)
     return np.ascontiguousarray(arr)
+
+
+def check_beads(n: int, name: str, expected: int | None = None) -> int:
+    """Refuse a bead count outside ``MIN_BEADS..MAX_BEADS`` or other than ``expected`` (the bundle's N), in one line."""
+    if expected is not None and n != expected:
+        raise InputError(f"{name}: {n} beads per frame; the model expects {expected}; pass a trajectory of {expected}")
+    if not MIN_BEADS <= n <= MAX_BEADS:
+        raise InputError(f"{name}: {n} beads per frame; a chain needs {MIN_BEADS} to {MAX_BEADS} beads")
+    return int(n)
 
 
 def save_trajectory(path: str | os.PathLike, frames: np.ndarray, *, replace: bool = True, **extra: np.ndarray) -> Path:

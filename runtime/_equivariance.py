@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._contract import INPUT_MEANINGS, OUTPUT_MEANINGS, PERMUTATIONS, PREVIOUS_DISPLACEMENTS
-from ._data import N_BEADS
+from ._contract import DEFAULT_N_BEADS, INPUT_MEANINGS, MIN_BEADS, OUTPUT_MEANINGS, PERMUTATIONS, PREVIOUS_DISPLACEMENTS
 
 __all__ = [
     "CaseResult",
@@ -196,7 +195,7 @@ def check_equivariance(
     ``rotation`` (random proper rotation), ``improper`` (rotation x inversion), ``mirror_z`` (z -> -z),
     ``translation`` (random vector of norm up to ``translation_scale``), ``permutation`` (a random bead order;
     with ``permutation="chain_reversal"``, for models that know the chain's bonds, the one relabelling that
-    carries the chain along: bead i -> 11 - i) and ``planar`` (frames with z = 0 must give outputs with z = 0;
+    carries the chain along: bead i -> N - 1 - i) and ``planar`` (frames with z = 0 must give outputs with z = 0;
     the base frames are projected onto z = 0 when they are not planar already). Positions map to g x + t,
     previous displacements (every history frame alike) to g v; the
     expected output is g y (+ t for ``next_positions``). A case passes when
@@ -225,12 +224,15 @@ def check_equivariance(
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
     base = {}
+    n_beads = None
     for name, arr in frames.items():
         a = np.asarray(arr, dtype=np.float64)
         hist = input_meanings[name] == PREVIOUS_DISPLACEMENTS
-        if a.ndim != (4 if hist else 3) or a.shape[-2:] != (N_BEADS, 3):
+        n_beads = a.shape[-2] if n_beads is None and a.ndim >= 2 else n_beads
+        if a.ndim != (4 if hist else 3) or a.shape[-2:] != (n_beads, 3) or n_beads < MIN_BEADS:
             raise ValueError(
-                f"frames[{name!r}] has shape {a.shape}, expected {'(B, H, 12, 3)' if hist else '(B, 12, 3)'}"
+                f"frames[{name!r}] has shape {a.shape}, expected {'(B, H, N, 3)' if hist else '(B, N, 3)'} "
+                f"with one N >= {MIN_BEADS} for every input"
             )
         if not len(a):
             raise ValueError(f"frames[{name!r}] holds no frames; a check needs evidence")
@@ -263,9 +265,9 @@ def check_equivariance(
         run_case("translation", [(eye, translation(), None) for _ in range(trials)]),
     ]
     if permutation == "any":
-        cases.append(run_case("permutation", [(eye, zero, rng.permutation(N_BEADS)) for _ in range(trials)]))
+        cases.append(run_case("permutation", [(eye, zero, rng.permutation(n_beads)) for _ in range(trials)]))
     else:
-        reverse = np.arange(N_BEADS)[::-1].copy()
+        reverse = np.arange(n_beads)[::-1].copy()
         cases.append(run_case("permutation", [(eye, zero, reverse)], note="chain reversal, the promised relabelling"))
     # planar: z = 0 in, z = 0 out (for every meaning: displacement-like outputs and next positions alike)
     flat = {k: v * np.array([1.0, 1.0, 0.0]) for k, v in base.items()}
@@ -283,7 +285,13 @@ def check_equivariance(
 
 
 def check_frames(
-    input_meanings: Mapping[str, str], n: int = MIN_CHECK_FRAMES, *, seed: int = 0, like=None, history: int = 1
+    input_meanings: Mapping[str, str],
+    n: int = MIN_CHECK_FRAMES,
+    *,
+    seed: int = 0,
+    like=None,
+    history: int = 1,
+    n_beads: int = DEFAULT_N_BEADS,
 ) -> dict[str, np.ndarray]:
     """Seeded test frames of the check's own: half polymer-like chains, half random clouds, half of each planar.
 
@@ -291,10 +299,13 @@ def check_frames(
     e.g. the example's; 0.36 without it) and random turns; clouds spread like the chains. Previous
     displacements are small random vectors (planar for planar frames).
 
-    Shapes: each returned input ``(n, 12, 3)`` float64; ``previous_displacements`` ``(n, history, 12, 3)``.
+    Shapes: each returned input ``(n, n_beads, 3)`` float64; ``previous_displacements``
+    ``(n, history, n_beads, 3)``.
     """
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n!r}")
+    if n_beads < MIN_BEADS:
+        raise ValueError(f"n_beads must be >= {MIN_BEADS}, got {n_beads!r}")
     rng = np.random.default_rng([seed, 0xC0FFEE])
     bond = 0.36
     if like is not None and len(like) and np.all(np.isfinite(like)):
@@ -305,11 +316,11 @@ def check_frames(
     planar = np.zeros(n, dtype=bool)
     planar[: chains // 2] = True
     planar[chains : chains + (n - chains) // 2] = True
-    steps = rng.standard_normal((chains, N_BEADS - 1, 3))
+    steps = rng.standard_normal((chains, n_beads - 1, 3))
     steps[planar[:chains], :, 2] = 0.0
     steps /= np.linalg.norm(steps, axis=-1, keepdims=True)
     pos = np.concatenate([np.zeros((chains, 1, 3)), np.cumsum(bond * steps, axis=1)], axis=1)
-    cloud = rng.normal(scale=bond * 2.0, size=(n - chains, N_BEADS, 3))
+    cloud = rng.normal(scale=bond * 2.0, size=(n - chains, n_beads, 3))
     frames = np.concatenate([pos, cloud]) + rng.normal(scale=bond, size=(n, 1, 3))
     frames[planar, :, 2] = 0.0
     out = {}
@@ -317,7 +328,7 @@ def check_frames(
         if meaning == "positions":
             out[name] = frames
         else:
-            shape = (n, history, N_BEADS, 3) if meaning == PREVIOUS_DISPLACEMENTS else (n, N_BEADS, 3)
+            shape = (n, history, n_beads, 3) if meaning == PREVIOUS_DISPLACEMENTS else (n, n_beads, 3)
             v = rng.normal(scale=0.02 * bond, size=shape)
             v[planar, ..., 2] = 0.0
             out[name] = v
@@ -334,7 +345,11 @@ def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4
     """
     inputs, ref = bundle.load_example()
     own = check_frames(
-        bundle.input_meanings, seed=seed, like=inputs.get(_positions_name(bundle)), history=max(1, bundle.history)
+        bundle.input_meanings,
+        seed=seed,
+        like=inputs.get(_positions_name(bundle)),
+        history=max(1, bundle.history),
+        n_beads=bundle.n_beads,
     )
     frames = {k: np.concatenate([inputs[k], own[k]]) for k in own} if len(ref) else own
     report = check_equivariance(

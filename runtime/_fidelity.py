@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._contract import N_BEADS
+from ._contract import MIN_BEADS
 from ._errors import UsageError
 from ._noise import internal_msd
 
@@ -69,8 +69,8 @@ class Bands:
 
 def _check(frames, name: str) -> np.ndarray:
     a = np.asarray(frames, dtype=np.float64)
-    if a.ndim < 3 or a.shape[-2:] != (N_BEADS, 3):
-        raise UsageError(f"{name}: shape {a.shape}; expected (..., {N_BEADS}, 3)")
+    if a.ndim < 3 or a.shape[-1] != 3 or a.shape[-2] < MIN_BEADS:
+        raise UsageError(f"{name}: shape {a.shape}; expected (..., N, 3), N >= {MIN_BEADS}")
     return a
 
 
@@ -78,17 +78,15 @@ def _bonds(a: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a[..., 1:, :] - a[..., :-1, :], axis=-1)
 
 
-_I, _J = np.triu_indices(N_BEADS, k=2)  # non-bonded pairs: |i - j| >= 2
-
-
 def _nonbonded_min(a: np.ndarray) -> np.ndarray:
-    """Closest non-bonded pair per frame. Shapes: ``(..., 12, 3)`` -> ``(...)``."""
-    d = a[..., _I, :] - a[..., _J, :]
+    """Closest non-bonded pair (``|i - j| >= 2``) per frame. Shapes: ``(..., N, 3)`` -> ``(...)``."""
+    i, j = np.triu_indices(a.shape[-2], k=2)
+    d = a[..., i, :] - a[..., j, :]
     return np.sqrt(np.min(np.sum(d * d, axis=-1), axis=-1))
 
 
 def bands_from(reference: np.ndarray) -> Bands:
-    """The stability band of reference frames ``(T, 12, 3)``."""
+    """The stability band of reference frames ``(T, N, 3)``."""
     ref = _check(reference, "reference")
     if len(ref) < 2 or not np.all(np.isfinite(ref)):
         raise UsageError(f"reference: {len(ref)} frame(s) or non-finite values; it needs >= 2 finite frames")
@@ -109,7 +107,7 @@ def unstable_rows(frames: np.ndarray, bands: Bands) -> np.ndarray:
 def stability_steps(traj: np.ndarray, bands: Bands) -> np.ndarray:
     """Steps before the first unstable frame, per start (``steps`` when the whole rollout is stable).
 
-    Shapes: ``traj`` ``(steps + 1, S, 12, 3)`` (frame 0 the start) -> ``(S,)`` int.
+    Shapes: ``traj`` ``(steps + 1, S, N, 3)`` (frame 0 the start) -> ``(S,)`` int.
     """
     t = _check(traj, "traj")
     bad = unstable_rows(t, bands)
@@ -123,8 +121,9 @@ def stability_steps(traj: np.ndarray, bands: Bands) -> np.ndarray:
 
 
 def observables(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Samples of each structural observable over frames ``(..., 12, 3)`` (flattened)."""
-    a = _check(frames, "frames").reshape(-1, N_BEADS, 3)
+    """Samples of each structural observable over frames ``(..., N, 3)`` (flattened)."""
+    a = _check(frames, "frames")
+    a = a.reshape(-1, a.shape[-2], 3)
     bonds = a[:, 1:] - a[:, :-1]
     blen = np.linalg.norm(bonds, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -170,7 +169,7 @@ class FidelityRow:
 def fidelity_row(
     name: str, traj: np.ndarray, reference: np.ndarray, bands: Bands, *, lags: Sequence[int] = LAGS
 ) -> FidelityRow:
-    """Figures of one rollout ``traj`` ``(steps + 1, S, 12, 3)`` against ``reference`` ``(T, 12, 3)``.
+    """Figures of one rollout ``traj`` ``(steps + 1, S, N, 3)`` against ``reference`` ``(T, N, 3)``.
 
     Distributions use every start's stable part only (frames 1..stable_steps); a start that is unstable at once
     contributes nothing, and a predictor with no stable frame gets NaN distances (never 0).
@@ -276,7 +275,7 @@ def fidelity_report(
         from ._simulate import simulate
 
         def sim(n, s):
-            xy = simulate(frames=n, seed=s)
+            xy = simulate(frames=n, seed=s, n_beads=frames.shape[1])
             return np.concatenate([xy, np.zeros(xy.shape[:2] + (1,))], axis=-1)
 
         reference = sim(max(2048, len(starts) * steps), seed + 1)

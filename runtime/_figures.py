@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._contract import MIN_BEADS
 from ._errors import InputError, UsageError, first_line
 
 __all__ = ["load_rollout"]
@@ -18,7 +19,7 @@ __all__ = ["load_rollout"]
 def load_rollout(path: Path) -> dict[str, np.ndarray]:
     """Read a rollout ``.npz`` written by ``e3traj rollout`` (never unpickles).
 
-    Shapes: ``traj`` ``(T, B, 12, 3)``, ``starts`` ``(B,)``.
+    Shapes: ``traj`` ``(T, B, N, 3)``, ``starts`` ``(B,)``.
     """
 
     where = str(path)
@@ -45,8 +46,8 @@ def load_rollout(path: Path) -> dict[str, np.ndarray]:
             f"{where}: could not read the rollout ({first_line(exc)}); pass a rollout .npz from 'e3traj rollout'"
         ) from None
     traj, starts = out["traj"], out["starts"]
-    if traj.ndim != 4 or traj.shape[2:] != (12, 3) or traj.shape[0] < 1 or traj.dtype.kind != "f":
-        raise InputError(f"{where}: traj has shape {traj.shape} ({traj.dtype}); expected float (T, B, 12, 3)")
+    if traj.ndim != 4 or traj.shape[3] != 3 or traj.shape[2] < MIN_BEADS or traj.shape[0] < 1 or traj.dtype.kind != "f":
+        raise InputError(f"{where}: traj has shape {traj.shape} ({traj.dtype}); expected float (T, B, N, 3)")
     if starts.shape != (traj.shape[1],) or starts.dtype.kind not in "iu":
         raise InputError(f"{where}: starts has shape {starts.shape} ({starts.dtype}); expected ({traj.shape[1]},) ints")
     return out

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._contract import N_BEADS
+from ._contract import DEFAULT_N_BEADS
 from ._errors import InputError, UsageError
 from ._onnx_wire import _fields, _ProtoError
 
@@ -297,7 +297,7 @@ def matmul_flops_per_frame(
     rng = np.random.default_rng(0)
     counts = []
     for batch in (1, 5):
-        shapes = input_names if isinstance(input_names, Mapping) else {n: (N_BEADS, 3) for n in input_names}
+        shapes = input_names if isinstance(input_names, Mapping) else {n: (DEFAULT_N_BEADS, 3) for n in input_names}
         feed = {n: rng.normal(size=(batch, *shape)).astype(np.float32) for n, shape in shapes.items()}
         counts.append(_matmul_flops(nodes, consts, _profile_shapes(data, feed, where)))
     return (counts[1] - counts[0]) / 4.0

@@ -20,8 +20,10 @@ import numpy as np
 
 from ._contract import (
     AR_CORRECTION,
+    DEFAULT_N_BEADS,
     INPUT_MEANINGS,
-    N_BEADS,
+    MAX_BEADS,
+    MIN_BEADS,
     NOISE_RULES,
     OUTPUT_MEANINGS,
     OUTPUT_NAME,
@@ -33,7 +35,7 @@ from ._errors import InputError
 from ._io import atomic_output, sha256_file
 from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, __version__
 
-__all__ = ["MANIFEST_NAME", "build_manifest", "write_manifest"]
+__all__ = ["MANIFEST_NAME", "build_manifest", "write_manifest", "manifest_n_beads"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -44,9 +46,16 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_HISTORY = 32
 
 
-def _io_spec(name: str, meaning: str, history: int = 0) -> dict[str, Any]:
-    shape = ["batch", history, N_BEADS, 3] if meaning == PREVIOUS_DISPLACEMENTS else ["batch", N_BEADS, 3]
+def _io_spec(name: str, meaning: str, history: int = 0, n_beads: int = DEFAULT_N_BEADS) -> dict[str, Any]:
+    shape = ["batch", history, n_beads, 3] if meaning == PREVIOUS_DISPLACEMENTS else ["batch", n_beads, 3]
     return {"name": name, "dtype": "float32", "shape": shape, "meaning": meaning}
+
+
+def manifest_n_beads(manifest: dict) -> int:
+    """The bundle's beads per frame N: ``model.num_nodes`` (checked against every input's and the output's shape
+    by :func:`verify_bundle`), or 12 for a manifest that records none."""
+    n = manifest.get("model", {}).get("num_nodes", DEFAULT_N_BEADS)
+    return int(n) if _is_int(n) else DEFAULT_N_BEADS
 
 
 def build_manifest(
@@ -63,14 +72,16 @@ def build_manifest(
     verification: dict[str, Any],
     created_utc: str | None = None,
     history: int = 0,
+    n_beads: int = DEFAULT_N_BEADS,
 ) -> dict[str, Any]:
     """A bundle manifest without its ``files`` (:func:`write_manifest` adds them): the format's one definition.
 
     ``inputs`` are input meanings (the graph's input names are the meanings), ``output`` the output meaning
-    (:mod:`e3traj.runtime._contract`); every input and the output are float32 ``(batch, 12, 3)``. ``model`` holds
-    the kind's other fields (hyperparameters, scales...), ``onnx`` at least ``file``, ``example`` at least
-    ``file`` and ``atol``. ``history``: H of a ``previous_displacements`` input (``(batch, H, 12, 3)``); an
-    ``ar_correction`` output needs ``model["ar_coefficients"]`` (H numbers).
+    (:mod:`e3traj.runtime._contract`); every input and the output are float32 ``(batch, N, 3)``, N = ``n_beads``
+    (recorded as ``model.num_nodes``). ``model`` holds the kind's other fields (hyperparameters, scales...),
+    ``onnx`` at least ``file``, ``example`` at least ``file`` and ``atol``. ``history``: H of a
+    ``previous_displacements`` input (``(batch, H, N, 3)``); an ``ar_correction`` output needs
+    ``model["ar_coefficients"]`` (H numbers).
     """
     for m in inputs:
         if m not in INPUT_MEANINGS:
@@ -83,9 +94,9 @@ def build_manifest(
         "format_version": BUNDLE_FORMAT_VERSION,
         "e3traj_version": __version__,
         "created_utc": stamp,
-        "model": {"kind": kind, "equivariant": bool(equivariant), "num_nodes": N_BEADS, "dtype": "float32", **model},
-        "inputs": [_io_spec(m, m, history) for m in inputs],
-        "outputs": [_io_spec(OUTPUT_NAME, output)],
+        "model": {"kind": kind, "equivariant": bool(equivariant), "num_nodes": n_beads, "dtype": "float32", **model},
+        "inputs": [_io_spec(m, m, history, n_beads) for m in inputs],
+        "outputs": [_io_spec(OUTPUT_NAME, output, 0, n_beads)],
         "onnx": dict(onnx),
         "example": dict(example),
         "training": dict(training),
@@ -270,8 +281,14 @@ def manifest_history(manifest: dict) -> int:
 
 
 def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str) -> None:
-    """The history input's shape, the AR coefficients and the permutation promise."""
+    """The beads per frame, the inputs' and output's shapes, the AR coefficients and the permutation promise."""
     model = manifest.get("model", {})
+    n = model.get("num_nodes", DEFAULT_N_BEADS)
+    if not (_is_int(n) and MIN_BEADS <= n <= MAX_BEADS):
+        raise InputError(f"{where}: model.num_nodes is {n!r}; expected beads per frame, {MIN_BEADS} to {MAX_BEADS}")
+    out_shape = manifest["outputs"][0].get("shape")
+    if out_shape is not None and out_shape != ["batch", n, 3]:
+        raise InputError(f"{where}: output shape {out_shape!r}; expected ['batch', {n}, 3] (num_nodes {n}); re-export")
     h_in = None
     for spec in manifest["inputs"]:
         shape = spec.get("shape")
@@ -281,17 +298,17 @@ def _check_history(manifest: dict, meanings: list, out_meaning: str, where: str)
                 and len(shape) == 4
                 and _is_int(shape[1])
                 and 1 <= shape[1] <= MAX_HISTORY
-                and shape[2:] == [N_BEADS, 3]
+                and shape[2:] == [n, 3]
             )
             if not ok:
                 raise InputError(
-                    f"{where}: input {spec['name']!r} has shape {shape!r}; expected ['batch', H, {N_BEADS}, 3] "
+                    f"{where}: input {spec['name']!r} has shape {shape!r}; expected ['batch', H, {n}, 3] "
                     f"with 1 <= H <= {MAX_HISTORY}; re-export the bundle"
                 )
             h_in = shape[1]
-        elif shape is not None and shape != ["batch", N_BEADS, 3]:
+        elif shape is not None and shape != ["batch", n, 3]:
             raise InputError(
-                f"{where}: input {spec['name']!r} has shape {shape!r}; expected ['batch', {N_BEADS}, 3]; re-export"
+                f"{where}: input {spec['name']!r} has shape {shape!r}; expected ['batch', {n}, 3]; re-export"
             )
     coefs = model.get("ar_coefficients")
     if out_meaning == AR_CORRECTION or coefs is not None:

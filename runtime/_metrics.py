@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._contract import as_past
-from ._data import N_BEADS, Split, frames_before, lift_to_3d, split_pairs
+from ._contract import MIN_BEADS, as_past
+from ._data import Split, frames_before, lift_to_3d, split_pairs
 from ._errors import InputError
 from ._predictors import CONSTANT_VELOCITY, PERSISTENCE, best_of, predictor_suite, validation_windows
 from ._rollout import rollout
@@ -158,7 +158,7 @@ def _roll(step, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndar
     h = int(p.history)
     previous = frames_before(frames, starts, h)
     res = rollout(p, frames[starts], horizon, previous=previous)
-    out = np.full((horizon + 1, len(starts), N_BEADS, 3), np.nan)
+    out = np.full((horizon + 1, len(starts)) + frames.shape[1:], np.nan)
     out[: len(res.traj)] = res.traj
     return out
 
@@ -230,8 +230,8 @@ def trajectory_stats(frames) -> dict:
     Shapes: ``frames`` ``(T, 12, 2|3)``.
     """
     a = np.asarray(frames, dtype=np.float64)
-    if a.ndim != 3 or a.shape[1] != N_BEADS or a.shape[2] not in (2, 3) or a.shape[0] < 3:
-        raise ValueError(f"trajectory_stats: expected shape (T >= 3, {N_BEADS}, 2|3), got {a.shape}")
+    if a.ndim != 3 or a.shape[1] < MIN_BEADS or a.shape[2] not in (2, 3) or a.shape[0] < 3:
+        raise ValueError(f"trajectory_stats: expected shape (T >= 3, N >= {MIN_BEADS}, 2|3), got {a.shape}")
     a = lift_to_3d(a)
     bonds = a[:, 1:] - a[:, :-1]
     blen = np.linalg.norm(bonds, axis=-1)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._contract import N_BEADS
 from ._data import frames_before
 from ._errors import UsageError
 
@@ -125,7 +124,7 @@ class RolloutNoise:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         if len(frames) != len(self._rngs):
             raise UsageError(f"noise: {len(frames)} frames for {len(self._rngs)} starts")
-        eps = np.stack([g.standard_normal((N_BEADS, 3)) for g in self._rngs]) * self.scale
+        eps = np.stack([g.standard_normal(frames.shape[1:]) for g in self._rngs]) * self.scale
         planar = np.all(frames[..., 2] == 0, axis=-1)  # (B,): exactly planar frames keep z = 0
         eps[planar, :, 2] = 0.0
         for b in np.flatnonzero(~planar):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data import N_BEADS
 from ._errors import MissingExtra, UsageError
 from ._io import atomic_output
 from ._plot_data import _frames, r2_score
@@ -102,9 +101,11 @@ def _draw_polymers(ax, frames: np.ndarray, t: np.ndarray, cmap, norm) -> None:
     xy = frames[..., :2]
     segs = np.stack([xy[:, :-1], xy[:, 1:]], axis=2).reshape(-1, 2, 2)  # (n * 11, 2, 2)
     lines = LineCollection(segs, cmap=cmap, norm=norm, linewidths=0.9, alpha=0.6)
-    lines.set_array(np.repeat(t, N_BEADS - 1))
+    lines.set_array(np.repeat(t, xy.shape[1] - 1))
     ax.add_collection(lines)
-    ax.scatter(xy[..., 0].ravel(), xy[..., 1].ravel(), c=np.repeat(t, N_BEADS), cmap=cmap, norm=norm, s=7, linewidths=0)
+    ax.scatter(
+        xy[..., 0].ravel(), xy[..., 1].ravel(), c=np.repeat(t, xy.shape[1]), cmap=cmap, norm=norm, s=7, linewidths=0
+    )
     # the starting frame on top, outlined, so where the chain began stays visible under later frames
     ax.plot(xy[0, :, 0], xy[0, :, 1], "-o", color="black", lw=1.4, ms=3.5, mfc="white", label="starting frame")
 

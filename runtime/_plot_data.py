@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._contract import N_BEADS
+from ._contract import MIN_BEADS
 from ._errors import InputError, UsageError
 from ._metrics import StepFn, _roll, as_predictor, rmsd
 
@@ -16,8 +16,8 @@ __all__ = ["TrainingCurve", "r2_score", "rollout_rmsd_curves", "training_curve"]
 
 def _frames(arr, name: str) -> np.ndarray:
     a = np.asarray(arr, dtype=np.float64)
-    if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3) or a.shape[0] < 1:
-        raise UsageError(f"{name}: shape {a.shape}; expected (T, {N_BEADS}, 3) with T >= 1")
+    if a.ndim != 3 or a.shape[1] < MIN_BEADS or a.shape[2] != 3 or a.shape[0] < 1:
+        raise UsageError(f"{name}: shape {a.shape}; expected (T, N, 3) with T >= 1, N >= {MIN_BEADS}")
     return a
 
 

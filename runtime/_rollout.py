@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._contract import as_past
-from ._data import N_BEADS
+from ._contract import MIN_BEADS, as_past
 from ._errors import InputError, UsageError
 from ._io import atomic_output
 
@@ -37,10 +36,17 @@ class RolloutResult:
     reason: str = ""
 
 
-def _frames(arr, name: str) -> np.ndarray:
+def _frames(arr, name: str, n_beads: int | None = None) -> np.ndarray:
     a = np.asarray(arr)
-    if a.ndim != 3 or a.shape[1:] != (N_BEADS, 3) or a.shape[0] < 1:
-        raise UsageError(f"{name}: shape {a.shape}; expected (B, {N_BEADS}, 3) with B >= 1")
+    want = "N" if n_beads is None else str(n_beads)
+    if (
+        a.ndim != 3
+        or a.shape[2] != 3
+        or a.shape[0] < 1
+        or a.shape[1] != (n_beads or a.shape[1])
+        or a.shape[1] < MIN_BEADS
+    ):
+        raise UsageError(f"{name}: shape {a.shape}; expected (B, {want}, 3) with B >= 1 (the model's beads per frame)")
     if a.dtype.kind not in "fiu":
         raise UsageError(f"{name}: dtype {a.dtype} is not numeric")
     a = a.astype(np.float64, copy=False)
@@ -117,17 +123,17 @@ def rollout(
     steps = int(steps)
     if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
         raise UsageError(f"max_distance: got {max_distance!r}; pass a positive distance")
-    x0 = _frames(init, "init")
+    x0 = _frames(init, "init", getattr(bundle, "n_beads", None))
     batch = x0.shape[0]
     h = _history(bundle)
-    nbytes = (steps + 1 + h) * batch * N_BEADS * 3 * 8
+    nbytes = (steps + 1 + h) * batch * x0.shape[1] * 3 * 8
     if nbytes > max_bytes:
         raise UsageError(
             f"{steps} steps x {batch} starts need {nbytes / 2**30:.1f} GiB for the trajectory (limit "
             f"{max_bytes / 2**30:.1f} GiB); roll out fewer steps or starts per call"
         )
     # one buffer: the h frames before the start, then the trajectory; the past of step k is a view into it
-    buf = np.empty((h + steps + 1, batch, N_BEADS, 3), dtype=np.float64)
+    buf = np.empty((h + steps + 1,) + x0.shape, dtype=np.float64)
     if h:
         if previous is None:
             raise UsageError(f"previous: this bundle needs the {h} frame(s) before each start (it uses the history)")
@@ -256,16 +262,17 @@ def write_xyz(
 def write_xyz_file(path: Path, traj: np.ndarray, starts: Sequence[int] | np.ndarray, species: str = "C") -> None:
     """The body of :func:`write_xyz`: write straight to ``path`` (a temporary file of the caller's)."""
     traj = np.asarray(traj, dtype=np.float64)
-    if traj.ndim != 4 or traj.shape[2:] != (N_BEADS, 3):
-        raise UsageError(f"traj: shape {traj.shape}; expected (T, B, {N_BEADS}, 3)")
+    if traj.ndim != 4 or traj.shape[3] != 3 or traj.shape[2] < MIN_BEADS:
+        raise UsageError(f"traj: shape {traj.shape}; expected (T, B, N, 3), N >= {MIN_BEADS}")
+    n = traj.shape[2]
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.shape != (traj.shape[1],):
         raise UsageError(f"starts: {starts_arr.shape} entries for {traj.shape[1]} trajectories")
     atom = f"{species} %.10f %.10f %.10f\n"
-    body = atom * N_BEADS
+    body = atom * n
     with open(path, "w", encoding="ascii", newline="\n") as fh:
         for b, start in enumerate(starts_arr):
-            rows = traj[:, b].reshape(traj.shape[0], N_BEADS * 3)
+            rows = traj[:, b].reshape(traj.shape[0], n * 3)
             for t in range(traj.shape[0]):
-                fh.write(f'{N_BEADS}\nProperties=species:S:1:pos:R:3 frame={t} start={int(start)} pbc="F F F"\n')
+                fh.write(f'{n}\nProperties=species:S:1:pos:R:3 frame={t} start={int(start)} pbc="F F F"\n')
                 fh.write(body % tuple(rows[t]))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-from ._contract import N_BEADS
 from ._errors import InputError
-from ._manifest import _is_int
+from ._manifest import _is_int, manifest_n_beads
 from ._verify import _Verified
 
 __all__ = ["make_session", "CHUNK"]
@@ -98,7 +97,8 @@ def make_session(verified: _Verified):
         want = spec.get("dtype", "float32")
         if _ORT_TYPES.get(info.type) != want:
             raise InputError(f"{where}: input {info.name!r} has type {info.type}, the manifest says {want}")
-        rest = [N_BEADS, 3] if spec["meaning"] != "previous_displacements" else [spec["shape"][1], N_BEADS, 3]
+        n = manifest_n_beads(manifest)
+        rest = [n, 3] if spec["meaning"] != "previous_displacements" else [spec["shape"][1], n, 3]
         if len(shape) != 1 + len(rest) or shape[1:] != rest:
             want_s = ", ".join(["batch"] + [str(d) for d in rest])
             raise InputError(f"{where}: input {info.name!r} has shape {shape}; expected ({want_s})")

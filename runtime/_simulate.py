@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._data import N_BEADS
+from ._contract import DEFAULT_N_BEADS, MAX_BEADS, MIN_BEADS
 from ._errors import UsageError
 from ._exact import _WCA_FACTOR, _centred, _cos_exact, _dot_last, _exp_exact, _Normals, _sum_axis1
 
@@ -133,7 +133,7 @@ class _Forces:
     Only elementwise IEEE arithmetic and fixed-order sums (see the module docstring).
     """
 
-    def __init__(self, p: SimParams, n: int = N_BEADS) -> None:
+    def __init__(self, p: SimParams, n: int = DEFAULT_N_BEADS) -> None:
         self.p = p
         self.cos0 = _cos_exact(p.angle)
         sep = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
@@ -206,7 +206,7 @@ class _Forces:
         return float(e)
 
 
-def _initial_chain(normals: _Normals, p: SimParams, dim: int, n: int = N_BEADS) -> np.ndarray:
+def _initial_chain(normals: _Normals, p: SimParams, dim: int, n: int = DEFAULT_N_BEADS) -> np.ndarray:
     """A non-overlapping chain drawn near equilibrium, centred at the origin.
 
     Bond lengths and the cosines of the bond angles are drawn from the Boltzmann weights of their harmonic terms
@@ -248,8 +248,15 @@ def _initial_chain(normals: _Normals, p: SimParams, dim: int, n: int = N_BEADS) 
     raise RuntimeError("could not place a non-overlapping initial chain; lower lj_sigma or raise bond_length")
 
 
-def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimParams | None = None) -> np.ndarray:
-    """Simulate the 12-bead bead-spring polymer and return its saved frames.
+def simulate(
+    frames: int = 2048,
+    seed: int = 0,
+    dim: int = 2,
+    *,
+    params: SimParams | None = None,
+    n_beads: int = DEFAULT_N_BEADS,
+) -> np.ndarray:
+    """Simulate the bead-spring polymer of ``n_beads`` beads (12: the chapter's) and return its saved frames.
 
     The run is deterministic for a seed on every machine: the same arguments give bit-identical output whatever
     the CPU, BLAS kernel or SIMD dispatch (see the module docstring), and a shorter run is a prefix of a longer
@@ -259,10 +266,11 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
         frames: number of frames to return (>= 1).
         seed: random seed (any non-negative int), seeding PCG64.
         dim: 2 for a planar polymer (as in the chapter), 3 for motion in space.
-        params: physical and numerical parameters (:class:`SimParams` defaults if ``None``).
+        params: physical and numerical parameters (:class:`SimParams` defaults if ``None``; tuned on 12 beads).
+        n_beads: beads per chain, ``MIN_BEADS`` to ``MAX_BEADS``; 12 gives the same bits as before it existed.
 
     Returns:
-        Positions, float64. Shapes: ``(frames, 12, dim)``.
+        Positions, float64. Shapes: ``(frames, n_beads, dim)``.
 
     Raises:
         ValueError (:class:`UsageError`): a bad argument; the message repeats the value.
@@ -275,6 +283,13 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
         raise UsageError(f"simulate: dim must be 2 or 3, got {dim!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UsageError(f"simulate: seed must be an int >= 0, got {seed!r}")
+    if isinstance(n_beads, bool) or not isinstance(n_beads, (int, np.integer)) or not MIN_BEADS <= n_beads <= MAX_BEADS:
+        raise UsageError(f"simulate: n_beads must be an int in {MIN_BEADS}..{MAX_BEADS}, got {n_beads!r}")
+    if frames * int(n_beads) > MAX_SIM_FRAMES * DEFAULT_N_BEADS:
+        raise UsageError(
+            f"simulate: {frames:,} frames of {n_beads} beads exceed the cap of {MAX_SIM_FRAMES * DEFAULT_N_BEADS:,} "
+            "bead positions; simulate fewer frames"
+        )
     if params is None:
         params = SimParams()
     elif not isinstance(params, SimParams):
@@ -282,8 +297,9 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
     frames, dim, p = int(frames), int(dim), params
 
     normals = _Normals(int(seed))
-    forces = _Forces(p)
-    x = _initial_chain(normals, p, dim)
+    n_beads = int(n_beads)
+    forces = _Forces(p, n_beads)
+    x = _initial_chain(normals, p, dim, n_beads)
     sigma_v = math.sqrt(p.temperature / p.mass)
     v = _centred(sigma_v * normals.take(x.shape))  # start without centre-of-mass drift
 
@@ -293,7 +309,7 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
     c1 = _exp_exact(-p.friction * dt)
     c2 = math.sqrt(max(0.0, 1.0 - c1 * c1)) * sigma_v  # exact OU step: v <- c1 v + c2 xi
 
-    out = np.empty((frames, N_BEADS, dim))
+    out = np.empty((frames, n_beads, dim))
     f = forces(x)
     total = p.burn_in + (frames - 1) * p.steps_per_frame
     chunk = 1024  # noise is drawn in blocks; the stream, and so the result, does not depend on the block size
@@ -305,7 +321,7 @@ def simulate(frames: int = 2048, seed: int = 0, dim: int = 2, *, params: SimPara
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blown-up run is refused below
         while step < total:
             n = min(chunk, total - step)
-            noise = normals.take((n, N_BEADS, dim))
+            noise = normals.take((n, n_beads, dim))
             noise *= c2
             for k in range(n):
                 # BAOAB: half kick, half drift, Ornstein-Uhlenbeck velocity update, half drift, half kick

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._contract import DEFAULT_N_BEADS
 from ._data import frames_sha256, read_trajectory, validate_frames
 from ._errors import InputError, first_line
 from ._io import atomic_output, sha256_file
@@ -99,21 +100,28 @@ class DataSource:
     file_sha256: str | None = None
 
 
-def resolve_data(spec: str, *, sim_frames: int = 2048, sim_seed: int = 0, min_frames: int = 3) -> DataSource:
+def resolve_data(
+    spec: str, *, sim_frames: int = 2048, sim_seed: int = 0, min_frames: int = 3, n_beads: int | None = None
+) -> DataSource:
     """Turn ``--data`` into frames: ``sim`` (the embedded simulator), ``dmol`` (the chapter's data) or a path.
 
-    Shapes: returns frames ``(T, 12, 3)`` float64.
+    ``n_beads``: the N the caller's model expects: ``sim`` simulates that many beads (default 12), a file or
+    ``dmol`` (12 beads) with another N is refused in one line.
+    Shapes: returns frames ``(T, N, 3)`` float64.
     """
     if spec == "sim":
-        frames = validate_frames(simulate(frames=sim_frames, seed=sim_seed), "sim", min_frames=min_frames)
-        return DataSource(frames, f"sim(frames={sim_frames},seed={sim_seed})", frames_sha256(frames))
+        n = DEFAULT_N_BEADS if n_beads is None else int(n_beads)
+        xy = simulate(frames=sim_frames, seed=sim_seed, n_beads=n)
+        frames = validate_frames(xy, "sim", min_frames=min_frames)
+        tag = "" if n == DEFAULT_N_BEADS else f",beads={n}"  # the 12-bead source string is unchanged
+        return DataSource(frames, f"sim(frames={sim_frames},seed={sim_seed}{tag})", frames_sha256(frames))
     if spec == "dmol":
         path = dmol_path()
-        frames, digest = read_trajectory(path, min_frames=min_frames)  # parsed from the bytes it hashed
+        frames, digest = read_trajectory(path, min_frames=min_frames, n_beads=n_beads)  # parsed from the bytes hashed
         if digest != DMOL_SHA256:
             raise InputError(
                 f"{path}: sha256 {digest[:12]}... is not the chapter's {DMOL_SHA256[:12]}...; re-download it"
             )
         return DataSource(frames, "dmol", frames_sha256(frames), str(path), DMOL_SHA256)
-    frames, file_sha256 = read_trajectory(spec, min_frames=min_frames)  # hashed and parsed from the same bytes
+    frames, file_sha256 = read_trajectory(spec, min_frames=min_frames, n_beads=n_beads)  # hashed, parsed: same bytes
     return DataSource(frames, "file", frames_sha256(frames), str(spec), file_sha256)

@@ -11,7 +11,6 @@ import numpy as np
 from ._contract import (
     AR_CORRECTION,
     DISPLACEMENT,
-    N_BEADS,
     NEXT_POSITIONS,
     POSITIONS,
     PREVIOUS_DISPLACEMENT,
@@ -34,11 +33,12 @@ def make_stepper(bundle, batch: int):
     """
     if bundle._session is None:
         raise UsageError(f"{bundle._path}: bundle is closed; open it again")
-    shape = (batch, N_BEADS, 3)
+    n_beads = bundle.n_beads
+    shape = (batch, n_beads, 3)
     h = bundle.history
     meanings = bundle._input_meanings
     bufs = {
-        n: np.empty((batch, h, N_BEADS, 3) if m == PREVIOUS_DISPLACEMENTS else shape, dtype=bundle._input_dtypes[n])
+        n: np.empty((batch, h, n_beads, 3) if m == PREVIOUS_DISPLACEMENTS else shape, dtype=bundle._input_dtypes[n])
         for n, m in meanings.items()
     }
     pos_names = [n for n, m in meanings.items() if m == POSITIONS]
@@ -117,9 +117,7 @@ def _bound_run(bundle, bufs: dict[str, np.ndarray], shape: tuple[int, ...]):
         try:
             session.run_with_iobinding(binding)
         except Exception as exc:  # e.g. a wrong output shape, which onnxruntime cannot write into y
-            raise InputError(
-                f"{bundle._path}: the model did not return ({shape[0]}, 12, 3): {_clean_ort_error(exc)}"
-            ) from None
+            raise InputError(f"{bundle._path}: the model did not return {shape}: {_clean_ort_error(exc)}") from None
         return y
 
     return run

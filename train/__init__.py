@@ -16,6 +16,7 @@ _HOMES = {
     "MODEL_KINDS": "_checkpoint",
     "CHECKPOINT_FORMAT": "_checkpoint",
     "build_model": "_checkpoint",
+    "checkpoint_n_beads": "_checkpoint",
     "load_checkpoint": "_checkpoint",
     "save_checkpoint": "_checkpoint",
     "E3nnConfig": "_config",

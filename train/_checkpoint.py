@@ -14,7 +14,14 @@ from e3traj.runtime import CHECKPOINT_FORMAT_VERSION, InputError, __version__, a
 
 from ._kinds import KINDS, get_kind, positive_float
 
-__all__ = ["CHECKPOINT_FORMAT", "MODEL_KINDS", "save_checkpoint", "load_checkpoint", "build_model"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "MODEL_KINDS",
+    "save_checkpoint",
+    "load_checkpoint",
+    "build_model",
+    "checkpoint_n_beads",
+]
 
 CHECKPOINT_FORMAT = "e3traj-checkpoint"
 MODEL_KINDS = tuple(KINDS)
@@ -75,6 +82,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(scale, float) or not math.isfinite(scale) or scale <= 0:
         raise InputError(f"{name}: field 'scale' is {scale!r}, expected a positive finite float; retrain the model")
     return ckpt
+
+
+def checkpoint_n_beads(ckpt: dict[str, Any]) -> int:
+    """The beads per frame a checkpoint was trained for: ``n_beads``, else its network's ``num_nodes``, else its
+    spec's, else 12 (checkpoints from before N was recorded were all 12-bead)."""
+    for value in (
+        ckpt.get("n_beads"),
+        (ckpt.get("config") or {}).get("num_nodes"),
+        (ckpt.get("spec") or {}).get("n_beads"),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 12
 
 
 def build_model(ckpt: dict[str, Any], *, name: str = "checkpoint") -> torch.nn.Module:

@@ -18,7 +18,7 @@ e3nn.set_optimization_defaults(jit_mode="eager")
 from e3nn import o3  # noqa: E402  (after set_optimization_defaults, before any e3nn module is built)
 from e3nn.nn.models.gate_points_2101 import Network  # noqa: E402
 
-__all__ = ["E3nnConfig", "build_reference_network", "load_reference_weights"]
+__all__ = ["E3nnConfig", "build_reference_network", "load_reference_weights", "training_config"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class E3nnConfig:
     number_of_basis: int = 10
     radial_layers: int = 1
     radial_neurons: int = 128
-    num_neighbors: float = 11.0
+    num_neighbors: float | None = None  # None: num_nodes - 1 (the complete graph's neighbours per node)
     num_nodes: int = 12
 
     def __post_init__(self) -> None:
@@ -57,12 +57,14 @@ class E3nnConfig:
             "number_of_basis": 2,
             "radial_layers": 0,
             "radial_neurons": 1,
-            "num_nodes": 2,
+            "num_nodes": 3,
         }
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"E3nnConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.num_neighbors is None:
+            object.__setattr__(self, "num_neighbors", float(self.num_nodes - 1))
         for name in ("max_radius", "num_neighbors"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -83,6 +85,23 @@ class E3nnConfig:
         if unknown:
             raise ValueError(f"unknown E3nnConfig key(s) {unknown}; known keys are {sorted(known)}")
         return cls(**data)
+
+
+def training_config(kind, overrides: dict, history: int, n_beads: int) -> E3nnConfig:
+    """The network's config for a kind (its ``e3nn_defaults``, the node features of ``history``, ``n_beads``
+    nodes with ``n_beads - 1`` neighbours each) under the user's ``overrides``; UsageError names a bad value."""
+    from e3traj.runtime import UsageError
+
+    merged = {**dict(kind.e3nn_defaults), "num_nodes": n_beads, "num_neighbors": n_beads - 1, **overrides}
+    if merged["num_nodes"] != n_beads:
+        raise UsageError(f"e3nn num_nodes {merged['num_nodes']!r}: the data has {n_beads} beads per frame")
+    irreps_in = kind.irreps_in(history)
+    if irreps_in is not None:
+        merged["irreps_in"] = irreps_in
+    try:
+        return E3nnConfig.from_dict({**E3nnConfig().to_dict(), **merged})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"e3nn hyperparameters: {exc}") from None
 
 
 def build_reference_network(config: E3nnConfig) -> Network:

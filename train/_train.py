@@ -95,21 +95,13 @@ class TrainResult:
     stopped_because: str
 
 
-def _build(cfg: TrainConfig, scale: float, input_scale: float = 1.0, spec: dict | None = None) -> torch.nn.Module:
-    kind = cfg.kind
+def _build(cfg: TrainConfig, scale: float, input_scale: float, spec: dict, n_beads: int) -> torch.nn.Module:
     config = None
-    if kind.e3nn:
-        from ._config import E3nnConfig
+    if cfg.kind.e3nn:
+        from ._config import training_config
 
-        overrides = {**dict(kind.e3nn_defaults), **cfg.e3nn}
-        irreps_in = kind.irreps_in(cfg.history or 2)
-        if irreps_in is not None:
-            overrides["irreps_in"] = irreps_in
-        try:
-            config = E3nnConfig.from_dict({**E3nnConfig().to_dict(), **overrides})
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"e3nn hyperparameters: {exc}") from None
-    return kind.build(config, scale, input_scale, cfg.seed, spec or {})
+        config = training_config(cfg.kind, cfg.e3nn, cfg.history or 2, n_beads)
+    return cfg.kind.build(config, scale, input_scale, cfg.seed, spec or {})
 
 
 def model_inputs(kind: ModelKind, x: torch.Tensor, past: torch.Tensor | None) -> list[torch.Tensor]:
@@ -240,7 +232,7 @@ def train_model(
         input_scale = float(resume.get("input_scale", 1.0))
 
     torch.manual_seed(cfg.seed)
-    model = _build(cfg, scale, input_scale, spec)
+    model = _build(cfg, scale, input_scale, spec, n_beads=int(frames.shape[1]))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]  # none: fitted in closed form (langevin)
     opt = torch.optim.Adam(params or [torch.nn.Parameter(torch.zeros(()))], lr=cfg.learning_rate)
@@ -353,6 +345,7 @@ def train_model(
         "input_scale": input_scale,
         "noise_scale": noise_scale,
         "noise_rule": kind.noise_rule,
+        "n_beads": int(frames.shape[1]),
         "spec": spec,
         "train": cfg.to_dict(),
         "data": {
@@ -389,6 +382,11 @@ def train_model(
 
 def evaluate_checkpoint(ckpt: dict[str, Any], data: DataSource, *, train_fraction: float | None = None, **kw):
     """Metrics of a checkpoint's model on ``data`` (see :func:`e3traj.runtime.evaluate_predictor`)."""
+    from e3traj.runtime import check_beads
+
+    from ._checkpoint import checkpoint_n_beads
+
+    check_beads(data.frames.shape[1], data.path or data.source, checkpoint_n_beads(ckpt))
     model = build_model(ckpt)
     frac = train_fraction if train_fraction is not None else ckpt.get("train", {}).get("train_fraction", 0.8)
     split = split_pairs(data.frames, frac)

@@ -81,6 +81,12 @@ __all__ = ["train", "evaluate"]
     default=None,
     help="Continue from a checkpoint (same model and data); --epochs counts from its start.",
 )
+@click.option(
+    "--beads",
+    type=click.IntRange(min=3, max=1024),
+    default=None,
+    help="Beads per frame: what --data sim simulates, and what a file must hold [default: the data's; sim 12].",
+)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
@@ -102,6 +108,7 @@ def train(
     max_radius,
     radial_neurons,
     resume_path,
+    beads,
     force,
     quiet,
 ):
@@ -146,7 +153,11 @@ def train(
         cfg.e3nn = {**resume["config"], **overrides}
     if resume is not None and KINDS[kind].window:
         cfg.history = resume.get("train", {}).get("history") or history
-    src = resolve_data(data)
+    if resume is not None and beads is None:
+        from ._checkpoint import checkpoint_n_beads
+
+        beads = checkpoint_n_beads(resume)
+    src = resolve_data(data, n_beads=beads)
     with replacing(force):  # no-clobber holds at the checkpoint's final rename too
         result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
     m = result.checkpoint["metrics"]
@@ -166,5 +177,11 @@ def _score_checkpoint(path: Path, data, n_starts: int) -> dict:
     return report
 
 
+def _checkpoint_beads(path: Path) -> int:
+    from ._checkpoint import checkpoint_n_beads, load_checkpoint
+
+    return checkpoint_n_beads(load_checkpoint(path))
+
+
 #: the runtime's evaluate command (bundles), able to score checkpoints too
-evaluate = make_evaluate(_score_checkpoint)
+evaluate = make_evaluate(_score_checkpoint, _checkpoint_beads)

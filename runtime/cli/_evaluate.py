@@ -19,10 +19,15 @@ DATA_HELP = "sim (embedded simulator, 2048 frames, seed 0), dmol (the chapter's 
 
 #: ``score(checkpoint_path, data, n_starts) -> report`` for checkpoints; None on a host without the train extra
 CheckpointScorer = Callable[[Path, DataSource, int], dict]
+#: ``beads(checkpoint_path) -> N``: the beads per frame a checkpoint was trained for
+CheckpointBeads = Callable[[Path], int]
 
 
-def make_evaluate(score_checkpoint: CheckpointScorer | None) -> click.Command:
-    """Build the ``evaluate`` command; checkpoints are scored by ``score_checkpoint`` when given."""
+def make_evaluate(
+    score_checkpoint: CheckpointScorer | None, checkpoint_beads: CheckpointBeads | None = None
+) -> click.Command:
+    """Build the ``evaluate`` command; checkpoints are scored by ``score_checkpoint`` when given (``--data sim``
+    simulates the model's beads per frame: the bundle's, or ``checkpoint_beads``' for a checkpoint)."""
 
     @click.command(name="evaluate")
     @click.argument("model_path", metavar="MODEL", type=click.Path(exists=False))
@@ -50,7 +55,14 @@ def make_evaluate(score_checkpoint: CheckpointScorer | None) -> click.Command:
                 f"{p}: scoring a checkpoint needs the train extra: pip install 'e3traj[train]' "
                 "(or export it and evaluate the bundle)"
             )
-        src = resolve_data(data)
+        if is_bundle_path(p):
+            from .._manifest import manifest_n_beads
+            from .._verify import verify_bundle
+
+            n_beads = manifest_n_beads(verify_bundle(p))
+        else:
+            n_beads = checkpoint_beads(p) if checkpoint_beads is not None else None
+        src = resolve_data(data, n_beads=n_beads)
         report = evaluate_bundle(p, src, n_starts=starts) if is_bundle_path(p) else score_checkpoint(p, src, starts)
         if as_json:
             click.echo(json.dumps(report, indent=2, sort_keys=True))

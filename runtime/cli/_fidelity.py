@@ -45,8 +45,8 @@ def fidelity(bundle, data, steps, n_starts, seed, threads, as_json):
     positive("--steps", steps, maximum=MAX_STEPS)
     positive("--starts", n_starts, maximum=MAX_STARTS)
     positive("--seed", seed, zero_ok=True)
-    src = resolve_data(data)
     with Bundle.open(bundle, threads=threads) as b:
+        src = resolve_data(data, n_beads=b.n_beads)
         report = fidelity_report(b, src, steps=steps, n_starts=n_starts, seed=seed, simulated=data == "sim")
     rows, bands = report.pop("_rows"), report.pop("_bands")
     if as_json:

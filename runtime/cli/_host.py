@@ -111,7 +111,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
     the command exits with code 5.
     """
     from .._bundle import Bundle
-    from .._data import frames_before, load_trajectory
+    from .._data import check_beads, frames_before, load_trajectory
     from .._io import atomic_outputs
     from .._rollout import rollout as run
     from .._rollout import write_rollout_file, write_xyz_file
@@ -141,6 +141,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
         stop = lambda f: unstable_rows(f, bands)  # noqa: E731
         reason = "left the physical band: " + bands.describe().split(", ", 1)[1]
     with Bundle.open(bundle, threads=threads) as b:
+        check_beads(frames.shape[1], str(init), b.n_beads)
         previous = None
         h = b.history
         if h:

@@ -136,7 +136,7 @@ def trajectory(data, rollout, output, force, start, label, full_view):
     out = _prepare(output, [*_data_inputs(data), rollout], [], force)
     if not rollout.exists():
         raise InputError(f"{rollout}: file not found; pass a rollout .npz written by 'e3traj rollout'")
-    ds = resolve_data(data, min_frames=1)
+    ds = resolve_data(data, min_frames=1, n_beads=load_rollout(rollout)["traj"].shape[2])
     summary = _trajectory(ds, _data_label(ds), rollout, start, out, label, full_view)
     click.echo(f"wrote {out}: {summary}")
 
@@ -155,8 +155,8 @@ def parity(bundle, data, output, force):
     from .._sources import resolve_data
 
     out = _prepare(output, _data_inputs(data), [bundle], force)
-    ds = resolve_data(data)
     with Bundle.open(bundle) as b:
+        ds = resolve_data(data, n_beads=b.n_beads)
         summary = _parity(b, b.kind, ds, _data_label(ds), out)
     click.echo(f"wrote {out}: {summary}")
 
@@ -178,8 +178,8 @@ def rmsd(bundle, data, output, force, n_starts, horizon):
     positive("--starts", n_starts)
     positive("--horizon", horizon)
     out = _prepare(output, _data_inputs(data), [bundle], force)
-    ds = resolve_data(data)
     with Bundle.open(bundle) as b:
+        ds = resolve_data(data, n_beads=b.n_beads)
         summary = _rmsd(b, b.kind, ds, _data_label(ds), n_starts, horizon, out)
     click.echo(f"wrote {out}: {summary}")
 
@@ -205,8 +205,8 @@ def fidelity(bundle, data, output, force, steps, n_starts, seed):
     positive("--starts", n_starts, maximum=MAX_STARTS)
     positive("--seed", seed, zero_ok=True)
     out = _prepare(output, _data_inputs(data), [bundle], force)
-    ds = resolve_data(data)
     with Bundle.open(bundle) as b:
+        ds = resolve_data(data, n_beads=b.n_beads)
         summary = _fidelity(b, b.kind, ds, _data_label(ds), steps, n_starts, seed, out, simulated=data == "sim")
     click.echo(f"wrote {out}: {summary}")
 
@@ -296,10 +296,10 @@ def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, hor
         raise UsageError(f"{output}: folder {output.parent} does not exist; create it or choose another folder")
     if not rollout.exists():
         raise InputError(f"{rollout}: file not found; pass a rollout .npz written by 'e3traj rollout'")
-    ds = resolve_data(data, min_frames=3)
-    name = _data_label(ds)
     with contextlib.ExitStack() as stack:
         opened = _open_all(stack, bundles)
+        ds = resolve_data(data, min_frames=3, n_beads=load_rollout(rollout)["traj"].shape[2])
+        name = _data_label(ds)
         labels = _labels([b.kind for b in opened], bundles)
         curves = [
             training_curve(b.manifest, lab, _manifest_where(b.path))

@@ -51,8 +51,8 @@ def test_save_roundtrip_atomic(tmp_path):
     "make, needle",
     [
         (lambda: np.full((3, 12, 2), np.nan), "non-finite"),
-        (lambda: np.ones((3, 11, 2)), "11 beads"),
-        (lambda: np.ones((3, 13, 3)), "13 beads"),
+        (lambda: np.ones((3, 2, 2)), "2 beads per frame; a chain needs 3 to 1024"),
+        (lambda: np.ones((2, 1025, 3)), "1025 beads"),
         (lambda: np.ones(12), "rank 1"),
         (lambda: np.ones((2, 3, 12, 3)), "rank 4"),
         (lambda: np.ones((3, 12, 4)), "4 coordinates"),
@@ -66,6 +66,17 @@ def test_bad_arrays(tmp_path, make, needle):
         load_trajectory(f)
     msg = str(e.value)
     assert needle in msg and str(f) in msg and "\n" not in msg
+
+
+def test_any_chain_length_loads_and_a_model_s_n_is_enforced(tmp_path):
+    f = tmp_path / "t20.npz"
+    np.savez(f, arr=np.ones((4, 20, 2)))
+    assert load_trajectory(f).shape == (4, 20, 3)
+    assert load_trajectory(f, n_beads=20).shape == (4, 20, 3)
+    with pytest.raises(InputError) as e:
+        load_trajectory(f, n_beads=12)
+    msg = str(e.value)
+    assert str(f) in msg and "20 beads per frame; the model expects 12" in msg and "\n" not in msg
 
 
 def test_object_array_never_unpickled(tmp_path):

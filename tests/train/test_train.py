@@ -173,9 +173,12 @@ def test_cli_train_refuses_existing_output_and_bad_data(traj, tmp_path):
     r = CliRunner().invoke(main, ["train", "--model", "baseline", "--data", str(traj), "-o", str(out), "--quiet"])
     assert r.exit_code == 2 and "--force" in r.output and out.read_bytes() == b"keep me"
     bad = tmp_path / "bad.npz"
-    np.savez(bad, arr=np.zeros((10, 11, 2)))
+    np.savez(bad, arr=np.zeros((10, 2, 2)))
     r = CliRunner().invoke(main, ["train", "--data", str(bad), "-o", str(tmp_path / "n.pt"), "--quiet"])
-    assert r.exit_code == 3 and "11 beads" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 3 and "2 beads per frame" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "n.pt").exists()
+    r = CliRunner().invoke(main, ["train", "--data", str(traj), "--beads", "20", "-o", str(tmp_path / "n.pt")])
+    assert r.exit_code == 3 and "12 beads per frame; the model expects 20" in r.output
     assert not (tmp_path / "n.pt").exists()
     r = CliRunner().invoke(main, ["train", "--model", "transformer", "--data", str(traj), "-o", str(tmp_path / "m.pt")])
     assert r.exit_code == 2 and "transformer" in r.output
