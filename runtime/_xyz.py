@@ -46,7 +46,7 @@ def parse_xyz(data: bytes, name: str) -> np.ndarray:
         text = data.decode("ascii")
     except UnicodeDecodeError as exc:
         raise InputError(f"{name}: byte {exc.start} is not ASCII; an XYZ file is plain text") from None
-    lines = text.split("\n")
+    lines = text.rstrip().split("\n")  # trailing blank lines end the file
     frames, starts, species = [], set(), set()
     i, n_expected = 0, None
     while i < len(lines):

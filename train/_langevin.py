@@ -296,9 +296,11 @@ def distance_range(frames, margin: float = WALL_MARGIN) -> dict[str, list[float]
     bonded classes (separations 1, 2, 3) ``wall_high``, the largest times ``1 + margin``."""
     _, r = _pairs(torch.as_tensor(frames, dtype=torch.float64))
     masks = _class_masks(r.shape[-1])
-    least = [float(r[:, m].min()) for m in masks]
+    # a short chain has no pair in the far classes (N = 3: none 3 apart): no wall there
+    least = [float(r[:, m].min()) if bool(m.any()) else 0.0 for m in masks]
+    most = [float(r[:, m].max()) * (1 + margin) if bool(m.any()) else 1e30 for m in masks[:-1]]
     return {
         "wall_low": [v * (1 - margin) for v in least],
-        "wall_high": [float(r[:, m].max()) * (1 + margin) for m in masks[:-1]],
+        "wall_high": most,
         "wall_core": [v * CORE_DEPTH for v in least],
     }

@@ -93,14 +93,13 @@ def test_write_manifest_refuses_subfolders_and_symlinks(tmp_path, one_line):
 
 
 def _history_manifest(make_bundle, mutate):
-    import json as _json
 
     from _toys import rehash
 
     d = make_bundle("history")
-    m = _json.loads((d / "manifest.json").read_text())
+    m = json.loads((d / "manifest.json").read_text())
     mutate(m)
-    (d / "manifest.json").write_text(_json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(m))
     rehash(d)
     return d
 
@@ -160,16 +159,33 @@ def test_hostile_numbers_and_missing_sections_are_one_line(make_bundle, mutate, 
 
 
 def test_a_bundle_without_a_model_section_still_opens(make_bundle):
-    import json as _json
 
     from _toys import rehash
 
     from e3traj.runtime import Bundle
 
     d = make_bundle("toy")
-    m = _json.loads((d / "manifest.json").read_text())
+    m = json.loads((d / "manifest.json").read_text())
     m.pop("model")
-    (d / "manifest.json").write_text(_json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(m))
     rehash(d)
     with Bundle.open(d) as b:
         assert b.history == 0 and b.permutation == "any" and b.kind == "unknown"
+
+
+def test_a_manifest_whose_shapes_disagree_with_num_nodes_is_refused(make_bundle):
+    from _toys import rehash
+
+    d = make_bundle("toy")
+    m = json.loads((d / "manifest.json").read_text())
+    m["model"]["num_nodes"] = 20
+    (d / "manifest.json").write_text(json.dumps(m))
+    rehash(d)
+    with pytest.raises(InputError, match=r"output shape \['batch', 12, 3\]; expected \['batch', 20, 3\]"):
+        verify_bundle(d)
+    for bad in (2, 4096, "12", True):
+        m["model"]["num_nodes"] = bad
+        (d / "manifest.json").write_text(json.dumps(m))
+        rehash(d)
+        with pytest.raises(InputError, match="model.num_nodes"):
+            verify_bundle(d)
