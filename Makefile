@@ -11,7 +11,7 @@ DEMO_DIR ?= demo-out
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[train,plot,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[train,plot,ase,dev]'
 	@touch $(STAMP)
 
 test: $(STAMP)

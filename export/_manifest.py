@@ -77,6 +77,8 @@ def _manifest(ckpt, kind, graph, exporter, s: Any, parity: float, n_frames: int)
             "data_sha256": ckpt.get("data", {}).get("sha256"),
             "data_file_sha256": ckpt.get("data", {}).get("file_sha256"),
             "data_source": ckpt.get("data", {}).get("source"),
+            # several trajectories: every file's source, sha256 and frames (absent for one, as before)
+            **({"data_files": ckpt["data"]["parts"]} if ckpt.get("data", {}).get("parts") else {}),
             "metrics": {
                 k: metrics.get(k)
                 for k in (

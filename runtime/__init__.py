@@ -50,7 +50,7 @@ from ._pack import pack_bundle, unpack_bundle
 from ._predictors import MAX_AR_ORDER, LinearExtrapolation, choose_ar, fit_ar, predictor_suite
 from ._rollout import RolloutResult, rollout, save_rollout, write_xyz
 from ._simulate import simulate
-from ._sources import DMOL_SHA256, DataSource, dmol_path, resolve_data
+from ._sources import DMOL_SHA256, DataSource, dmol_path, resolve_data, resolve_many
 from ._verify import verify_bundle
 from ._version import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION, __version__
 
@@ -100,6 +100,7 @@ __all__ = [
     "load_trajectory",
     "read_trajectory",
     "resolve_data",
+    "resolve_many",
     "save_trajectory",
     "split_pairs",
     "validate_frames",

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,9 @@ def load_trajectory(
 
     Accepts the dmol-book format (``.npz`` with key ``arr``), an ``.npz`` with a single array, an ``.npy``, or
     extended XYZ (what ``rollout --xyz`` writes, ASE, OVITO and VMD read: one species, no periodic cell; see
-    :mod:`e3traj.runtime._xyz`). 2D coordinates are lifted to 3D with z = 0 as in the chapter. Nothing is
-    unpickled. ``n_beads``: the N the caller's model expects (None: any N from ``MIN_BEADS`` to ``MAX_BEADS``).
+    :mod:`e3traj.runtime._xyz`), or, with the ``ase`` extra, any format ASE reads (:mod:`e3traj.runtime._ase_io`).
+    2D coordinates are lifted to 3D with z = 0 as in the chapter. Nothing is unpickled. ``n_beads``: the N
+    the caller's model expects (None: any N from ``MIN_BEADS`` to ``MAX_BEADS``).
 
     Shapes: file ``(T, N, 2|3)`` or one frame ``(N, 2|3)`` -> returned ``(T, N, 3)`` float64.
 
@@ -123,10 +125,10 @@ def read_trajectory(
         arr = _read_array(io.BytesIO(data), name, max_bytes)
     elif looks_like_xyz(data):
         arr = parse_xyz(data, name)
-    else:
-        raise InputError(
-            f"{name}: not an .npz, .npy or extended XYZ file; expected the dmol-book format (.npz with key 'arr')"
-        )
+    else:  # any other format ASE reads, with the ase extra (a one-line refusal naming it without)
+        from ._ase_io import parse_with_ase
+
+        arr = parse_with_ase(data, name)
     return validate_frames(arr, name, min_frames=min_frames, n_beads=n_beads), hashlib.sha256(data).hexdigest()
 
 
@@ -272,56 +274,107 @@ def save_trajectory(path: str | os.PathLike, frames: np.ndarray, *, replace: boo
 
 @dataclass(frozen=True)
 class Split:
-    """The chapter's split of a trajectory into (frame, next frame) pairs, 80:20, without shuffling.
+    """(frame, next frame) pairs split into training and validation, without shuffling: the chapter's 80:20 of
+    one trajectory, or of each of several trajectories held end to end in ``frames``.
 
-    Shapes: ``train_x``, ``train_y`` ``(n_train, 12, 3)``; ``val_x``, ``val_y`` ``(n_val, 12, 3)``;
-    ``val_prev`` ``(n_val, 12, 3)`` is the frame before each validation input (for constant velocity).
+    ``segments``: ``(start, first validation pair, stop)`` per trajectory (``frames[start:stop]``); empty for
+    one trajectory, whose first ``n_train`` pairs train. Pairs and history windows never cross a trajectory's
+    boundary: :meth:`train_index` and :meth:`val_index` give the pairs ``t -> t + 1`` whose ``h`` frames before
+    lie in the same trajectory. ``n_train`` is the number of training pairs in every case.
+
+    Shapes: ``train_x``, ``train_y`` ``(n_train, N, 3)``; ``val_x``, ``val_y`` ``(n_val, N, 3)``;
+    ``val_prev`` the frame before each validation input whose trajectory has one (for constant velocity).
     """
 
     frames: np.ndarray
     n_train: int
+    segments: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def parts(self) -> tuple[tuple[int, int, int], ...]:
+        """``(start, first validation pair, stop)`` per trajectory (one for a single trajectory)."""
+        return self.segments or ((0, self.n_train, len(self.frames)),)
+
+    def train_index(self, h: int = 0) -> np.ndarray:
+        """Training pairs t (t -> t + 1) with ``h`` frames of their own trajectory before them."""
+        return np.concatenate([np.arange(a + h, v, dtype=np.int64) for a, v, _ in self.parts])
+
+    def val_index(self, h: int = 0) -> np.ndarray:
+        """Validation pairs t with ``h`` frames of their own trajectory before them."""
+        return np.concatenate([np.arange(max(v, a + h), b - 1, dtype=np.int64) for a, v, b in self.parts])
+
+    @property
+    def history_room(self) -> int:
+        """The longest history window validation can use: for one trajectory, or one split 80:20, the frames
+        before its first validation pair (every pair keeps it); a held-out trajectory loses its first h pairs and
+        must keep one."""
+        if not self.segments:
+            return self.parts[0][1]
+        return min((v - a) if v > a else (b - a - 2) for a, v, b in self.parts if b - 1 > v)
 
     @property
     def train_x(self) -> np.ndarray:
-        return self.frames[: self.n_train]
+        return self.frames[self.train_index()]
 
     @property
     def train_y(self) -> np.ndarray:
-        return self.frames[1 : self.n_train + 1]
+        return self.frames[self.train_index() + 1]
 
     @property
     def val_x(self) -> np.ndarray:
-        return self.frames[self.n_train : -1]
+        return self.frames[self.val_index()]
 
     @property
     def val_y(self) -> np.ndarray:
-        return self.frames[self.n_train + 1 :]
+        return self.frames[self.val_index() + 1]
 
     @property
     def val_prev(self) -> np.ndarray:
-        return self.frames[self.n_train - 1 : -2]
+        return self.frames[self.val_index(1) - 1]
 
     @property
     def val_start(self) -> int:
-        """Index (in ``frames``) of the first validation input frame."""
-        return self.n_train
+        """Index (in ``frames``) of the first validation input frame of a single trajectory."""
+        return self.parts[0][1]
 
 
-def split_pairs(frames: np.ndarray, train_fraction: float = 0.8) -> Split:
+def split_pairs(
+    frames: np.ndarray,
+    train_fraction: float = 0.8,
+    *,
+    segments: Sequence[tuple[int, int]] | None = None,
+    held_out: Sequence[int] = (),
+) -> Split:
     """Split frames as the chapter does: features = frames[:-1], labels = frames[1:], first 80% of pairs train.
 
-    For 2048 frames: 2047 pairs, 1637 for training, 410 for validation.
+    For 2048 frames: 2047 pairs, 1637 for training, 410 for validation. With ``segments`` (``(start, stop)`` of
+    each trajectory in ``frames``) every trajectory is split the same way, the last 20% of each validating; with
+    ``held_out`` (indices of segments) those trajectories validate whole and the others train whole.
     """
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction!r}")
     frames = np.asarray(frames)
-    n_pairs = len(frames) - 1
-    n_train = int(train_fraction * n_pairs)
-    if n_train < 1 or n_pairs - n_train < 1:
-        raise InputError(
-            f"trajectory: {len(frames)} frames give {n_pairs} pairs, too few to split {train_fraction:.0%}:rest"
-        )
-    return Split(frames=frames, n_train=n_train)
+    if segments is None:
+        n_pairs = len(frames) - 1
+        n_train = int(train_fraction * n_pairs)
+        if n_train < 1 or n_pairs - n_train < 1:
+            raise InputError(
+                f"trajectory: {len(frames)} frames give {n_pairs} pairs, too few to split {train_fraction:.0%}:rest"
+            )
+        return Split(frames=frames, n_train=n_train)
+    held = set(int(i) for i in held_out)
+    if held and held >= set(range(len(segments))):
+        raise InputError("every trajectory is held out for validation; pass at least one to train on")
+    parts = []
+    for i, (a, b) in enumerate(segments):
+        n_pairs = b - a - 1
+        n_train = 0 if i in held else n_pairs if held else int(train_fraction * n_pairs)
+        if n_pairs < 1 or (not held and (n_train < 1 or n_pairs - n_train < 1)):
+            raise InputError(
+                f"trajectory {i + 1}: {b - a} frames give {n_pairs} pairs, too few to split {train_fraction:.0%}:rest"
+            )
+        parts.append((int(a), int(a) + n_train, int(b)))
+    return Split(frames=frames, n_train=sum(v - a for a, v, _ in parts), segments=tuple(parts))
 
 
 def frames_sha256(frames: np.ndarray) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._data import split_pairs
+from ._data import check_beads
 from ._metrics import SUITE_LABELS, evaluate_predictor
 from ._sources import DataSource
 
@@ -22,7 +22,8 @@ def evaluate_bundle(path: str | Path, data: DataSource, *, n_starts: int = 8, th
     from ._bundle import Bundle
 
     with Bundle.open(path, threads=threads) as bundle:
-        report = evaluate_predictor(bundle, split_pairs(data.frames, 0.8), n_starts=n_starts)
+        check_beads(data.frames.shape[1], data.path or data.source, bundle.n_beads)
+        report = evaluate_predictor(bundle, data.split(0.8), n_starts=n_starts)
         report["model"] = {"path": str(path), "kind": bundle.kind, "bundle_sha256": bundle.sha256}
     report["data"] = {"source": data.source, "sha256": data.sha256}
     return report

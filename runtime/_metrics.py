@@ -142,11 +142,17 @@ def one_step_metrics(model, split: Split, suite: Mapping | None = None, batch_si
 def rollout_starts(split: Split, horizon: int, n_starts: int, history: int = 0) -> np.ndarray:
     """Evenly spaced starting frames in the validation part whose ``horizon`` true frames exist (and whose
     ``history`` frames before exist)."""
-    first = max(split.val_start, history)
-    last = len(split.frames) - 1 - horizon
-    if last < first:
+    if not split.segments:
+        first = max(split.val_start, history)
+        last = len(split.frames) - 1 - horizon
+        if last < first:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.linspace(first, last, num=max(1, n_starts)).round().astype(np.int64))
+    # several trajectories: every start in the validation part of its own, with its horizon inside it too
+    ok = np.concatenate([np.arange(max(v, a + history), b - horizon) for a, v, b in split.parts])
+    if not len(ok):
         return np.zeros(0, dtype=np.int64)
-    return np.unique(np.linspace(first, last, num=max(1, n_starts)).round().astype(np.int64))
+    return np.unique(ok[np.linspace(0, len(ok) - 1, num=max(1, n_starts)).round().astype(np.int64)])
 
 
 def _roll(step, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
@@ -171,7 +177,7 @@ def rollout_rmsd(
     The horizon shrinks to what the validation part holds; a k beyond it is left out. Every predictor starts
     from the same frames. Returns ``{name: {"k=1": rmsd, ...}}`` for every predictor given.
     """
-    n_val = len(split.frames) - 1 - split.val_start
+    n_val = max(b - 1 - v for _, v, b in split.parts)
     ks = [int(k) for k in ks if 0 < int(k) <= n_val]
     if not ks:
         return {name: {} for name in steps}

@@ -28,17 +28,25 @@ __all__ = [
 ]
 
 
-def residual_scale(predictor, frames: np.ndarray, lo: int, hi: int) -> float:
-    """RMS one-step residual per moving coordinate of ``predictor`` on the pairs ``t -> t + 1``, ``lo <= t < hi``.
+def _pairs(lo, hi) -> np.ndarray:
+    """The pairs ``t -> t + 1``: ``lo <= t < hi``, or ``lo`` itself when it is an array of t (``hi`` None)."""
+    return np.arange(lo, hi) if hi is not None else np.asarray(lo, dtype=np.int64)
+
+
+def residual_scale(predictor, frames: np.ndarray, lo, hi: int | None = None) -> float:
+    """RMS one-step residual per moving coordinate of ``predictor`` on the pairs ``t -> t + 1``, ``lo <= t < hi``
+    (or the pairs ``lo``, an array, e.g. :meth:`Split.train_index`; the caller keeps ``h`` frames of their own
+    trajectory before each).
 
     On planar data (z = 0 everywhere) the z coordinate, which never moves, is not counted.
-    Shapes: ``frames`` ``(T, 12, 3)``.
+    Shapes: ``frames`` ``(T, N, 3)``.
     """
     frames = np.asarray(frames, dtype=np.float64)
     h = int(predictor.history)
-    ts = np.arange(max(lo, h), hi)
+    ts = _pairs(lo, hi)
+    ts = ts[ts >= h]
     if not len(ts):
-        raise UsageError(f"residual_scale: no pairs in [{lo}, {hi}) with {h} frames before them")
+        raise UsageError(f"residual_scale: no pairs with {h} frames before them")
     past = frames_before(frames, ts, h)
     pred = predictor.step(frames[ts], past) if h else predictor.step(frames[ts])
     res = pred - frames[ts + 1]
@@ -72,7 +80,7 @@ def velocity_gain(coefficients: Sequence[float]) -> float:
     return float(p[0, 0])
 
 
-def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo: int, hi: int) -> float:
+def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo, hi: int | None = None) -> float:
     """The noise per coordinate whose steady state under the damping ``coefficients`` has the mean squared
     one-step displacement of ``frames[lo:hi + 1]`` (fluctuation-dissipation: the thermostat of a learned
     Langevin integrator, see :mod:`e3traj.train._langevin`).
@@ -85,9 +93,10 @@ def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo: int,
     Shapes: ``frames`` ``(T, 12, 3)``.
     """
     frames = np.asarray(frames, dtype=np.float64)
-    if not 0 <= lo < hi < len(frames):
+    ts = _pairs(lo, hi)
+    if not len(ts) or ts.min() < 0 or ts.max() + 1 >= len(frames):
         raise UsageError(f"thermostat_scale: no displacements in [{lo}, {hi}) of {len(frames)} frames")
-    d = frames[lo + 1 : hi + 1] - frames[lo:hi]
+    d = frames[ts + 1] - frames[ts]
     ncoord = 2 if np.all(frames[..., 2] == 0) else 3
     mean_square = float(np.sum(d * d) / (d[..., 0].size * ncoord))
     return math.sqrt(mean_square / velocity_gain(coefficients))

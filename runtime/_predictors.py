@@ -93,7 +93,7 @@ def fit_ar(split: Split, order: int) -> LinearExtrapolation:
     if h == 0:
         return LinearExtrapolation("ar1", "AR(1) = persistence", ())
     frames = np.asarray(split.frames, dtype=np.float64)
-    ts = np.arange(h, split.n_train)
+    ts = split.train_index(h)
     if len(ts) < 2 * h:
         raise ValueError(f"AR({order}) needs at least {3 * h} training frames, the split has {split.n_train}")
     x, past, y = _windows(frames, ts, h)
@@ -109,12 +109,12 @@ def validation_windows(split: Split, h: int) -> tuple[np.ndarray, np.ndarray | N
     Shapes: -> ``(n, 12, 3)``, ``(n, h, 12, 3)`` (None for h = 0), ``(n, 12, 3)``.
     Raises InputError when the first validation pair has fewer than ``h`` frames before it.
     """
-    if split.val_start < h:
+    if split.history_room < h:
         raise InputError(
-            f"trajectory: {h} frames are needed before the first validation pair, it has {split.val_start}"
+            f"trajectory: {h} frames are needed before the first validation pair, it has {split.history_room}"
         )
     frames = np.asarray(split.frames, dtype=np.float64)
-    return _windows(frames, np.arange(split.val_start, len(frames) - 1), h)
+    return _windows(frames, split.val_index(h), h)
 
 
 def _val_mse(p, split: Split, h: int) -> float:
@@ -129,12 +129,12 @@ def choose_ar(split: Split, orders: Sequence[int] | None = None) -> tuple[Linear
     Every order is scored on the same validation pairs. Returns the predictor and ``{k: validation MSE}``.
     """
     if orders is None:  # every order whose window fits before the first validation pair and can be fitted
-        orders = list(range(1, min(MAX_AR_ORDER, split.val_start + 1, split.n_train // 3 + 1) + 1))
+        orders = list(range(1, min(MAX_AR_ORDER, split.history_room + 1, split.n_train // 3 + 1) + 1))
     orders = [int(k) for k in orders]
     if not orders:
         raise ValueError("choose_ar: no AR order to try")
     h = max(orders) - 1
-    if split.val_start < h:
+    if split.history_room < h:
         raise ValueError(f"choose_ar: AR({max(orders)}) needs {h} frames before the first validation pair")
     fits = {k: fit_ar(split, k) for k in orders}
     scores = {k: _val_mse(p, split, h) for k, p in fits.items()}

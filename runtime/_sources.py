@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ._contract import DEFAULT_N_BEADS
 from ._data import frames_sha256, read_trajectory, validate_frames
-from ._errors import InputError, first_line
+from ._errors import InputError, UsageError, first_line
 from ._io import atomic_output, sha256_file
 from ._simulate import simulate
 
@@ -98,6 +99,55 @@ class DataSource:
     sha256: str
     path: str | None = None
     file_sha256: str | None = None
+    #: several trajectories end to end in ``frames``: ``(start, stop)`` of each, those held out for validation
+    #: (their indices), and each one's provenance (``source``, ``path``, ``sha256``, ``file_sha256``, ``frames``)
+    segments: tuple[tuple[int, int], ...] | None = None
+    held_out: tuple[int, ...] = ()
+    parts: tuple[dict, ...] = ()
+
+    def split(self, train_fraction: float = 0.8):
+        """The (frame, next frame) pairs split for training (see :func:`~e3traj.runtime.split_pairs`): 80:20 of
+        each trajectory, or the held-out trajectories validating whole. Pairs never cross a trajectory's end."""
+        from ._data import split_pairs
+
+        return split_pairs(self.frames, train_fraction, segments=self.segments, held_out=self.held_out)
+
+
+def resolve_many(
+    specs: Sequence[str], *, val_specs: Sequence[str] = (), n_beads: int | None = None, min_frames: int = 3
+) -> DataSource:
+    """Several ``--data`` (and ``--val-data``) trajectories as one source whose pairs never cross a file boundary.
+
+    One spec and no ``val_specs`` is :func:`resolve_data` itself (the same source string and digests). Every
+    trajectory must hold the same beads per frame (the first one's, or ``n_beads``); ``sha256`` covers the
+    frames and the boundaries, ``parts`` records each file's digests. Shapes: frames ``(sum T_i, N, 3)``.
+    """
+    specs, val_specs = list(specs), list(val_specs)
+    if not specs:
+        raise UsageError("--data: pass at least one trajectory")
+    if len(specs) == 1 and not val_specs:
+        return resolve_data(specs[0], n_beads=n_beads, min_frames=min_frames)
+    import hashlib
+
+    loaded = []
+    for spec in specs + val_specs:
+        one = resolve_data(spec, n_beads=n_beads, min_frames=min_frames)
+        n_beads = one.frames.shape[1] if n_beads is None else n_beads
+        loaded.append(one)
+    bounds = np.cumsum([0] + [len(d.frames) for d in loaded])
+    segments = tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
+    frames = np.concatenate([d.frames for d in loaded])
+    digest = hashlib.sha256()
+    for d in loaded:
+        digest.update(f"{len(d.frames)}:{d.sha256};".encode())
+    parts = tuple(
+        {"source": d.source, "path": d.path, "sha256": d.sha256, "file_sha256": d.file_sha256, "frames": len(d.frames)}
+        for d in loaded
+    )
+    names = "+".join(d.path or d.source for d in loaded[: len(specs)])
+    held = tuple(range(len(specs), len(loaded)))
+    source = names + (f" (validation: {'+'.join(d.path or d.source for d in loaded[len(specs) :])})" if held else "")
+    return DataSource(frames, source, digest.hexdigest(), segments=segments, held_out=held, parts=parts)
 
 
 def resolve_data(

@@ -114,3 +114,11 @@ def onnx_session(model: torch.nn.Module):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     return ops, ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+
+def exact_radius_graph(pos, r_max, batch):
+    """e3nn's radius_graph with exact distances: for more than 25 points torch.cdist switches to a matrix-product
+    formula whose rounding leaves some self-distances at ~3e-8 > 0, so e3nn's own graph gains self-loops there."""
+    r = torch.cdist(pos, pos, compute_mode="donot_use_mm_for_euclid_dist")
+    index = ((r < r_max) & (r > 0)).nonzero().T
+    return index[:, batch[index[0]] == batch[index[1]]]

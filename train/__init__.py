@@ -31,6 +31,7 @@ _HOMES = {
     "train_model": "_train",
     "step_function": "_train",
     "evaluate_checkpoint": "_train",
+    "pyg_samples": "_pyg",
 }
 
 __all__ = list(_HOMES)

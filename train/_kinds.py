@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from e3traj.runtime import contract as C
 
 if TYPE_CHECKING:  # torch loads with the models, not with the registry (the CLI reads it for --model)
@@ -91,10 +93,10 @@ class ModelKind:
 
         if self.noise_rule == "thermostat":
             try:
-                return thermostat_scale(spec["ar_coefficients"], split.frames, 0, split.n_train)
+                return thermostat_scale(spec["ar_coefficients"], split.frames, split.train_index())
             except ValueError as exc:
                 raise InputError(f"training data: {exc}; pass --history 2 or more frames") from None
-        return residual_scale(predictor, split.frames, 0, split.n_train)
+        return residual_scale(predictor, split.frames, split.train_index(int(predictor.history)))
 
     def irreps_in(self, history: int) -> str | None:
         """The network's node input irreps for ``--history`` ``history``."""
@@ -197,7 +199,8 @@ def _langevin_prepare(split, x, past, y, history):
     disp = torch.stack(C.past_displacements(x, past, h), dim=-1)  # (n, N, 3, H), the most recent first
     feats = ChainForces(x.shape[1], length).double()(x)
     w = fit_head(torch.cat([disp, feats], dim=-1), y - x, ridge=JOINT_RIDGE)
-    walls = distance_range(split.frames[: split.n_train + 1])
+    ts = split.train_index()
+    walls = distance_range(split.frames[np.union1d(ts, ts + 1)])  # every frame of a training pair
     return {
         "history": h,
         "length_scale": length,

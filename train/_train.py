@@ -23,7 +23,6 @@ from e3traj.runtime import (
     choose_ar,
     evaluate_predictor,
     one_step_metrics,
-    split_pairs,
 )
 from e3traj.runtime import contract as C
 
@@ -150,9 +149,9 @@ def step_function(model: torch.nn.Module, kind: ModelKind | str, spec: dict | No
     return _TorchPredictor(model, kind, spec, h if history is None else history)
 
 
-def _windows(frames: torch.Tensor, lo: int, hi: int, h: int):
-    """x = frames[t], past = frames[t-h:t] (chronological), y = frames[t+1] for t in [max(lo, h), hi)."""
-    ts = torch.arange(max(lo, h), hi)
+def _windows(frames: torch.Tensor, ts: np.ndarray, h: int):
+    """x = frames[t], past = frames[t-h:t] (chronological), y = frames[t+1] for the pairs ``ts``."""
+    ts = torch.as_tensor(ts, dtype=torch.int64)
     past = frames[ts[:, None] + torch.arange(-h, 0)[None, :]] if h else None  # as runtime's frames_before
     return frames[ts], past, frames[ts + 1]
 
@@ -196,16 +195,16 @@ def train_model(
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    split: Split = split_pairs(data.frames, cfg.train_fraction)
+    split: Split = data.split(cfg.train_fraction)
     frames = torch.as_tensor(split.frames, dtype=torch.float64)
     kind = cfg.kind
     if kind.window and cfg.history is None:  # the kind's window, or the one the suite's best AR(k) uses
         cfg.history = kind.default_history or max(2, choose_ar(split)[0].order)
     h = kind.past_frames(cfg.history or 2)  # frames before the current one (velocity: 1, history: K - 1)
-    if split.val_start < h:
+    if split.history_room < h:
         raise InputError(f"{data.path or data.source}: too few frames for a history of {cfg.history}")
-    x64, past64, y64 = _windows(frames, 0, split.n_train, h)
-    vx, vpast, vy = _windows(frames, split.val_start, len(frames) - 1, h)
+    x64, past64, y64 = _windows(frames, split.train_index(h), h)
+    vx, vpast, vy = _windows(frames, split.val_index(h), h)
     spec: dict[str, Any] = {}
     if kind.prepare is not None:
         if resume is not None and resume.get("spec"):
@@ -258,11 +257,11 @@ def train_model(
         history = list(resume.get("history", []))
 
     n = len(x64)
-    unrolled = None
-    if cfg.unroll > 1 and kind.window:  # targets x_{t+1} .. x_{t+U} for the pairs that have them
-        t0 = max(0, h)
-        m = split.n_train - cfg.unroll + 1 - t0
-        unrolled = torch.stack([frames[t0 + k + 1 : t0 + k + 1 + m] for k in range(cfg.unroll)], dim=1)
+    unrolled = unroll_ok = None
+    if cfg.unroll > 1 and kind.window:  # targets x_{t+1} .. x_{t+U}; usable where all U train, in one trajectory
+        ts = split.train_index(h)
+        unroll_ok = torch.as_tensor(np.concatenate([np.arange(a + h, v) <= v - cfg.unroll for a, v, _ in split.parts]))
+        unrolled = frames[torch.as_tensor(np.minimum(ts[:, None] + np.arange(1, cfg.unroll + 1), len(frames) - 1))]
     labels = (target64 / scale).float() if kind.scaled_labels else y64.float()
     start = time.perf_counter()
     stopped = "epochs" if params else "nothing to train (fitted in closed form)"
@@ -279,7 +278,7 @@ def train_model(
             for i in range(0, n, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
                 if unrolled is not None:
-                    idx = idx[idx < len(unrolled)]  # pairs whose `unroll` next frames are training frames
+                    idx = idx[unroll_ok[idx]]  # pairs whose `unroll` next frames are training frames
                     if not len(idx):
                         continue
                     loss = _unrolled_loss(model, kind, spec, x64[idx], past64[idx], unrolled[idx], scale)
@@ -336,7 +335,8 @@ def train_model(
     metrics["best_epoch"] = best_epoch
     metrics["train_seconds"] = history[-1]["time"] if history else 0.0
     config = model.net.config.to_dict() if kind.e3nn else {}
-    sample_idx = torch.as_tensor(np.linspace(max(h, 1), split.n_train - 1, 16).astype(np.int64))
+    pool = split.train_index(max(h, 1))
+    sample_idx = torch.as_tensor(pool[np.linspace(0, len(pool) - 1, 16).astype(np.int64)])
     ckpt = {
         "kind": kind.name,
         "config": config,
@@ -353,6 +353,7 @@ def train_model(
             "sha256": data.sha256,
             "file_sha256": data.file_sha256,
             "n_frames": int(len(data.frames)),
+            "parts": [dict(p) for p in data.parts],  # several trajectories: each one's source and sha256
             "n_train": int(split.n_train),
             "n_val": int(len(split.val_x)),
             "train_fraction": cfg.train_fraction,
@@ -389,7 +390,7 @@ def evaluate_checkpoint(ckpt: dict[str, Any], data: DataSource, *, train_fractio
     check_beads(data.frames.shape[1], data.path or data.source, checkpoint_n_beads(ckpt))
     model = build_model(ckpt)
     frac = train_fraction if train_fraction is not None else ckpt.get("train", {}).get("train_fraction", 0.8)
-    split = split_pairs(data.frames, frac)
+    split = data.split(frac)
     return evaluate_predictor(step_function(model, ckpt["kind"], ckpt.get("spec")), split, **kw)
 
 

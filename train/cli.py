@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from e3traj.runtime import check_output_path, format_one_step, replacing, resolve_data
+from e3traj.runtime import check_output_path, format_one_step, replacing, resolve_many
 from e3traj.runtime.cli import DATA_HELP as _DATA_HELP
 from e3traj.runtime.cli import make_evaluate
 
@@ -24,7 +24,18 @@ __all__ = ["train", "evaluate"]
     show_default=True,
     help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()),
 )
-@click.option("--data", default="sim", show_default=True, help=_DATA_HELP)
+@click.option(
+    "--data",
+    multiple=True,
+    default=("sim",),
+    show_default=True,
+    help=_DATA_HELP + " Repeat for several trajectories: pairs never cross a file, the last 20% of each validates.",
+)
+@click.option(
+    "--val-data",
+    multiple=True,
+    help="Trajectories held out whole for validation (repeatable); the --data files then train whole.",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="Epoch budget.")
 @click.option(
@@ -92,6 +103,7 @@ __all__ = ["train", "evaluate"]
 def train(
     kind,
     data,
+    val_data,
     output,
     epochs,
     max_time,
@@ -120,7 +132,7 @@ def train(
     from ._checkpoint import load_checkpoint
     from ._train import TrainConfig, train_model
 
-    inputs = [resume_path] + ([data] if data not in ("sim", "dmol") else [])
+    inputs = [resume_path] + [d for d in (*data, *val_data) if d not in ("sim", "dmol")]
     out = check_output_path(output, inputs, force=force)  # resuming writes a new file: -o must not exist
     overrides = {
         k: v
@@ -157,7 +169,7 @@ def train(
         from ._checkpoint import checkpoint_n_beads
 
         beads = checkpoint_n_beads(resume)
-    src = resolve_data(data, n_beads=beads)
+    src = resolve_many(data, val_specs=val_data, n_beads=beads)
     with replacing(force):  # no-clobber holds at the checkpoint's final rename too
         result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
     m = result.checkpoint["metrics"]

@@ -106,7 +106,9 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
     shapes = ", ".join(f"{tuple(p['shape'])} {p['gflops']:.1f}" for p in roof["per_shape"])
     opens = ", ".join(dict.fromkeys(f"{r['open_s']:.3f} s ({r['threads']} thr)" for r in rows))
     load = " ".join(f"{v:g}" for v in info["load_average"]) if info["load_average"] else "?"
-    click.echo(one_line(f"bundle    {bundle} ({manifest.get('model', {}).get('kind', '?')}, {size / 1024:.0f} KiB)"))
+    n = manifest.get("model", {}).get("num_nodes", 12)
+    kind = manifest.get("model", {}).get("kind", "?")
+    click.echo(one_line(f"bundle    {bundle} ({kind}, {n} beads: {n * (n - 1)} edges, {size / 1024:.0f} KiB)"))
     click.echo(
         f"machine   {info['cpu']}, {info['cores']} CPUs, load {load}; onnxruntime {info['onnxruntime']}, "
         f"numpy {info['numpy']}"

@@ -11,7 +11,7 @@ import click
 
 from .._errors import MissingExtra, one_line
 from .._evaluate import evaluate_bundle, format_evaluation, is_bundle_path
-from .._sources import DataSource, resolve_data
+from .._sources import DataSource, resolve_many
 
 __all__ = ["evaluate", "make_evaluate"]
 
@@ -31,7 +31,13 @@ def make_evaluate(
 
     @click.command(name="evaluate")
     @click.argument("model_path", metavar="MODEL", type=click.Path(exists=False))
-    @click.option("--data", default="sim", show_default=True, help=DATA_HELP)
+    @click.option(
+        "--data",
+        multiple=True,
+        default=("sim",),
+        show_default=True,
+        help=DATA_HELP + " Repeatable (the last 20% of each).",
+    )
     @click.option(
         "--starts",
         type=click.IntRange(min=1),
@@ -62,7 +68,7 @@ def make_evaluate(
             n_beads = manifest_n_beads(verify_bundle(p))
         else:
             n_beads = checkpoint_beads(p) if checkpoint_beads is not None else None
-        src = resolve_data(data, n_beads=n_beads)
+        src = resolve_many(data, n_beads=n_beads)
         report = evaluate_bundle(p, src, n_starts=starts) if is_bundle_path(p) else score_checkpoint(p, src, starts)
         if as_json:
             click.echo(json.dumps(report, indent=2, sort_keys=True))

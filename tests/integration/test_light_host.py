@@ -279,3 +279,35 @@ def test_commands_needing_an_extra_exit_2_with_one_line(host, command, hint):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and hint in lines[0], proc.stderr
     assert proc.stdout == ""
     assert not (host.work / "model.pt").exists() and not (host.work / "bundle").exists()
+
+
+def test_a_20_bead_polymer_from_two_files_runs_on_the_host_and_again_from_its_own_xyz(host, trajectory, tmp_path):
+    # issue 19's done-when: simulated on the dev side, trained from two files, exported; rolled out, checked and
+    # rolled out again from the extended XYZ it wrote, on the base-only host
+    from e3traj.export import export_checkpoint
+    from e3traj.runtime import resolve_many, save_trajectory, simulate
+    from e3traj.train import TrainConfig, train_model
+
+    files = []
+    for seed in (1, 2):
+        f = host.work / f"poly20-{seed}.npz"
+        save_trajectory(f, simulate(frames=400, seed=seed, n_beads=20))
+        files.append(str(f))
+    data = resolve_many(files)
+    assert data.frames.shape == (800, 20, 3) and data.segments == ((0, 400), (400, 800))
+    train_model(data, TrainConfig(model="langevin", max_time=None), output=tmp_path / "l.pt", progress=False)
+    bundle = host.work / "poly20-bundle"
+    manifest = export_checkpoint(tmp_path / "l.pt", bundle)
+    assert manifest["model"]["num_nodes"] == 20 and len(manifest["training"]["data_files"]) == 2
+
+    out = host.cli("inspect", bundle).stdout
+    assert "nodes 20" in out and "(batch, 20, 3)" in out
+    host.cli("rollout", bundle, files[1], "--frames", "300", "--steps", 40, "-o", "r.npz", "--xyz", "r.xyz")
+    with np.load(host.work / "r.npz", allow_pickle=False) as z:
+        assert z["traj"].shape == (41, 1, 20, 3) and bool(z["complete"])
+    again = host.cli("rollout", bundle, "r.xyz", "--frames", "40", "--steps", 10, "-o", "r2.npz")
+    assert "(11, 1, 20, 3)" in again.stdout
+    checked = host.cli("check", bundle).stdout
+    assert "all cases PASS" in checked
+    wrong = host.cli("rollout", bundle, trajectory, "--steps", 2, "-o", "w.npz", check=3)
+    assert "12 beads per frame; the model expects 20" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _nets import F32_BOUND, perturb, reference_outputs, rotation
+from _nets import F32_BOUND, exact_radius_graph, perturb, reference_outputs, rotation
 
 from e3traj.runtime import Bundle, InputError, check_bundle, resolve_data, save_trajectory
 from e3traj.train import (
@@ -25,14 +25,6 @@ def _frames(n: int, batch: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.cat([torch.zeros(batch, 1, 3, dtype=torch.float64), steps.cumsum(1)], dim=1)
 
 
-def _exact_radius_graph(pos, r_max, batch):
-    """e3nn's radius_graph with exact distances: for more than 25 points torch.cdist switches to a matrix-product
-    formula whose rounding leaves some self-distances at ~3e-8 > 0, so e3nn's own graph gains self-loops there."""
-    r = torch.cdist(pos, pos, compute_mode="donot_use_mm_for_euclid_dist")
-    index = ((r < r_max) & (r > 0)).nonzero().T
-    return index[:, batch[index[0]] == batch[index[1]]]
-
-
 def test_e3nn_s_own_graph_gains_self_loops_beyond_25_nodes():
     # why the parity test below gives e3nn exact distances: its Network is not a function of the positions alone
     from e3nn.nn.models import gate_points_2101 as g
@@ -40,7 +32,7 @@ def test_e3nn_s_own_graph_gains_self_loops_beyond_25_nodes():
     pos = torch.randn(30, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     batch = torch.zeros(30, dtype=torch.long)
     loops = lambda idx: int((idx[0] == idx[1]).sum())  # noqa: E731
-    assert loops(g.radius_graph(pos, 3.5, batch)) > 0 and loops(_exact_radius_graph(pos, 3.5, batch)) == 0
+    assert loops(g.radius_graph(pos, 3.5, batch)) > 0 and loops(exact_radius_graph(pos, 3.5, batch)) == 0
     assert loops(g.radius_graph(pos[:25], 3.5, batch[:25])) == 0
 
 
@@ -48,7 +40,7 @@ def test_e3nn_s_own_graph_gains_self_loops_beyond_25_nodes():
 def test_the_fixed_graph_network_equals_e3nn_and_is_equivariant_at_any_n(n, monkeypatch):
     from e3nn.nn.models import gate_points_2101
 
-    monkeypatch.setattr(gate_points_2101, "radius_graph", _exact_radius_graph)
+    monkeypatch.setattr(gate_points_2101, "radius_graph", exact_radius_graph)
     config = E3nnConfig(irreps_hidden="2x0e + 2x1o", layers=2, num_nodes=n)
     assert config.num_neighbors == n - 1  # the complete graph's neighbours per node
     torch.manual_seed(n)
