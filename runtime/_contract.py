@@ -90,9 +90,9 @@ def history_length(output_meaning: str, input_meanings=(), coefficients=(), disp
 
 
 def as_past(previous, history: int, batch_shape):
-    """The frames before the current one as ``(B, history, 12, 3)``, chronological (the last is x_{t-1}).
+    """The frames before the current one as ``(B, history, N, 3)``, chronological (the last is x_{t-1}).
 
-    ``previous`` may be ``(B, 12, 3)`` when ``history == 1`` (the frame before), or ``(B, H, 12, 3)`` with
+    ``previous`` may be ``(B, N, 3)`` when ``history == 1`` (the frame before), or ``(B, H, N, 3)`` with
     ``H >= history`` (the last ``history`` are used). Works on numpy arrays and torch tensors.
     Raises ValueError naming the shapes.
     """
@@ -116,7 +116,7 @@ def as_past(previous, history: int, batch_shape):
 def past_displacements(x, past, h: int):
     """``d_j = x_{t-j+1} - x_{t-j}`` for j = 1..h, the most recent first.
 
-    Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, >= h, 12, 3)`` chronological -> list of h ``(B, 12, 3)``.
+    Shapes: ``x`` ``(B, N, 3)``, ``past`` ``(B, >= h, N, 3)`` chronological -> list of h ``(B, N, 3)``.
     """
     frames = [x] + [past[:, past.shape[1] - j] for j in range(1, h + 1)]  # x_t, x_{t-1}, ..., x_{t-h}
     return [frames[j - 1] - frames[j] for j in range(1, h + 1)]
@@ -126,7 +126,7 @@ def ar_extrapolate(x, past, coefficients):
     """The linear extrapolation ``x_t + sum_j b_j d_j`` (= ``sum_i c_i x_{t-i}`` with ``sum c_i = 1``).
 
     One coefficient per previous displacement, shared by all beads and coordinates: exactly E(3)- and
-    permutation-equivariant. Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, >= len(b), 12, 3)`` -> ``(B, 12, 3)``.
+    permutation-equivariant. Shapes: ``x`` ``(B, N, 3)``, ``past`` ``(B, >= len(b), N, 3)`` -> ``(B, N, 3)``.
     """
     out = x
     for b, d in zip(coefficients, past_displacements(x, past, len(coefficients))):
@@ -141,8 +141,8 @@ def next_frame(meaning: str, x, prediction, previous=None, coefficients=()):
     (constant velocity plus the correction; with ``y = 0`` it is constant-velocity extrapolation);
     ``ar_correction``: :func:`ar_extrapolate` ``+ y`` (``previous``: the past frames, chronological).
 
-    Shapes: ``x``, ``prediction`` ``(B, 12, 3)`` (numpy or torch) -> ``(B, 12, 3)``; ``previous`` ``(B, 12, 3)``
-    (the frame before) or ``(B, H, 12, 3)`` (the past frames, oldest first; ``ar_correction`` needs these).
+    Shapes: ``x``, ``prediction`` ``(B, N, 3)`` (numpy or torch) -> ``(B, N, 3)``; ``previous`` ``(B, N, 3)``
+    (the frame before) or ``(B, H, N, 3)`` (the past frames, oldest first; ``ar_correction`` needs these).
     """
     if meaning == AR_CORRECTION:
         if previous is None or len(tuple(coefficients)) == 0:
@@ -155,7 +155,7 @@ def next_frame(meaning: str, x, prediction, previous=None, coefficients=()):
     if meaning == VELOCITY_CORRECTION:
         if previous is None:
             raise ValueError("next_frame: 'velocity_correction' needs the previous frame, got None")
-        if previous.ndim == 4:  # the past frames (B, H, 12, 3): the last is the frame before
+        if previous.ndim == 4:  # the past frames (B, H, N, 3): the last is the frame before
             previous = previous[:, -1]
         return x + (x - previous) + prediction
     raise ValueError(f"next_frame: meaning must be one of {OUTPUT_MEANINGS}, got {meaning!r}")

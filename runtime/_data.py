@@ -149,7 +149,7 @@ def _read_file(p: Path, name: str, max_bytes: int) -> bytes:
     except OSError as exc:
         raise InputError(f"{name}: cannot read it ({exc.strerror}); check the path and its permissions") from None
     if not data:
-        raise InputError(f"{name}: file is empty; expected an .npz with key 'arr' of shape (T, 12, 2|3)")
+        raise InputError(f"{name}: file is empty; expected an .npz with key 'arr' of shape (T, N, 2|3)")
     return data
 
 
@@ -173,7 +173,7 @@ def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
                 raise InputError(f"{name}: {len(infos)} members in the .npz; save the trajectory alone under 'arr'")
             members = {i.filename[: -len(".npy")]: i for i in infos if i.filename.endswith(".npy")}
             if not members:
-                raise InputError(f"{name}: the .npz holds no arrays; expected key 'arr' of shape (T, 12, 2|3)")
+                raise InputError(f"{name}: the .npz holds no arrays; expected key 'arr' of shape (T, N, 2|3)")
             if "arr" in members:
                 key = "arr"
             elif len(members) == 1:
@@ -195,7 +195,7 @@ def _load_npz(data: bytes, name: str, max_bytes: int) -> np.ndarray:
 def frames_before(frames: np.ndarray, idx, h: int) -> np.ndarray | None:
     """The ``h`` frames before each index, oldest first (what a step with history ``h`` needs); None when h = 0.
 
-    Shapes: ``frames`` ``(T, 12, 3)``, ``idx`` ``(n,)`` with every index >= h -> ``(n, h, 12, 3)``.
+    Shapes: ``frames`` ``(T, N, 3)``, ``idx`` ``(n,)`` with every index >= h -> ``(n, h, N, 3)``.
     """
     if not h:
         return None
@@ -205,7 +205,7 @@ def frames_before(frames: np.ndarray, idx, h: int) -> np.ndarray | None:
 def lift_to_3d(frames: np.ndarray) -> np.ndarray:
     """Planar frames get z = 0 (as in the chapter); 3D frames are returned as they are.
 
-    Shapes: ``(..., 12, 2|3)`` -> ``(..., 12, 3)``.
+    Shapes: ``(..., N, 2|3)`` -> ``(..., N, 3)``.
     """
     if frames.shape[-1] == 2:
         return np.concatenate([frames, np.zeros(frames.shape[:-1] + (1,), dtype=frames.dtype)], axis=-1)
@@ -378,7 +378,7 @@ def split_pairs(
 
 
 def frames_sha256(frames: np.ndarray) -> str:
-    """sha256 of the canonical float64 C-order bytes of a ``(T, 12, 3)`` array."""
+    """sha256 of the canonical float64 C-order bytes of a ``(T, N, 3)`` array."""
     import hashlib
 
     return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.float64).tobytes()).hexdigest()

@@ -138,7 +138,7 @@ def _transform(
         if meanings[name] == "positions":
             v = v + t
         if perm is not None:
-            v = v[..., perm, :]  # the bead axis (history inputs are (B, H, 12, 3))
+            v = v[..., perm, :]  # the bead axis (history inputs are (B, H, N, 3))
         out[name] = v
     return out
 
@@ -203,10 +203,10 @@ def check_equivariance(
     whose base outputs are non-finite or all zero, or whose error is NaN, FAILS (with a note), never passes.
 
     Args:
-        predict: maps inputs by name, each ``(B, 12, 3)`` float64, to the output ``(B, 12, 3)``.
+        predict: maps inputs by name, each ``(B, N, 3)`` float64, to the output ``(B, N, 3)``.
         input_meanings: input name -> ``positions`` | ``previous_displacement`` | ``previous_displacements``.
         output_meaning: one of :data:`~e3traj.runtime.contract.OUTPUT_MEANINGS`.
-        frames: base inputs by name. Shapes: ``(B, 12, 3)``; ``previous_displacements`` ``(B, H, 12, 3)`` (every
+        frames: base inputs by name. Shapes: ``(B, N, 3)``; ``previous_displacements`` ``(B, H, N, 3)`` (every
             history frame is transformed with the same g, and permuted the same way).
         permutation: what the model promises, ``any`` or ``chain_reversal``.
     """
@@ -295,7 +295,7 @@ def check_frames(
 ) -> dict[str, np.ndarray]:
     """Seeded test frames of the check's own: half polymer-like chains, half random clouds, half of each planar.
 
-    Chains are random walks with bonds of the typical length of ``like`` (a ``(B, 12, 3)`` array of positions,
+    Chains are random walks with bonds of the typical length of ``like`` (a ``(B, N, 3)`` array of positions,
     e.g. the example's; 0.36 without it) and random turns; clouds spread like the chains. Previous
     displacements are small random vectors (planar for planar frames).
 

@@ -95,7 +95,7 @@ def bands_from(reference: np.ndarray) -> Bands:
 
 
 def unstable_rows(frames: np.ndarray, bands: Bands) -> np.ndarray:
-    """Which frames ``(B, 12, 3)`` are outside the band (non-finite, a bond out of range, an overlap)."""
+    """Which frames ``(B, N, 3)`` are outside the band (non-finite, a bond out of range, an overlap)."""
     with np.errstate(invalid="ignore", over="ignore"):
         b = _bonds(frames)
         bad = ~np.all(np.isfinite(frames), axis=(-1, -2))
@@ -263,6 +263,8 @@ def fidelity_report(
         raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
     if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
         raise UsageError(f"starts: got {n_starts!r}; pass a positive number of starting frames")
+    if getattr(data, "segments", None):
+        raise UsageError("fidelity: pass one trajectory (its starts and its reference are one chain's frames)")
     frames = data.frames
     suite = predictor_suite(split_pairs(frames))
     h = max([bundle.history] + [p.history for p in suite.values()])

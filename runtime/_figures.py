@@ -103,6 +103,8 @@ def _parity(b, label: str, ds, data_name: str, out: Path) -> str:
     from ._plot_data import r2_score
     from ._predictors import validation_windows
 
+    if ds.segments:
+        raise UsageError("plot: pass one trajectory as --data")
     split = split_pairs(ds.frames)
     x, past, y = validation_windows(split, b.history)
     with np.errstate(all="ignore"):
@@ -133,6 +135,8 @@ def _rmsd(b, label: str, ds, data_name: str, n_starts: int, horizon: int, out: P
     from ._plot_data import rollout_rmsd_curves
     from ._predictors import predictor_suite
 
+    if ds.segments:
+        raise UsageError("plot: pass one trajectory as --data")
     split = split_pairs(ds.frames)
     n_val = len(split.frames) - 1 - split.val_start
     capped = min(horizon, n_val)

@@ -178,7 +178,7 @@ def _parse_manifest(raw: bytes, where: str) -> tuple[dict, str]:
         raise InputError(f"{where}: {len(raw)} bytes, over the {_MAX_MANIFEST_BYTES}-byte limit; re-export the bundle")
     try:
         manifest = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and ints past Python's digit limit
         raise InputError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); re-export the bundle") from None
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply to read; re-export the bundle") from None

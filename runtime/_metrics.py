@@ -36,7 +36,7 @@ __all__ = [
     "SUITE_LABELS",
 ]
 
-#: ``step(positions, previous) -> next positions``; all ``(B, 12, 3)`` float64. ``previous`` is the frame before.
+#: ``step(positions, previous) -> next positions``; all ``(B, N, 3)`` float64. ``previous`` is the frame before.
 StepFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 #: Report labels of the suite's members, in report order.
@@ -60,7 +60,7 @@ def skill(model_mse: float, persistence_mse: float) -> float:
 
 
 def rmsd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Root-mean-square deviation over beads, per frame. Shapes: ``(..., 12, 3)`` -> ``(...)``."""
+    """Root-mean-square deviation over beads, per frame. Shapes: ``(..., N, 3)`` -> ``(...)``."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     return np.sqrt(np.mean(np.sum(d * d, axis=-1), axis=-1))
 
@@ -71,7 +71,7 @@ def persistence_step(x: np.ndarray, prev: np.ndarray | None = None) -> np.ndarra
 
 
 def constant_velocity_step(x: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """x_t + (x_t - x_{t-1}). Shapes: ``x``, ``prev`` ``(B, 12, 3)``."""
+    """x_t + (x_t - x_{t-1}). Shapes: ``x``, ``prev`` ``(B, N, 3)``."""
     return CONSTANT_VELOCITY.step(x, prev)
 
 
@@ -158,7 +158,7 @@ def rollout_starts(split: Split, horizon: int, n_starts: int, history: int = 0) 
 def _roll(step, frames: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
     """Positions predicted for k = 0..horizon by the one rollout loop; NaN from the first non-finite step on.
 
-    ``step``: a predictor (or a plain ``step(x, prev)``). Shapes: -> ``(horizon + 1, len(starts), 12, 3)``.
+    ``step``: a predictor (or a plain ``step(x, prev)``). Shapes: -> ``(horizon + 1, len(starts), N, 3)``.
     """
     p = as_predictor(step)
     h = int(p.history)
@@ -177,12 +177,12 @@ def rollout_rmsd(
     The horizon shrinks to what the validation part holds; a k beyond it is left out. Every predictor starts
     from the same frames. Returns ``{name: {"k=1": rmsd, ...}}`` for every predictor given.
     """
-    n_val = max(b - 1 - v for _, v, b in split.parts)
+    h = max(int(as_predictor(p).history) for p in steps.values())
+    n_val = max(b - 1 - max(v, a + h) for a, v, b in split.parts)  # a held-out file loses its first h starts
     ks = [int(k) for k in ks if 0 < int(k) <= n_val]
     if not ks:
         return {name: {} for name in steps}
     horizon = max(ks)
-    h = max(int(as_predictor(p).history) for p in steps.values())
     starts = rollout_starts(split, horizon, n_starts, history=h)
     truth = np.stack([split.frames[starts + k] for k in range(horizon + 1)])
     result = {}
@@ -219,7 +219,7 @@ def trajectory_stats(frames) -> dict:
     """Statistics of a trajectory, to compare a simulated one with the chapter's data.
 
     Args:
-        frames: positions, ``(T, 12, 2|3)`` with ``T >= 3``.
+        frames: positions, ``(T, N, 2|3)`` with ``T >= 3``.
 
     Returns:
         A dict of floats:
@@ -233,7 +233,7 @@ def trajectory_stats(frames) -> dict:
         ``persistence_mse``, ``const_velocity_mse`` and their ratio ``cv_gain`` (one-step MSE on the chapter's
         validation split, 2D lifted to 3D with z = 0 so the figures match the chapter's).
 
-    Shapes: ``frames`` ``(T, 12, 2|3)``.
+    Shapes: ``frames`` ``(T, N, 2|3)``.
     """
     a = np.asarray(frames, dtype=np.float64)
     if a.ndim != 3 or a.shape[1] < MIN_BEADS or a.shape[2] not in (2, 3) or a.shape[0] < 3:

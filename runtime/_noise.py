@@ -90,7 +90,7 @@ def thermostat_scale(coefficients: Sequence[float], frames: np.ndarray, lo, hi: 
     rollouts moved the scale by 1.7%), and 0.8x that of an independent long simulation: 1,638 frames are about
     two friction times (1 / gamma = 833 frames), and the kinetic temperature of a 12-bead chain wanders by that
     much over them. Planar data's z coordinate, which never moves, is not counted.
-    Shapes: ``frames`` ``(T, 12, 3)``.
+    Shapes: ``frames`` ``(T, N, 3)``.
     """
     frames = np.asarray(frames, dtype=np.float64)
     ts = _pairs(lo, hi)
@@ -118,7 +118,7 @@ class RolloutNoise:
     """``noise(frames) -> eps``: one draw per start and step, ``scale`` per coordinate.
 
     ``starts``: the frame index of each batch row in its trajectory (seeds its generator with ``seed``).
-    Shapes: ``frames`` ``(B, 12, 3)`` -> ``(B, 12, 3)``.
+    Shapes: ``frames`` ``(B, N, 3)`` -> ``(B, N, 3)``.
     """
 
     def __init__(self, scale: float, seed: int, starts: Sequence[int] | np.ndarray) -> None:

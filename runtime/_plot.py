@@ -126,8 +126,8 @@ def plot_trajectory(
     x-y projection), coloured by time, same axes limits and colour scale in both panels.
 
     Args:
-        true_frames: the true frames from the starting frame on. Shapes: ``(T1, 12, 3)``.
-        pred_frames: the rollout from the same starting frame (frame 0 is the start). Shapes: ``(T2, 12, 3)``.
+        true_frames: the true frames from the starting frame on. Shapes: ``(T1, N, 3)``.
+        pred_frames: the rollout from the same starting frame (frame 0 is the start). Shapes: ``(T2, N, 3)``.
         path: output ``.png`` or ``.svg``.
         start: index of the starting frame in the data (for the titles).
         source: where the true frames come from (for the titles).

@@ -46,7 +46,7 @@ def rollout_rmsd_curves(
 
     ``steps``: name -> predictor (``history`` and ``step``; a bundle) or plain ``step(x, prev)``.
 
-    Shapes: ``frames`` ``(T, 12, 3)``; ``starts`` ``(S,)`` with ``history <= start`` (at least 1) and
+    Shapes: ``frames`` ``(T, N, 3)``; ``starts`` ``(S,)`` with ``history <= start`` (at least 1) and
     ``start + horizon < T`` -> each curve ``(horizon, S)``.
     """
     frames = _frames(frames, "frames")

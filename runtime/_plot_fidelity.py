@@ -43,8 +43,8 @@ def plot_fidelity(
 
     Args:
         rows: ``FidelityRow.to_dict()`` per predictor (``name``, ``steps``, ``stable_steps``).
-        trajs: name -> trajectory ``(steps + 1, S, 12, 3)``.
-        reference: reference frames ``(T, 12, 3)``.
+        trajs: name -> trajectory ``(steps + 1, S, N, 3)``.
+        reference: reference frames ``(T, N, 3)``.
     """
     matplotlib, _ = _mpl()
     ref = observables(reference)

@@ -9,7 +9,7 @@
   and permutation-equivariant, so a fair baseline for an equivariant model.
 
 A predictor is anything with ``history`` (frames before the current one it needs) and
-``step(x, previous) -> next frame``, ``previous`` the past frames ``(B, H >= history, 12, 3)``, chronological.
+``step(x, previous) -> next frame``, ``previous`` the past frames ``(B, H >= history, N, 3)``, chronological.
 Bundles follow the same protocol.
 """
 
@@ -45,7 +45,7 @@ class LinearExtrapolation:
     """``x_t + sum_j b_j d_j`` with ``d_j = x_{t-j+1} - x_{t-j}``: persistence (no b), constant velocity (b = 1),
     constant acceleration (b = 2, -1), or a fitted AR(k) (k - 1 coefficients).
 
-    Shapes: ``step(x (B, 12, 3), previous (B, H, 12, 3)) -> (B, 12, 3)`` float64.
+    Shapes: ``step(x (B, N, 3), previous (B, H, N, 3)) -> (B, N, 3)`` float64.
     """
 
     name: str
@@ -77,7 +77,7 @@ CONSTANT_ACCELERATION = LinearExtrapolation("constant_acceleration", "constant a
 def _windows(frames: np.ndarray, ts: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x = frames[t], past = frames[t-h:t], y = frames[t+1] for each t.
 
-    Shapes: -> ``(n, 12, 3)``, ``(n, h, 12, 3)``, ``(n, 12, 3)``.
+    Shapes: -> ``(n, N, 3)``, ``(n, h, N, 3)``, ``(n, N, 3)``.
     """
     return frames[ts], frames_before(frames, ts, h), frames[ts + 1]
 
@@ -106,7 +106,7 @@ def fit_ar(split: Split, order: int) -> LinearExtrapolation:
 def validation_windows(split: Split, h: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Every validation pair's input, the ``h`` frames before it and its label (what every predictor is scored on).
 
-    Shapes: -> ``(n, 12, 3)``, ``(n, h, 12, 3)`` (None for h = 0), ``(n, 12, 3)``.
+    Shapes: -> ``(n, N, 3)``, ``(n, h, N, 3)`` (None for h = 0), ``(n, N, 3)``.
     Raises InputError when the first validation pair has fewer than ``h`` frames before it.
     """
     if split.history_room < h:
@@ -129,7 +129,8 @@ def choose_ar(split: Split, orders: Sequence[int] | None = None) -> tuple[Linear
     Every order is scored on the same validation pairs. Returns the predictor and ``{k: validation MSE}``.
     """
     if orders is None:  # every order whose window fits before the first validation pair and can be fitted
-        orders = list(range(1, min(MAX_AR_ORDER, split.history_room + 1, split.n_train // 3 + 1) + 1))
+        top = min(MAX_AR_ORDER, split.history_room + 1)  # (one trajectory: k <= n_train // 3 + 1, as fit_ar needs)
+        orders = [k for k in range(1, top + 1) if len(split.train_index(k - 1)) >= 2 * (k - 1)]
     orders = [int(k) for k in orders]
     if not orders:
         raise ValueError("choose_ar: no AR order to try")

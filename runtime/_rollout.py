@@ -23,7 +23,7 @@ MAX_ROLLOUT_BYTES = 8 << 30
 class RolloutResult:
     """What a rollout produced.
 
-    Shapes: ``traj`` ``(steps_done + 1, B, 12, 3)`` float64 (frame 0 is the starting frame);
+    Shapes: ``traj`` ``(steps_done + 1, B, N, 3)`` float64 (frame 0 is the starting frame);
     ``failed_starts`` ``(k,)`` indices of batch rows that diverged at ``failed_step``.
     """
 
@@ -65,7 +65,7 @@ def _history(bundle) -> int:
 
 
 def _past(previous, h: int, shape: tuple[int, ...]) -> np.ndarray:
-    """``previous`` as ``(h, B, 12, 3)`` chronological rows: ``(B, 12, 3)`` when h = 1, or ``(B, H >= h, 12, 3)``."""
+    """``previous`` as ``(h, B, 12, 3)`` chronological rows: ``(B, N, 3)`` when h = 1, or ``(B, H >= h, 12, 3)``."""
     p = np.asarray(previous)
     if p.dtype.kind not in "fiu":
         raise UsageError(f"previous: dtype {p.dtype} is not numeric")
@@ -102,21 +102,21 @@ def rollout(
 
     Args:
         bundle: a :class:`~e3traj.runtime.Bundle` or any predictor (``history`` and ``step(x, previous)``).
-        init: starting frames. Shapes: ``(B, 12, 3)``.
+        init: starting frames. Shapes: ``(B, N, 3)``.
         steps: number of steps (>= 1).
         previous: the ``history`` frames before each start, oldest first, needed by velocity-aware and history
-            bundles. Shapes: ``(B, H, 12, 3)``, or ``(B, 12, 3)`` when one frame is needed.
+            bundles. Shapes: ``(B, H, N, 3)``, or ``(B, N, 3)`` when one frame is needed.
         max_distance: optional bound on the distance of any bead from its start's centroid.
-        stop: optional ``stop(frames (B, 12, 3)) -> (B,) bool``: the rows to stop at (e.g. outside the physical
+        stop: optional ``stop(frames (B, N, 3)) -> (B,) bool``: the rows to stop at (e.g. outside the physical
             band of :func:`~e3traj.runtime._fidelity.unstable_rows`); the frames before that step are kept and
             ``reason`` is ``stop_reason``.
-        noise: optional ``noise(frames (B, 12, 3)) -> (B, 12, 3)`` added to every predicted frame (a sampled
+        noise: optional ``noise(frames (B, N, 3)) -> (B, N, 3)`` added to every predicted frame (a sampled
             rollout, e.g. :class:`~e3traj.runtime._noise.RolloutNoise`).
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
         max_bytes: refuse to allocate a trajectory larger than this.
 
     Returns:
-        :class:`RolloutResult` with ``traj`` ``(steps_done + 1, B, 12, 3)``.
+        :class:`RolloutResult` with ``traj`` ``(steps_done + 1, B, N, 3)``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
@@ -197,7 +197,7 @@ def save_rollout(
 ) -> Path:
     """Write a rollout as ``.npz`` atomically (``replace=False``: refuse a file that exists at the rename).
 
-    Arrays: ``traj`` ``(steps_done + 1, B, 12, 3)``, ``starts`` ``(B,)`` (frame indices in the source),
+    Arrays: ``traj`` ``(steps_done + 1, B, N, 3)``, ``starts`` ``(B,)`` (frame indices in the source),
     ``steps_done``, ``steps_requested``, ``complete`` (bool), ``bundle_sha256``, ``failed_step`` (-1 if none),
     ``failed_starts`` (batch rows that diverged), ``source``. Loadable with ``allow_pickle=False``.
     """
@@ -251,7 +251,7 @@ def write_xyz(
     One block per start and frame (all frames of the first start, then the next start...), each with the
     header ``Properties=species:S:1:pos:R:3 frame=F start=S`` and no lattice.
 
-    Shapes: ``traj`` ``(T, B, 12, 3)``; ``starts`` ``(B,)``.
+    Shapes: ``traj`` ``(T, B, N, 3)``; ``starts`` ``(B,)``.
     """
     out = Path(path)
     with atomic_output(out, suffix=".tmp", replace=replace) as tmp:

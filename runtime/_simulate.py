@@ -245,7 +245,10 @@ def _initial_chain(normals: _Normals, p: SimParams, dim: int, n: int = DEFAULT_N
         d2 = _dot_last(d, d)[np.triu_indices(n, 2)]
         if d2.min() > min_d2:
             return _centred(a)
-    raise RuntimeError("could not place a non-overlapping initial chain; lower lj_sigma or raise bond_length")
+    raise UsageError(
+        f"simulate: could not place a chain of {n} beads without overlaps in {dim}D; use --dim 3, fewer beads, "
+        "or a smaller lj_sigma"
+    )
 
 
 def simulate(

@@ -137,9 +137,14 @@ def resolve_many(
     bounds = np.cumsum([0] + [len(d.frames) for d in loaded])
     segments = tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
     frames = np.concatenate([d.frames for d in loaded])
-    digest = hashlib.sha256()
+    seen = {}
     for d in loaded:
-        digest.update(f"{len(d.frames)}:{d.sha256};".encode())
+        if d.sha256 in seen:
+            raise InputError(f"{d.path or d.source}: the same frames as {seen[d.sha256]}; pass each trajectory once")
+        seen[d.sha256] = d.path or d.source
+    digest = hashlib.sha256()  # the frames, the files' boundaries and which ones validate
+    for i, d in enumerate(loaded):
+        digest.update(f"{'val' if i >= len(specs) else 'train'}:{len(d.frames)}:{d.sha256};".encode())
     parts = tuple(
         {"source": d.source, "path": d.path, "sha256": d.sha256, "file_sha256": d.file_sha256, "frames": len(d.frames)}
         for d in loaded

@@ -56,7 +56,7 @@ def parse_xyz(data: bytes, name: str) -> np.ndarray:
                 raise InputError(f"{name}: line {i + 1} is blank inside the file; expected an atom count")
             break
         frame = len(frames)
-        if not head.isdigit():
+        if not head.isdigit() or len(head) > 7:
             raise InputError(f"{name}: line {i + 1} (frame {frame}) is {head[:40]!r}; expected the atom count")
         n = int(head)
         if not MIN_BEADS <= n <= MAX_BEADS:

@@ -98,8 +98,11 @@ def fit_head(features: torch.Tensor, residual: torch.Tensor, ridge: float = RIDG
     Shapes: features ``(n, N, 3, F)``, residual ``(n, N, 3)`` (float64) -> ``(F,)`` float64.
     """
     a = features.reshape(-1, features.shape[-1]).double()
-    g = a.T @ a / len(a)
-    rhs = a.T @ residual.reshape(-1).double() / len(a)
+    return solve_ridge(a.T @ a / len(a), a.T @ residual.reshape(-1).double() / len(a), ridge)
+
+
+def solve_ridge(g: torch.Tensor, rhs: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
+    """``(g + lam I)^-1 rhs`` with ``lam = ridge x`` the mean diagonal of the Gram matrix ``g``."""
     lam = ridge * torch.trace(g) / g.shape[0]
     return torch.linalg.solve(g + lam * torch.eye(g.shape[0], dtype=g.dtype), rhs)
 

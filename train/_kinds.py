@@ -187,18 +187,34 @@ def _langevin(config, scale, input_scale, seed, spec):
     )
 
 
+#: The langevin fit's feature blocks (bytes of their pair terms); 12-bead training sets fit in one.
+FIT_BLOCK_BYTES = 1 << 28
+
+
 def _langevin_prepare(split, x, past, y, history):
     """Fit the damping and the pair forces jointly (ridge), and find the walls from the training frames."""
     import torch
 
-    from ._history import fit_head, mean_bond_length
+    from ._history import fit_head, mean_bond_length, solve_ridge
     from ._langevin import JOINT_RIDGE, ChainForces, distance_range
 
     h = int(history) - 1
     length = mean_bond_length(split.train_x)
     disp = torch.stack(C.past_displacements(x, past, h), dim=-1)  # (n, N, 3, H), the most recent first
-    feats = ChainForces(x.shape[1], length).double()(x)
-    w = fit_head(torch.cat([disp, feats], dim=-1), y - x, ridge=JOINT_RIDGE)
+    forces = ChainForces(x.shape[1], length).double()
+    # the features hold (n, N, 3, F) and their pairs (n, N, N, F): blocks of frames under 256 MB (12 beads: one)
+    block = max(1, FIT_BLOCK_BYTES // (8 * x.shape[1] ** 2 * (h + forces.n_features)))
+    if len(x) <= block:
+        w = fit_head(torch.cat([disp, forces(x)], dim=-1), y - x, ridge=JOINT_RIDGE)
+    else:
+        g = rhs = 0.0
+        for lo in range(0, len(x), block):
+            a = torch.cat([disp[lo : lo + block], forces(x[lo : lo + block])], dim=-1).reshape(
+                -1, h + forces.n_features
+            )
+            g, rhs = g + a.T @ a, rhs + a.T @ (y - x)[lo : lo + block].reshape(-1)
+        n = x[..., 0].numel() * 3
+        w = solve_ridge(g / n, rhs / n, JOINT_RIDGE)
     ts = split.train_index()
     walls = distance_range(split.frames[np.union1d(ts, ts + 1)])  # every frame of a training pair
     return {

@@ -81,6 +81,8 @@ WALL_MARGIN = 0.05
 #: wall alone let a non-bonded pair through in 1 of 16 starts (10,000 sampled steps); validation frames reach
 #: 0.75x the training minimum (a core there costs 1.7x in one-step MSE) but not 0.6x (no cost).
 CORE_DEPTH = 0.6
+#: The most bytes of pair vectors :func:`distance_range` holds at once.
+PAIR_BLOCK_BYTES = 1 << 27
 #: Degree of the angle potentials, polynomials in cos(theta).
 ANGLE_DEGREE = 4
 CORE_STIFFNESS = 0.5
@@ -294,11 +296,19 @@ def distance_range(frames, margin: float = WALL_MARGIN) -> dict[str, list[float]
     """The wall's distances from ``frames`` ``(T, N, 3)``, per class of :data:`CLASSES`: ``wall_low``, the
     smallest distance times ``1 - margin``; ``wall_core``, the smallest times :data:`CORE_DEPTH`; and for the
     bonded classes (separations 1, 2, 3) ``wall_high``, the largest times ``1 + margin``."""
-    _, r = _pairs(torch.as_tensor(frames, dtype=torch.float64))
-    masks = _class_masks(r.shape[-1])
+    frames = torch.as_tensor(frames, dtype=torch.float64)
+    masks = _class_masks(frames.shape[1])
+    block = max(1, PAIR_BLOCK_BYTES // (8 * 3 * frames.shape[1] ** 2))  # pair vectors of at most 128 MB at once
+    lo_hi = [(math.inf, -math.inf)] * len(masks)
+    for start in range(0, len(frames), block):
+        _, r = _pairs(frames[start : start + block])
+        lo_hi = [
+            (min(a, float(r[:, m].min())), max(b, float(r[:, m].max()))) if bool(m.any()) else (a, b)
+            for (a, b), m in zip(lo_hi, masks)
+        ]
     # a short chain has no pair in the far classes (N = 3: none 3 apart): no wall there
-    least = [float(r[:, m].min()) if bool(m.any()) else 0.0 for m in masks]
-    most = [float(r[:, m].max()) * (1 + margin) if bool(m.any()) else 1e30 for m in masks[:-1]]
+    least = [a if math.isfinite(a) else 0.0 for a, _ in lo_hi]
+    most = [b * (1 + margin) if math.isfinite(b) else 1e30 for _, b in lo_hi[:-1]]
     return {
         "wall_low": [v * (1 - margin) for v in least],
         "wall_high": most,

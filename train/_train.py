@@ -201,7 +201,7 @@ def train_model(
     if kind.window and cfg.history is None:  # the kind's window, or the one the suite's best AR(k) uses
         cfg.history = kind.default_history or max(2, choose_ar(split)[0].order)
     h = kind.past_frames(cfg.history or 2)  # frames before the current one (velocity: 1, history: K - 1)
-    if split.history_room < h:
+    if split.history_room < h or not len(split.train_index(h)):
         raise InputError(f"{data.path or data.source}: too few frames for a history of {cfg.history}")
     x64, past64, y64 = _windows(frames, split.train_index(h), h)
     vx, vpast, vy = _windows(frames, split.val_index(h), h)

@@ -36,7 +36,12 @@ __all__ = ["main", "COMMANDS", "EXTRAS", "DATA_HELP", "make_evaluate"]
 
 #: name -> (module, attribute, extra or None, one-line help shown by ``e3traj --help``)
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
-    "simulate": ("e3traj.runtime.cli._data", "simulate", None, "Simulate a 12-bead bead-spring polymer trajectory."),
+    "simulate": (
+        "e3traj.runtime.cli._data",
+        "simulate",
+        None,
+        "Simulate a bead-spring polymer trajectory (12 beads; --beads N).",
+    ),
     "train": ("e3traj.train.cli", "train", "train", "Train a model of one kind (--model); writes a checkpoint."),
     "evaluate": ("e3traj.train.cli", "evaluate", "train", "Score a bundle or checkpoint against the predictor suite."),
     "export": ("e3traj.export.cli", "export", "train", "Export a checkpoint to a verified ONNX bundle."),
@@ -208,8 +213,8 @@ def _missing_extra_command(name: str, extra: str, short: str) -> click.Command:
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="e3traj")
 def main():
-    """e3traj: train E(3)-equivariant models of 12-bead polymer trajectories, export them as ONNX bundles,
-    and run them on hosts without PyTorch.
+    """e3traj: train E(3)-equivariant models of bead-spring polymer trajectories (any number of beads), export
+    them as ONNX bundles, and run them on hosts without PyTorch.
 
     Exit codes: 0 success, 2 bad usage (or a missing extra, or a size over a cap), 3 bad input (or a file that
     cannot be read or written), 4 a check failed, 5 a rollout stopped early, 130 interrupted (Ctrl-C),

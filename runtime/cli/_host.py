@@ -105,8 +105,8 @@ def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
 def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, noise, seed, stop_unstable, force):
     """Extrapolate trajectories from frames of INIT with BUNDLE (a folder or a .tar.gz).
 
-    INIT is a trajectory (T, 12, 2|3) in the dmol-book format or one frame. All starting frames roll out
-    together in one batch; OUT.npz holds traj (steps+1, B, 12, 3) and the start indices. If a frame becomes
+    INIT is a trajectory (T, N, 2|3) in the dmol-book format or one frame. All starting frames roll out
+    together in one batch; OUT.npz holds traj (steps+1, B, N, 3) and the start indices. If a frame becomes
     non-finite (or strays beyond --max-distance), the frames before it are written with complete=False and
     the command exits with code 5.
     """

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .._data import check_beads
 from .._errors import InputError, UsageError
 from .._figures import _equivariance, _fidelity, _parity, _rmsd, _str_field, _training, _trajectory, load_rollout
 from .._io import check_output_path, replacing
@@ -299,6 +300,8 @@ def all_figures(data, bundles, rollout, output, fmt, force, start, n_starts, hor
     with contextlib.ExitStack() as stack:
         opened = _open_all(stack, bundles)
         ds = resolve_data(data, min_frames=3, n_beads=load_rollout(rollout)["traj"].shape[2])
+        for b in opened:  # every figure draws the same frames: one N for the data, the rollout and the bundles
+            check_beads(ds.frames.shape[1], str(data), b.n_beads)
         name = _data_label(ds)
         labels = _labels([b.kind for b in opened], bundles)
         curves = [

@@ -81,3 +81,24 @@ def test_files_of_different_chains_are_refused_in_one_line(files, tmp_path):
         resolve_many([])
     with pytest.raises(InputError, match="trajectory 2: 3 frames give 2 pairs, too few to split"):
         split_pairs(np.zeros((123, 12, 3)), segments=((0, 120), (120, 123)), train_fraction=0.4)
+
+
+def test_short_files_held_out_files_duplicates_and_roles(files, tmp_path):
+    from e3traj.runtime import evaluate_predictor
+
+    shorts = []
+    for seed in range(4):
+        f = tmp_path / f"s{seed}.npz"
+        save_trajectory(f, simulate(frames=10, seed=10 + seed))
+        shorts.append(str(f))
+    split = resolve_many(shorts).split()
+    ar, scores = choose_ar(split)  # orders the short files cannot fit are not tried (no traceback)
+    assert max(scores) <= 5 and len(split.train_index(max(scores) - 1)) >= 2 * (max(scores) - 1)
+    held = resolve_many(files[:1], val_specs=files[1:])
+    report = evaluate_predictor(predictor_suite(held.split())["ar"], held.split(), ks=(1, 10), n_starts=4)
+    assert (
+        set(report["rollout_rmsd"]["model"]) == {"k=1", "k=10"} and report["rollout_starts"]
+    )  # starts exist in the held-out file, past its history
+    assert held.sha256 != resolve_many(files).sha256  # which files validate is part of the data's identity
+    with pytest.raises(InputError, match="the same frames as"):
+        resolve_many([files[0], files[0]])

@@ -153,3 +153,23 @@ def test_training_fits_in_closed_form_with_a_thermostat(tmp_path):
     model = build_model(ckpt)
     assert float(model.wall.stiffness) == pytest.approx(0.01)
     assert metrics["val_mse"] < metrics["constant_velocity_mse"]  # forces beat the kinematics
+
+
+def test_the_fit_and_the_walls_in_blocks_equal_the_fit_in_one(monkeypatch):
+    # long chains are fitted in blocks of frames (memory grows as N^2); the blocks must not change the answer
+    import e3traj.train._kinds as kinds
+    import e3traj.train._langevin as langevin
+
+    data = resolve_data("sim", sim_frames=300, n_beads=9)
+    split = data.split()
+    f = torch.as_tensor(split.frames)
+    ts = split.train_index(1)
+    args = (split, f[ts], f[ts - 1][:, None], f[ts + 1], 2)
+    whole = kinds.KINDS["langevin"].prepare(*args)
+    monkeypatch.setattr(kinds, "FIT_BLOCK_BYTES", 8 * 81 * 47 * 50)  # 50 frames per block
+    monkeypatch.setattr(langevin, "PAIR_BLOCK_BYTES", 8 * 3 * 81 * 37)
+    blocks = kinds.KINDS["langevin"].prepare(*args)
+    np.testing.assert_allclose(blocks["head_weights"], whole["head_weights"], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(blocks["ar_coefficients"], whole["ar_coefficients"], rtol=1e-12)
+    for key in ("wall_low", "wall_high", "wall_core"):
+        assert blocks[key] == whole[key]
