@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,8 +216,14 @@ def write_rollout_file(
     source: str,
     noise_scale: float = 0.0,
     noise_seed: int = -1,
+    init_sha256: str = "",
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """The body of :func:`save_rollout`: write straight to ``path`` (a temporary file of the caller's)."""
+    """The body of :func:`save_rollout`: write straight to ``path`` (a temporary file of the caller's).
+
+    ``init_sha256``: the sha256 of the file the starts came from; ``extra``: more arrays (a shard's, see
+    :mod:`e3traj.runtime._shards`), written after the rest.
+    """
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.shape != (result.traj.shape[1],):
         raise UsageError(f"starts: {starts_arr.shape[0]} entries for {result.traj.shape[1]} trajectories")
@@ -235,6 +241,8 @@ def write_rollout_file(
             source=np.str_(source),
             noise_scale=np.float64(noise_scale),  # 0: a deterministic rollout
             noise_seed=np.int64(noise_seed),  # -1: no noise
+            init_sha256=np.str_(init_sha256),
+            **dict(extra or {}),
         )
 
 

@@ -101,8 +101,16 @@ def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
     help="Stop at the first frame outside the physical band of INIT's frames (a bond beyond 0.5x..1.5x their "
     "shortest..longest, or two non-bonded beads closer than half their closest pair); exit 5, frames kept.",
 )
+@click.option(
+    "--shard",
+    default=None,
+    help="Roll out share I of N of the starts (I/N, 0-based; or 'slurm': the job array's task); "
+    "'e3traj merge' joins the shards into the file one run writes.",
+)
 @click.option("--force", is_flag=True, help="Replace existing output files.")
-def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance, noise, seed, stop_unstable, force):
+def rollout(
+    bundle, init, output, steps, frames_spec, xyz, threads, max_distance, noise, seed, stop_unstable, shard, force
+):
     """Extrapolate trajectories from frames of INIT with BUNDLE (a folder or a .tar.gz).
 
     INIT is a trajectory (T, N, 2|3) in the dmol-book format or one frame. All starting frames roll out
@@ -111,7 +119,7 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
     the command exits with code 5.
     """
     from .._bundle import Bundle
-    from .._data import check_beads, frames_before, load_trajectory
+    from .._data import check_beads, frames_before, read_trajectory
     from .._io import atomic_outputs
     from .._rollout import rollout as run
     from .._rollout import write_rollout_file, write_xyz_file
@@ -128,8 +136,16 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
     if xyz is not None and xyz.resolve() == output.resolve():
         raise UsageError(f"{xyz}: --xyz and -o name the same file; choose two paths")
 
-    frames = load_trajectory(init)
+    frames, init_sha = read_trajectory(init)
     starts = parse_frames(frames_spec, len(frames))
+    shard_extra = None
+    if shard is not None:  # a deterministic block of the starts; the file records the whole run
+        from .._shards import parse_shard, shard_fields, shard_rows
+
+        index, count = parse_shard(shard)
+        lo, hi = shard_rows(len(starts), index, count)
+        shard_extra = shard_fields(index, count, lo, starts)
+        starts = starts[lo:hi]
     stop = None
     reason = ""
     if stop_unstable:
@@ -185,6 +201,8 @@ def rollout(bundle, init, output, steps, frames_spec, xyz, threads, max_distance
                 source=str(init),
                 noise_scale=scale,
                 noise_seed=seed if sampler is not None else -1,
+                init_sha256=init_sha,
+                extra=shard_extra,
             )
             if xyz is not None:
                 write_xyz_file(tmps[1], result.traj, starts)

@@ -1,0 +1,151 @@
+"""Sharded ensembles: ``rollout --shard I/N`` rolls out a deterministic share of the starts, ``merge`` puts the
+shards back into the file one run would have written (numpy only).
+
+The starts (``--frames``) are cut into N contiguous blocks as ``numpy.array_split`` does; shard I (0-based) takes
+block I. Every shard file records, beside what a rollout file holds, ``shard_index``, ``shard_count``,
+``shard_row`` (its first row among all starts), ``all_starts`` (the whole list) and the data's sha256 (every
+rollout file has ``init_sha256``). The rows of a rollout are independent (each start has its own noise stream,
+and onnxruntime computes each batch row alike whatever the batch: checked by the tests), so the merge is the
+single run's file bit for bit, a stopped rollout included: one run stops every start at the first failing
+step, so the merge keeps the shortest shard's frames and that shard's failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import InputError, UsageError, first_line
+
+__all__ = ["parse_shard", "shard_rows", "shard_fields", "merge_rollouts", "SHARD_KEYS"]
+
+#: The arrays a shard adds to a rollout file (dropped by the merge).
+SHARD_KEYS = ("shard_index", "shard_count", "shard_row", "all_starts")
+#: Keys every shard must agree on.
+_SAME = ("bundle_sha256", "init_sha256", "source", "steps_requested", "noise_scale", "noise_seed", "shard_count")
+
+
+def parse_shard(spec: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``"I/N"`` (0 <= I < N) or ``"slurm"`` (``SLURM_ARRAY_TASK_ID`` minus ``SLURM_ARRAY_TASK_MIN``, of
+    ``SLURM_ARRAY_TASK_COUNT``) -> ``(I, N)``; UsageError naming the bad value otherwise."""
+    env = os.environ if environ is None else environ
+    if spec == "slurm":
+        try:
+            task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise UsageError(
+                "--shard slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set (or not integers); "
+                "run it in a job array (sbatch --array=0-N) or pass --shard I/N"
+            ) from None
+        if not 0 <= task < count:
+            raise UsageError(f"--shard slurm: task {task} of {count}; the array's ids must run over {count} values")
+        return task, count
+    m = re.fullmatch(r"(\d+)/(\d+)", str(spec).strip())
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise UsageError(f"--shard: {spec!r}; pass I/N with 0 <= I < N (e.g. 0/4) or 'slurm'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_rows(n_starts: int, index: int, count: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of shard ``index`` of ``count`` among ``n_starts`` starts (``numpy.array_split``)."""
+    if count > n_starts:
+        raise UsageError(f"--shard: {count} shards for {n_starts} starting frame(s); use at most {n_starts}")
+    base, extra = divmod(n_starts, count)
+    lo = index * base + min(index, extra)
+    return lo, lo + base + (1 if index < extra else 0)
+
+
+def shard_fields(index: int, count: int, row: int, all_starts: Sequence[int]) -> dict[str, np.ndarray]:
+    """The arrays a shard file adds (:data:`SHARD_KEYS`)."""
+    return {
+        "shard_index": np.int64(index),
+        "shard_count": np.int64(count),
+        "shard_row": np.int64(row),
+        "all_starts": np.asarray(all_starts, dtype=np.int64),
+    }
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    where = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise InputError(f"{where}: file not found; pass the shard files of one 'rollout --shard' run") from None
+    except Exception as exc:  # zipfile/numpy raise many kinds
+        raise InputError(
+            f"{where}: could not read it as a rollout ({first_line(exc)}); pass shard .npz files"
+        ) from None
+    missing = [
+        k
+        for k in ("traj", "starts", "steps_done", "complete", "failed_step", "failed_starts", *SHARD_KEYS, *_SAME)
+        if k not in out
+    ]
+    if missing:
+        raise InputError(f"{where}: arrays {missing} missing; pass files written by 'e3traj rollout --shard'")
+    return out
+
+
+def merge_rollouts(paths: Sequence[str | os.PathLike]):
+    """``(RolloutResult, fields)``: what one run over every shard's starts produced, and the other arguments of
+    :func:`~e3traj.runtime._rollout.write_rollout_file` (``starts``, ``bundle_sha256``, ``source``,
+    ``noise_scale``, ``noise_seed``, ``init_sha256``), so the merged file is written as that run wrote its own.
+
+    Refused in one line (InputError): files of another run (bundle, data, steps, noise or shard count differ),
+    a missing or repeated shard, or shards whose starts do not add up to the recorded list.
+    """
+    shards = [(Path(p), _load(Path(p))) for p in paths]
+    if not shards:
+        raise UsageError("merge: pass the shard files")
+    first_path, first = shards[0]
+    for path, s in shards[1:]:
+        for key in _SAME:
+            if not np.array_equal(s[key], first[key]):
+                raise InputError(f"{path}: {key} {s[key]!s} differs from {first_path}'s {first[key]!s}; not one run")
+        if not np.array_equal(s["all_starts"], first["all_starts"]):
+            raise InputError(f"{path}: its run's starting frames differ from {first_path}'s; not one run")
+    count = int(first["shard_count"])
+    seen = sorted(int(s["shard_index"]) for _, s in shards)
+    if seen != list(range(count)):
+        gaps = sorted(set(range(count)) - set(seen))
+        dup = sorted({i for i in seen if seen.count(i) > 1})
+        raise InputError(f"merge: shards {seen} of {count}: missing {gaps}, repeated {dup}; pass each shard once")
+    shards.sort(key=lambda ps: int(ps[1]["shard_index"]))
+    all_starts = first["all_starts"]
+    for path, s in shards:
+        lo, hi = shard_rows(len(all_starts), int(s["shard_index"]), count)
+        if int(s["shard_row"]) != lo or not np.array_equal(s["starts"], all_starts[lo:hi]):
+            raise InputError(f"{path}: its starts are not rows {lo}..{hi - 1} of the run's; the file was changed")
+    # one run stops every start at the first failing step: keep the shortest shard's frames and its failure
+    done = min(int(s["steps_done"]) for _, s in shards)
+    traj = np.concatenate([s["traj"][: done + 1] for _, s in shards], axis=1)
+    failed = [(p, s) for p, s in shards if not bool(s["complete"]) and int(s["steps_done"]) == done]
+    failed_starts = (
+        np.concatenate([np.asarray(s["failed_starts"], dtype=np.int64) + int(s["shard_row"]) for _, s in failed])
+        if failed
+        else np.zeros(0, dtype=np.int64)
+    )
+    from ._rollout import RolloutResult
+
+    result = RolloutResult(
+        traj=traj,
+        steps_requested=int(first["steps_requested"]),
+        steps_done=done,
+        complete=not failed,
+        failed_step=int(failed[0][1]["failed_step"]) if failed else None,
+        failed_starts=failed_starts,
+    )
+    fields = {
+        "starts": np.asarray(all_starts, dtype=np.int64),
+        "bundle_sha256": str(first["bundle_sha256"]),
+        "source": str(first["source"]),
+        "noise_scale": float(first["noise_scale"]),
+        "noise_seed": int(first["noise_seed"]),
+        "init_sha256": str(first["init_sha256"]),
+    }
+    return result, fields

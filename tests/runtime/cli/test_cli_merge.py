@@ -1,0 +1,42 @@
+"""``rollout --shard`` and ``e3traj merge`` through the CLI: the merge of the shards is the single run's file."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from e3traj.runtime._simulate import simulate
+
+
+def _traj(tmp_path):
+    xy = simulate(frames=120, seed=4)
+    path = tmp_path / "traj.npy"
+    np.save(path, np.concatenate([xy, np.zeros(xy.shape[:2] + (1,))], axis=-1))
+    return path
+
+
+def test_shards_merge_into_the_single_run_bit_for_bit(cli, history_bundle, tmp_path, cli_error, monkeypatch):
+    traj = _traj(tmp_path)
+    common = [history_bundle, traj, "--frames", "10-30", "--steps", 25, "--noise", "1e-4", "--seed", 2]
+    assert cli("rollout", *common, "-o", tmp_path / "one.npz").exit_code == 0
+    shards = []
+    for i in range(3):
+        out = tmp_path / f"s{i}.npz"
+        r = cli("rollout", *common, "--shard", f"{i}/3", "-o", out)
+        assert r.exit_code == 0, r.output
+        shards.append(out)
+    with np.load(shards[1], allow_pickle=False) as z:
+        assert z["starts"].tolist() == list(range(17, 24)) and int(z["shard_index"]) == 1
+        assert len(str(z["init_sha256"])) == 64 and z["all_starts"].tolist() == list(range(10, 31))
+    r = cli("merge", *shards[::-1], "-o", tmp_path / "merged.npz")
+    assert r.exit_code == 0 and "merged 3 shards" in r.output
+    assert (tmp_path / "merged.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+    # a job array: task ids 1..3 are shards 0..2
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert cli("rollout", *common, "--shard", "slurm", "-o", tmp_path / "slurm.npz").exit_code == 0
+    assert (tmp_path / "slurm.npz").read_bytes() == shards[1].read_bytes()
+    cli_error(cli("merge", *shards[:2], "-o", tmp_path / "m2.npz"), 3, "missing [2]")
+    cli_error(cli("merge", *shards, "-o", tmp_path / "merged.npz"), 2, "--force")
+    cli_error(cli("rollout", *common, "--shard", "3/3", "-o", tmp_path / "x.npz"), 2, "0 <= I < N")
+    assert not (tmp_path / "m2.npz").exists() and not (tmp_path / "x.npz").exists()
