@@ -24,10 +24,11 @@ from e3traj.runtime import (
     evaluate_predictor,
     one_step_metrics,
 )
-from e3traj.runtime import contract as C
 
 from ._checkpoint import build_model, load_checkpoint, save_checkpoint
+from ._ddp import Dist
 from ._kinds import KINDS, ModelKind, get_kind
+from ._steps import _unrolled_loss, _val_mse, _windows, model_inputs, step_function
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "step_function", "evaluate_checkpoint"]
 
@@ -103,82 +104,6 @@ def _build(cfg: TrainConfig, scale: float, input_scale: float, spec: dict, n_bea
     return cfg.kind.build(config, scale, input_scale, cfg.seed, spec or {})
 
 
-def model_inputs(kind: ModelKind, x: torch.Tensor, past: torch.Tensor | None) -> list[torch.Tensor]:
-    """The model's inputs (float64, in the order of ``kind.inputs``) for frames ``x`` and the frames before.
-
-    Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, H, 12, 3)`` chronological -> ``(B, 12, 3)`` each, or
-    ``(B, H, 12, 3)`` for ``previous_displacements``.
-    """
-    out = []
-    for meaning in kind.inputs:
-        if meaning == C.POSITIONS:
-            out.append(x)
-        elif meaning == C.PREVIOUS_DISPLACEMENT:
-            out.append(x - past[:, -1])
-        else:
-            out.append(torch.stack(C.past_displacements(x, past, past.shape[1]), dim=1))
-    return out
-
-
-def _predict_next(model: torch.nn.Module, kind: ModelKind, spec: dict, x: torch.Tensor, past) -> torch.Tensor:
-    """Next positions (float64) from float64 positions and the frames before; the model sees float32."""
-    y = model(*[a.float() for a in model_inputs(kind, x, past)]).double()
-    return C.next_frame(kind.output, x, y, past, spec.get("ar_coefficients", ()))
-
-
-class _TorchPredictor:
-    """A model as a runtime predictor: ``history`` frames before, ``step(x, previous)`` in float64 numpy."""
-
-    def __init__(self, model: torch.nn.Module, kind: ModelKind, spec: dict, history: int) -> None:
-        self.model, self.kind, self.spec, self.history = model, kind, spec, history
-
-    def step(self, x: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
-        xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        past = None
-        if self.history:
-            past = torch.as_tensor(C.as_past(np.asarray(previous, dtype=np.float64), self.history, xt.shape))
-        with torch.no_grad():
-            return _predict_next(self.model, self.kind, self.spec, xt, past).numpy()
-
-
-def step_function(model: torch.nn.Module, kind: ModelKind | str, spec: dict | None = None, history: int | None = None):
-    """The model as a runtime predictor (``history`` and ``step(x, previous)``, positions in float64)."""
-    kind = kind if isinstance(kind, ModelKind) else get_kind(kind)
-    spec = dict(spec or {})
-    h = int(spec["history"]) if kind.window else kind.past_frames(0)
-    return _TorchPredictor(model, kind, spec, h if history is None else history)
-
-
-def _windows(frames: torch.Tensor, ts: np.ndarray, h: int):
-    """x = frames[t], past = frames[t-h:t] (chronological), y = frames[t+1] for the pairs ``ts``."""
-    ts = torch.as_tensor(ts, dtype=torch.int64)
-    past = frames[ts[:, None] + torch.arange(-h, 0)[None, :]] if h else None  # as runtime's frames_before
-    return frames[ts], past, frames[ts + 1]
-
-
-def _unrolled_loss(model, kind, spec, x, past, targets, scale: float) -> torch.Tensor:
-    """Mean over U autoregressive steps of the squared error of the next frame, in units of ``scale``: step 1 is
-    the one-step loss; later steps feed the model its own predictions (the window shifts), as a rollout does.
-
-    Shapes: ``x`` ``(B, 12, 3)``, ``past`` ``(B, H, 12, 3)``, ``targets`` ``(B, U, 12, 3)`` (float64).
-    """
-    loss = x.new_zeros((), dtype=torch.float32)
-    for k in range(targets.shape[1]):
-        nxt = _predict_next(model, kind, spec, x, past)
-        loss = loss + (((nxt - targets[:, k]) / scale) ** 2).mean().float()
-        past = torch.cat([past[:, 1:], x[:, None]], dim=1)
-        x = nxt
-    return loss / targets.shape[1]
-
-
-def _val_mse(model, kind, spec, vx, vpast, vy) -> float:
-    model.eval()
-    with torch.no_grad():
-        err = _predict_next(model, kind, spec, vx, vpast) - vy
-    model.train()
-    return float((err * err).mean())
-
-
 def train_model(
     data: DataSource,
     cfg: TrainConfig,
@@ -195,6 +120,8 @@ def train_model(
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    dist = Dist.from_env()  # under torchrun/srun: this rank's share of every batch (train/_ddp.py)
+    progress, log = progress and dist.main, log if dist.main else None
     split: Split = data.split(cfg.train_fraction)
     frames = torch.as_tensor(split.frames, dtype=torch.float64)
     kind = cfg.kind
@@ -281,17 +208,20 @@ def train_model(
                     idx = idx[unroll_ok[idx]]  # pairs whose `unroll` next frames are training frames
                     if not len(idx):
                         continue
+                idx, weight = dist.share(idx)
+                if unrolled is not None:
                     loss = _unrolled_loss(model, kind, spec, x64[idx], past64[idx], unrolled[idx], scale)
                 else:
                     out = kind.raw(model, [a[idx] for a in inputs32])
                     loss = torch.mean((out - labels[idx]) ** 2)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight).backward()  # weight: this rank's share of the global batch (1 on one process)
+                dist.average_gradients(params)
                 opt.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-                if cfg.max_time is not None and time.perf_counter() - start > cfg.max_time:
+                total, count = total + float(loss.detach()) * len(idx) * (weight > 0), count + len(idx) * (weight > 0)
+                if cfg.max_time is not None and dist.any(time.perf_counter() - start > cfg.max_time):
                     break
+            total, count = dist.sum([total, count])
             val = _val_mse(model, kind, spec, vx, vpast, vy)
             sched.step(val)
             elapsed = elapsed0 + time.perf_counter() - start
@@ -320,7 +250,7 @@ def train_model(
             if bad_epochs >= cfg.patience:
                 stopped = f"early stopping (no better validation MSE for {cfg.patience} epochs)"
                 break
-            if cfg.max_time is not None and time.perf_counter() - start > cfg.max_time:
+            if cfg.max_time is not None and dist.any(time.perf_counter() - start > cfg.max_time):
                 stopped = f"time budget ({cfg.max_time:g} s)"
                 break
     finally:
@@ -377,7 +307,8 @@ def train_model(
         },
         "versions": {"torch": str(torch.__version__)},
     }
-    path = save_checkpoint(output, ckpt) if output is not None else None
+    path = save_checkpoint(output, ckpt) if output is not None and dist.main else None  # rank 0 writes
+    dist.barrier()
     return TrainResult(checkpoint=ckpt, path=path, stopped_because=stopped)
 
 

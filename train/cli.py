@@ -172,6 +172,8 @@ def train(
     src = resolve_many(data, val_specs=val_data, n_beads=beads)
     with replacing(force):  # no-clobber holds at the checkpoint's final rename too
         result = train_model(src, cfg, output=out, resume=resume, progress=not quiet)
+    if result.path is None:  # a rank other than 0 of a distributed run: rank 0 reports and writes
+        return
     m = result.checkpoint["metrics"]
     click.echo(f"stopped: {result.stopped_because}; best epoch {m['best_epoch']} after {m['train_seconds']:.1f} s")
     click.echo(format_one_step(m))
