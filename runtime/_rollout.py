@@ -23,8 +23,8 @@ MAX_ROLLOUT_BYTES = 8 << 30
 class RolloutResult:
     """What a rollout produced.
 
-    Shapes: ``traj`` ``(steps_done + 1, B, N, 3)`` float64 (frame 0 is the starting frame);
-    ``failed_starts`` ``(k,)`` indices of batch rows that diverged at ``failed_step``.
+    Shapes: ``traj`` ``(steps_done // every + 1, B, N, 3)`` float64: frames 0, every, 2 every, ... (frame 0 is
+    the starting frame); ``failed_starts`` ``(k,)`` indices of batch rows that diverged at ``failed_step``.
     """
 
     traj: np.ndarray
@@ -34,6 +34,7 @@ class RolloutResult:
     failed_step: int | None = None
     failed_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     reason: str = ""
+    every: int = 1
 
 
 def _frames(arr, name: str, n_beads: int | None = None) -> np.ndarray:
@@ -91,6 +92,7 @@ def rollout(
     noise: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: Callable[[int], None] | None = None,
     max_bytes: int = MAX_ROLLOUT_BYTES,
+    every: int = 1,
 ) -> RolloutResult:
     """Extrapolate ``steps`` frames from each starting frame, all starts in one batch.
 
@@ -114,10 +116,20 @@ def rollout(
             rollout, e.g. :class:`~e3traj.runtime._noise.RolloutNoise`).
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
         max_bytes: refuse to allocate a trajectory larger than this.
+        every: keep every ``every``-th frame (as MD codes dump): the trajectory's memory is ``steps / every``
+            frames, the stepping holds only the window it needs; the kept frames are bit-identical to those of
+            ``every=1``.
 
     Returns:
-        :class:`RolloutResult` with ``traj`` ``(steps_done + 1, B, N, 3)``.
+        :class:`RolloutResult` with ``traj`` ``(steps_done // every + 1, B, N, 3)``.
     """
+    if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
+        raise UsageError(f"every: got {every!r}; pass a positive number of steps between kept frames")
+    if every > 1:
+        return _rollout_every(
+            bundle, init, steps, int(every), previous=previous, max_distance=max_distance, stop=stop,
+            stop_reason=stop_reason, noise=noise, progress=progress, max_bytes=max_bytes,
+        )  # fmt: skip
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
     steps = int(steps)
@@ -186,6 +198,50 @@ def rollout(
     return RolloutResult(traj=traj, steps_requested=steps, steps_done=steps, complete=True)
 
 
+def _rollout_every(bundle, init, steps, every, *, previous, max_bytes, **checks) -> RolloutResult:
+    """:func:`rollout` keeping every ``every``-th frame: steps ``every`` at a time through :func:`rollout` itself,
+    from the window of frames each block needs, so its arithmetic is the same step by step."""
+    x0 = _frames(init, "init", getattr(bundle, "n_beads", None))
+    h = _history(bundle)
+    kept = steps // every + 1
+    nbytes = (kept + every + h) * x0.size * 8
+    if nbytes > max_bytes:
+        raise UsageError(
+            f"{steps} steps x {len(x0)} starts keep {kept} frames, {nbytes / 2**30:.1f} GiB (limit "
+            f"{max_bytes / 2**30:.1f} GiB); keep fewer frames (a larger --every) or roll out fewer starts per call"
+        )
+    out = np.empty((kept,) + x0.shape, dtype=np.float64)
+    out[0] = x0
+    x, past = x0, previous
+    progress = checks.pop("progress", None)
+    limit = checks.pop("max_distance", None)
+    if limit is not None:  # measured from the first start's centroid, not each block's
+        centroid, inner = x0.mean(axis=1, keepdims=True), checks.get("stop")
+        why = f"moved farther than {limit:g} from the starting centroid"
+
+        def far(f):
+            out = np.linalg.norm(f - centroid, axis=-1).max(axis=1) > limit
+            return out | np.asarray(inner(f), dtype=bool) if inner is not None else out
+
+        checks["stop"] = far
+        checks["stop_reason"] = why if inner is None else f"{checks.get('stop_reason')} (or {why})"
+    for block in range(1, kept + (1 if steps % every else 0)):
+        n = min(every, steps - (block - 1) * every)
+        res = rollout(bundle, x, n, previous=past, progress=progress, max_bytes=max_bytes, **checks)
+        if not res.complete:
+            done = (block - 1) * every + res.steps_done
+            return RolloutResult(
+                traj=out[: done // every + 1], steps_requested=steps, steps_done=done, complete=False,
+                failed_step=(block - 1) * every + res.failed_step, failed_starts=res.failed_starts,
+                reason=res.reason, every=every,
+            )  # fmt: skip
+        if n == every:
+            out[block] = res.traj[-1]
+        window = np.concatenate([_past(past, h, x.shape), res.traj]) if h and past is not None else res.traj
+        x, past = res.traj[-1], (np.swapaxes(window[-h - 1 : -1], 0, 1) if h else None)
+    return RolloutResult(traj=out, steps_requested=steps, steps_done=steps, complete=True, every=every)
+
+
 def save_rollout(
     path: str | os.PathLike,
     result: RolloutResult,
@@ -242,6 +298,7 @@ def write_rollout_file(
             noise_scale=np.float64(noise_scale),  # 0: a deterministic rollout
             noise_seed=np.int64(noise_seed),  # -1: no noise
             init_sha256=np.str_(init_sha256),
+            every=np.int64(result.every),  # traj[i] is step i x every
             **dict(extra or {}),
         )
 
@@ -267,7 +324,9 @@ def write_xyz(
     return out
 
 
-def write_xyz_file(path: Path, traj: np.ndarray, starts: Sequence[int] | np.ndarray, species: str = "C") -> None:
+def write_xyz_file(
+    path: Path, traj: np.ndarray, starts: Sequence[int] | np.ndarray, species: str = "C", every: int = 1
+) -> None:
     """The body of :func:`write_xyz`: write straight to ``path`` (a temporary file of the caller's)."""
     traj = np.asarray(traj, dtype=np.float64)
     if traj.ndim != 4 or traj.shape[3] != 3 or traj.shape[2] < MIN_BEADS:
@@ -282,5 +341,5 @@ def write_xyz_file(path: Path, traj: np.ndarray, starts: Sequence[int] | np.ndar
         for b, start in enumerate(starts_arr):
             rows = traj[:, b].reshape(traj.shape[0], n * 3)
             for t in range(traj.shape[0]):
-                fh.write(f'{n}\nProperties=species:S:1:pos:R:3 frame={t} start={int(start)} pbc="F F F"\n')
+                fh.write(f'{n}\nProperties=species:S:1:pos:R:3 frame={t * every} start={int(start)} pbc="F F F"\n')
                 fh.write(body % tuple(rows[t]))

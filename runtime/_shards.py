@@ -26,7 +26,16 @@ __all__ = ["parse_shard", "shard_rows", "shard_fields", "merge_rollouts", "SHARD
 #: The arrays a shard adds to a rollout file (dropped by the merge).
 SHARD_KEYS = ("shard_index", "shard_count", "shard_row", "all_starts")
 #: Keys every shard must agree on.
-_SAME = ("bundle_sha256", "init_sha256", "source", "steps_requested", "noise_scale", "noise_seed", "shard_count")
+_SAME = (
+    "bundle_sha256",
+    "init_sha256",
+    "source",
+    "steps_requested",
+    "noise_scale",
+    "noise_seed",
+    "every",
+    "shard_count",
+)
 
 
 def parse_shard(spec: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
@@ -123,7 +132,8 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
             raise InputError(f"{path}: its starts are not rows {lo}..{hi - 1} of the run's; the file was changed")
     # one run stops every start at the first failing step: keep the shortest shard's frames and its failure
     done = min(int(s["steps_done"]) for _, s in shards)
-    traj = np.concatenate([s["traj"][: done + 1] for _, s in shards], axis=1)
+    every = int(first["every"])
+    traj = np.concatenate([s["traj"][: done // every + 1] for _, s in shards], axis=1)
     failed = [(p, s) for p, s in shards if not bool(s["complete"]) and int(s["steps_done"]) == done]
     failed_starts = (
         np.concatenate([np.asarray(s["failed_starts"], dtype=np.int64) + int(s["shard_row"]) for _, s in failed])
@@ -139,6 +149,7 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
         complete=not failed,
         failed_step=int(failed[0][1]["failed_step"]) if failed else None,
         failed_starts=failed_starts,
+        every=every,
     )
     fields = {
         "starts": np.asarray(all_starts, dtype=np.int64),

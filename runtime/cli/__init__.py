@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "export": ("e3traj.export.cli", "export", "train", "Export a checkpoint to a verified ONNX bundle."),
     "pack": ("e3traj.runtime.cli._host", "pack", None, "Pack a bundle directory into one .tar.gz for shipping."),
     "inspect": ("e3traj.runtime.cli._host", "inspect", None, "Show a bundle's manifest and verify its hashes."),
-    "rollout": ("e3traj.runtime.cli._host", "rollout", None, "Extrapolate trajectories with a bundle."),
+    "rollout": ("e3traj.runtime.cli._rollout", "rollout", None, "Extrapolate trajectories with a bundle."),
     "merge": ("e3traj.runtime.cli._merge", "merge", None, "Merge the shards of one 'rollout --shard' run."),
     "check": ("e3traj.runtime.cli._host", "check", None, "Check a bundle's equivariance and example outputs."),
     "fidelity": (

@@ -1,225 +1,20 @@
-"""Host commands: ``e3traj rollout``, ``check``, ``inspect`` and ``pack`` (numpy, onnxruntime and click only)."""
+"""Host commands: ``e3traj check``, ``inspect`` and ``pack`` (numpy, onnxruntime and click only; ``rollout`` is in
+:mod:`e3traj.runtime.cli._rollout`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-import sys
-import time
 from pathlib import Path
 
 import click
 import numpy as np
 
-from .._errors import CheckFailed, InputError, RolloutIncomplete, UsageError, one_line
-from .._io import check_output_path
+from .._errors import CheckFailed, UsageError, one_line
 from ._options import MAX_THREADS, MAX_TRIALS, positive, threads_option
 
-__all__ = ["rollout", "check", "inspect", "pack", "parse_frames"]
-
-#: Show a progress bar when steps x starts reaches this.
-PROGRESS_THRESHOLD = 200_000
+__all__ = ["check", "inspect", "pack"]
 
 _BUNDLE_ARG = click.argument("bundle", type=click.Path(path_type=Path))
-
-
-def parse_frames(spec: str | None, n_frames: int) -> list[int]:
-    """Parse ``--frames``: ``all``, or a comma list of indices and inclusive ranges (``0,5,10-20,-1``).
-
-    Negative indices count from the end as in Python. Default (``None``): the last frame.
-
-    Raises:
-        UsageError: a malformed item or an index outside ``-n_frames .. n_frames-1``.
-    """
-    if spec is None:
-        return [n_frames - 1]
-    text = spec.strip()
-    if text.lower() == "all":
-        return list(range(n_frames))
-    out: list[int] = []
-
-    def norm(i: int) -> int:
-        if not -n_frames <= i < n_frames:
-            raise UsageError(
-                f"--frames: frame {i} is out of range for a trajectory of {n_frames} frame(s) "
-                f"(valid {-n_frames}..{n_frames - 1})"
-            )
-        return i % n_frames
-
-    for item in text.split(","):
-        item = item.strip()
-        m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(-?\d+))?", item)
-        if not m:
-            raise UsageError(f"--frames: cannot read {item!r} in {spec!r}; use e.g. 0,5,10-20 or -1 or all")
-        lo = norm(int(m.group(1)))
-        if m.group(2) is None:
-            out.append(lo)
-            continue
-        hi = norm(int(m.group(2)))
-        if hi < lo:
-            raise UsageError(f"--frames: range {item!r} runs backwards; write it as low-high")
-        out.extend(range(lo, hi + 1))
-    if not out:
-        raise UsageError(f"--frames: {spec!r} selects no frame")
-    return out
-
-
-def _bundle_outputs_guard(bundle: Path, out: Path) -> None:
-    """Refuse an output inside a bundle folder (it would add an unlisted file) or equal to the archive."""
-    if bundle.is_dir():
-        try:
-            out.resolve().relative_to(bundle.resolve())
-        except ValueError:
-            return
-        raise UsageError(f"{out}: is inside the bundle folder {bundle}; write outputs somewhere else")
-
-
-@click.command()
-@_BUNDLE_ARG
-@click.argument("init", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz.")
-@click.option("--steps", required=True, type=int, help="Steps to extrapolate from each starting frame (>= 1).")
-@click.option("--frames", "frames_spec", default=None, help="Starting frames: 0,5,10-20, -1 or all [default: last].")
-@click.option("--xyz", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write extended XYZ.")
-@threads_option
-@click.option("--max-distance", type=float, default=None, help="Stop when a bead strays this far from its start.")
-@click.option(
-    "--noise",
-    default="none",
-    show_default=True,
-    help="Sampled rollouts: 'fitted' adds isotropic Gaussian noise of the bundle's model.noise_scale (its RMS "
-    "one-step training residual, or a langevin bundle's thermostat) to every predicted frame, in the chain's plane "
-    "for planar frames; a number sets the scale. This samples trajectories instead of predicting one.",
-)
-@click.option(
-    "--seed", default=0, show_default=True, type=int, help="Noise seed; each start is seeded by (seed, frame)."
-)
-@click.option(
-    "--stop-unstable",
-    is_flag=True,
-    help="Stop at the first frame outside the physical band of INIT's frames (a bond beyond 0.5x..1.5x their "
-    "shortest..longest, or two non-bonded beads closer than half their closest pair); exit 5, frames kept.",
-)
-@click.option(
-    "--shard",
-    default=None,
-    help="Roll out share I of N of the starts (I/N, 0-based; or 'slurm': the job array's task); "
-    "'e3traj merge' joins the shards into the file one run writes.",
-)
-@click.option("--force", is_flag=True, help="Replace existing output files.")
-def rollout(
-    bundle, init, output, steps, frames_spec, xyz, threads, max_distance, noise, seed, stop_unstable, shard, force
-):
-    """Extrapolate trajectories from frames of INIT with BUNDLE (a folder or a .tar.gz).
-
-    INIT is a trajectory (T, N, 2|3) in the dmol-book format or one frame. All starting frames roll out
-    together in one batch; OUT.npz holds traj (steps+1, B, N, 3) and the start indices. If a frame becomes
-    non-finite (or strays beyond --max-distance), the frames before it are written with complete=False and
-    the command exits with code 5.
-    """
-    from .._bundle import Bundle
-    from .._data import check_beads, frames_before, read_trajectory
-    from .._io import atomic_outputs
-    from .._rollout import rollout as run
-    from .._rollout import write_rollout_file, write_xyz_file
-
-    if steps < 1:
-        raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
-    positive("--threads", threads, maximum=MAX_THREADS)
-    if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
-        raise UsageError(f"--max-distance: got {max_distance}; pass a positive distance")
-    outputs = [output] + ([xyz] if xyz is not None else [])
-    for out in outputs:
-        _bundle_outputs_guard(bundle, out)
-        check_output_path(out, [init, bundle], force=force)
-    if xyz is not None and xyz.resolve() == output.resolve():
-        raise UsageError(f"{xyz}: --xyz and -o name the same file; choose two paths")
-
-    frames, init_sha = read_trajectory(init)
-    starts = parse_frames(frames_spec, len(frames))
-    shard_extra = None
-    if shard is not None:  # a deterministic block of the starts; the file records the whole run
-        from .._shards import parse_shard, shard_fields, shard_rows
-
-        index, count = parse_shard(shard)
-        lo, hi = shard_rows(len(starts), index, count)
-        shard_extra = shard_fields(index, count, lo, starts)
-        starts = starts[lo:hi]
-    stop = None
-    reason = ""
-    if stop_unstable:
-        from .._fidelity import bands_from, unstable_rows
-
-        if len(frames) < 2:
-            raise InputError(f"{init}: has one frame; --stop-unstable derives its band from INIT's frames (>= 2)")
-        bands = bands_from(frames)
-        stop = lambda f: unstable_rows(f, bands)  # noqa: E731
-        reason = "left the physical band: " + bands.describe().split(", ", 1)[1]
-    with Bundle.open(bundle, threads=threads) as b:
-        check_beads(frames.shape[1], str(init), b.n_beads)
-        previous = None
-        h = b.history
-        if h:
-            what = "velocity-aware" if h == 1 else f"history ({h + 1}-frame window)"
-            before = "the previous frame" if h == 1 else f"the {h} previous frames"
-            if len(frames) < h + 1:
-                have = "one frame" if len(frames) == 1 else f"{len(frames)} frames"
-                raise InputError(f"{init}: has {have}; this {what} bundle needs {before} of each start too")
-            early = [s for s in starts if s < h]
-            if early:
-                raise UsageError(
-                    f"--frames: frame {early[0]} lacks {before}, which this {what} bundle needs; start at {h} or later"
-                )
-            previous = frames_before(frames, starts, h)
-        init_frames = frames[np.asarray(starts)]
-        scale, sampler = _noise_of(b, noise, seed, starts)
-        total = steps * len(starts)
-        t0 = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            bar = None
-            if total >= PROGRESS_THRESHOLD:
-                bar = stack.enter_context(click.progressbar(length=steps, label="rollout", file=sys.stderr))
-            result = run(
-                b,
-                init_frames,
-                steps,
-                previous=previous,
-                max_distance=max_distance,
-                stop=stop,
-                stop_reason=reason,
-                noise=sampler,
-                progress=None if bar is None else bar.update,
-            )
-        elapsed = time.perf_counter() - t0
-        with atomic_outputs(outputs, suffix=".tmp", replace=force) as tmps:  # both files or neither
-            write_rollout_file(
-                tmps[0],
-                result,
-                starts=starts,
-                bundle_sha256=b.sha256,
-                source=str(init),
-                noise_scale=scale,
-                noise_seed=seed if sampler is not None else -1,
-                init_sha256=init_sha,
-                extra=shard_extra,
-            )
-            if xyz is not None:
-                write_xyz_file(tmps[1], result.traj, starts)
-    written = f"{output}" + (f" and {xyz}" if xyz is not None else "")
-    if not result.complete:
-        bad = [starts[i] for i in result.failed_starts]
-        shown = ", ".join(str(s) for s in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise RolloutIncomplete(
-            f"rollout stopped at step {result.failed_step} of {steps}: starting frame(s) {shown} {result.reason}; "
-            f"wrote the {result.steps_done + 1} frames before it to {written} (complete=False)"
-        )
-    click.echo(
-        one_line(
-            f"wrote {written}: traj {tuple(result.traj.shape)} from {len(starts)} starting frame(s), "
-            f"{steps} steps in {elapsed:.2f} s"
-        )
-    )
 
 
 @click.command()
@@ -330,30 +125,6 @@ def inspect(bundle, as_json):
         lines.append(f"  {name:<24} {entry['size']:>12,d} bytes  sha256 {entry['sha256'][:16]}...")
     lines.append(f"verified    {len(manifest['files'])} file(s), {total:,d} bytes: sizes and sha256 match the manifest")
     click.echo("\n".join(one_line(line) for line in lines))  # names from the file system and the manifest
-
-
-def _noise_of(b, noise: str, seed: int, starts):
-    """``--noise`` as (scale, sampler or None)."""
-    from .._noise import RolloutNoise
-
-    if noise == "none":
-        return 0.0, None
-    if noise == "fitted":
-        if b.noise_scale is None:
-            raise UsageError(
-                f"--noise fitted: {b.path} records no model.noise_scale (exported before sampled rollouts); "
-                "pass a number or re-export the checkpoint"
-            )
-        scale = b.noise_scale
-    else:
-        try:
-            scale = float(noise)
-        except ValueError:
-            raise UsageError(f"--noise: got {noise!r}; pass none, fitted or a number >= 0") from None
-    positive("--seed", seed, zero_ok=True)
-    if not (np.isfinite(scale) and scale >= 0):
-        raise UsageError(f"--noise: got {noise!r}; pass none, fitted or a finite number >= 0")
-    return scale, RolloutNoise(scale, seed, starts)
 
 
 def _history_lines(model: dict) -> list[str]:

@@ -236,3 +236,31 @@ def test_a_stop_predicate_ends_the_rollout_and_names_its_reason(toy_bundle):
         res = rollout(b, init, 6, stop=stop, stop_reason="left the band")
     assert not res.complete and res.failed_step == 2 and res.steps_done == 1
     assert res.failed_starts.tolist() == [1] and res.reason == "left the band" and res.traj.shape[0] == 2
+
+
+def test_every_keeps_every_nth_frame_of_the_full_rollout_bit_for_bit(history_bundle):
+    from e3traj.runtime import Bundle, RolloutNoise, rollout
+    from e3traj.runtime._simulate import simulate
+
+    xy = simulate(frames=60, seed=1)
+    f = np.concatenate([xy, np.zeros(xy.shape[:2] + (1,))], axis=-1)
+    starts = np.array([20, 30, 40])
+    with Bundle.open(history_bundle, threads=1) as b:
+        prev = np.stack([f[starts - b.history + i] for i in range(b.history)], axis=1)
+        for steps, every in ((40, 5), (23, 4), (7, 10)):
+            full = rollout(b, f[starts], steps, previous=prev, noise=RolloutNoise(1e-3, 1, starts))
+            some = rollout(b, f[starts], steps, previous=prev, noise=RolloutNoise(1e-3, 1, starts), every=every)
+            assert some.every == every and some.complete and some.steps_done == steps
+            np.testing.assert_array_equal(some.traj, full.traj[::every])
+        # a failure keeps the kept frames before it, with the step and the rows of the full rollout's
+        far_full = rollout(b, f[starts], 40, previous=prev, max_distance=0.05)
+        far_some = rollout(b, f[starts], 40, previous=prev, max_distance=0.05, every=3)
+        assert not far_full.complete and (far_some.failed_step, far_some.steps_done) == (
+            far_full.failed_step,
+            far_full.steps_done,
+        )
+        np.testing.assert_array_equal(far_some.failed_starts, far_full.failed_starts)
+        np.testing.assert_array_equal(far_some.traj, far_full.traj[::3])
+        assert "starting centroid" in far_some.reason
+        with pytest.raises(UsageError, match="every"):
+            rollout(b, f[starts], 5, previous=prev, every=0)

@@ -10,7 +10,7 @@ import pytest
 
 from e3traj.runtime import pack_bundle
 from e3traj.runtime._errors import UsageError
-from e3traj.runtime.cli._host import parse_frames
+from e3traj.runtime.cli._rollout import parse_frames
 
 # --------------------------------------------------------------------------------------------- rollout: good
 
@@ -150,7 +150,7 @@ def test_unwritable_output_folder_even_as_root(cli, toy_bundle, traj_file, tmp_p
 
 
 def test_progress_bar_for_big_rollouts(cli, toy_bundle, traj_file, tmp_path, monkeypatch):
-    import e3traj.runtime.cli._host as host
+    import e3traj.runtime.cli._rollout as host
 
     monkeypatch.setattr(host, "PROGRESS_THRESHOLD", 1)
     r = cli("rollout", toy_bundle, traj_file, "-o", tmp_path / "p.npz", "--steps", 4, "--frames", "all")

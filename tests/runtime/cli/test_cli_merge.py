@@ -40,3 +40,21 @@ def test_shards_merge_into_the_single_run_bit_for_bit(cli, history_bundle, tmp_p
     cli_error(cli("merge", *shards, "-o", tmp_path / "merged.npz"), 2, "--force")
     cli_error(cli("rollout", *common, "--shard", "3/3", "-o", tmp_path / "x.npz"), 2, "0 <= I < N")
     assert not (tmp_path / "m2.npz").exists() and not (tmp_path / "x.npz").exists()
+
+
+def test_every_thins_the_file_and_the_xyz_and_merges_too(cli, history_bundle, tmp_path):
+    traj = _traj(tmp_path)
+    common = [history_bundle, traj, "--frames", "10-17", "--steps", 30, "--noise", "1e-4", "--seed", 5]
+    assert cli("rollout", *common, "-o", tmp_path / "all.npz").exit_code == 0
+    r = cli("rollout", *common, "--every", 10, "-o", tmp_path / "ten.npz", "--xyz", tmp_path / "ten.xyz")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "all.npz") as a, np.load(tmp_path / "ten.npz") as t:
+        assert int(t["every"]) == 10 and t["traj"].shape == (4, 8, 12, 3)
+        np.testing.assert_array_equal(t["traj"], a["traj"][::10])
+    assert "frame=30 start=10" in (tmp_path / "ten.xyz").read_text()
+    for i in range(2):
+        assert cli("rollout", *common, "--every", 10, "--shard", f"{i}/2", "-o", tmp_path / f"e{i}.npz").exit_code == 0
+    assert cli("merge", tmp_path / "e0.npz", tmp_path / "e1.npz", "-o", tmp_path / "m.npz").exit_code == 0
+    assert (tmp_path / "m.npz").read_bytes() == (tmp_path / "ten.npz").read_bytes()
+    r = cli("rollout", *common, "--every", 0, "-o", tmp_path / "z.npz")
+    assert r.exit_code == 2 and "--every" in r.output
