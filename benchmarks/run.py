@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 compile_err = float((compiled[big](xb) - model(xb)).abs().max())
         except Exception as exc:  # no C compiler, an unsupported op...: the peer is left out, and said so
-            compiled, compile_note = {}, f"torch.compile unavailable here ({str(exc).splitlines()[0][:120]})"
+            compiled, compile_note = (
+                {},
+                f"torch.compile unavailable here ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})",
+            )
         else:
             compile_note = (
                 f"torch.compile (inductor) compiled in {compile_s[1]:.1f} s (B=1) and {compile_s[big]:.1f} s "

@@ -83,7 +83,8 @@ def _trajectory(
             f"{rollout_path}: its starting frame differs from frame {s} of {data_name} by up to {gap:.3g}; "
             "pass the trajectory the rollout was made from"
         )
-    true = frames[s : s + len(pred)]
+    every = int(r["every"]) if "every" in r and r["every"].shape == () else 1  # a thinned rollout (--every)
+    true = frames[s : s + every * (len(pred) - 1) + 1 : every]
     note = ""
     complete = r.get("complete")
     if complete is not None and complete.shape == () and not bool(complete):

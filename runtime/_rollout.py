@@ -93,6 +93,7 @@ def rollout(
     progress: Callable[[int], None] | None = None,
     max_bytes: int = MAX_ROLLOUT_BYTES,
     every: int = 1,
+    _centroid: np.ndarray | None = None,
 ) -> RolloutResult:
     """Extrapolate ``steps`` frames from each starting frame, all starts in one batch.
 
@@ -111,7 +112,7 @@ def rollout(
         max_distance: optional bound on the distance of any bead from its start's centroid.
         stop: optional ``stop(frames (B, N, 3)) -> (B,) bool``: the rows to stop at (e.g. outside the physical
             band of :func:`~e3traj.runtime._fidelity.unstable_rows`); the frames before that step are kept and
-            ``reason`` is ``stop_reason``.
+            ``reason`` is ``stop_reason``. It sees every row, non-finite ones included.
         noise: optional ``noise(frames (B, N, 3)) -> (B, N, 3)`` added to every predicted frame (a sampled
             rollout, e.g. :class:`~e3traj.runtime._noise.RolloutNoise`).
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
@@ -125,16 +126,16 @@ def rollout(
     """
     if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
         raise UsageError(f"every: got {every!r}; pass a positive number of steps between kept frames")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
+    if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
+        raise UsageError(f"max_distance: got {max_distance!r}; pass a positive distance")
     if every > 1:
         return _rollout_every(
             bundle, init, steps, int(every), previous=previous, max_distance=max_distance, stop=stop,
             stop_reason=stop_reason, noise=noise, progress=progress, max_bytes=max_bytes,
         )  # fmt: skip
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
     steps = int(steps)
-    if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
-        raise UsageError(f"max_distance: got {max_distance!r}; pass a positive distance")
     x0 = _frames(init, "init", getattr(bundle, "n_beads", None))
     batch = x0.shape[0]
     h = _history(bundle)
@@ -152,7 +153,7 @@ def rollout(
         buf[:h] = _past(previous, h, x0.shape)
     buf[h] = x0
     traj = buf[h:]
-    centroid = x0.mean(axis=1, keepdims=True)
+    centroid = x0.mean(axis=1, keepdims=True) if _centroid is None else _centroid  # (_rollout_every: the first)
     step_into = bundle._stepper(batch) if callable(getattr(bundle, "_stepper", None)) else None
     with np.errstate(all="ignore"):  # entered once: non-finite steps are detected below, not warned about
         for k in range(1, steps + 1):
@@ -176,10 +177,10 @@ def rollout(
                 if far.any() and finite:
                     reason = f"moved farther than {max_distance:g} from the starting centroid"
                 bad = far if bad is None else bad | far
-            if stop is not None and finite:
+            if stop is not None:  # every row, whatever the others do: a row's failure is its own (shards merge)
                 broken = np.asarray(stop(nxt), dtype=bool)
                 if broken.any():
-                    reason = stop_reason
+                    reason = stop_reason if finite else reason
                     bad = broken if bad is None else bad | broken
             if bad is not None and bad.any():
                 return RolloutResult(
@@ -214,17 +215,7 @@ def _rollout_every(bundle, init, steps, every, *, previous, max_bytes, **checks)
     out[0] = x0
     x, past = x0, previous
     progress = checks.pop("progress", None)
-    limit = checks.pop("max_distance", None)
-    if limit is not None:  # measured from the first start's centroid, not each block's
-        centroid, inner = x0.mean(axis=1, keepdims=True), checks.get("stop")
-        why = f"moved farther than {limit:g} from the starting centroid"
-
-        def far(f):
-            out = np.linalg.norm(f - centroid, axis=-1).max(axis=1) > limit
-            return out | np.asarray(inner(f), dtype=bool) if inner is not None else out
-
-        checks["stop"] = far
-        checks["stop_reason"] = why if inner is None else f"{checks.get('stop_reason')} (or {why})"
+    checks["_centroid"] = x0.mean(axis=1, keepdims=True)  # max_distance counts from the first start, not a block's
     for block in range(1, kept + (1 if steps % every else 0)):
         n = min(every, steps - (block - 1) * every)
         res = rollout(bundle, x, n, previous=past, progress=progress, max_bytes=max_bytes, **checks)
@@ -274,11 +265,12 @@ def write_rollout_file(
     noise_seed: int = -1,
     init_sha256: str = "",
     extra: Mapping[str, np.ndarray] | None = None,
+    stop: str = "",
 ) -> None:
     """The body of :func:`save_rollout`: write straight to ``path`` (a temporary file of the caller's).
 
-    ``init_sha256``: the sha256 of the file the starts came from; ``extra``: more arrays (a shard's, see
-    :mod:`e3traj.runtime._shards`), written after the rest.
+    ``init_sha256``: the sha256 of the file the starts came from; ``stop``: the stopping options in words ("" for
+    none); ``extra``: more arrays (a shard's, see :mod:`e3traj.runtime._shards`), written after the rest.
     """
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.shape != (result.traj.shape[1],):
@@ -299,6 +291,7 @@ def write_rollout_file(
             noise_seed=np.int64(noise_seed),  # -1: no noise
             init_sha256=np.str_(init_sha256),
             every=np.int64(result.every),  # traj[i] is step i x every
+            stop=np.str_(stop),
             **dict(extra or {}),
         )
 

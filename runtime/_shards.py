@@ -34,6 +34,7 @@ _SAME = (
     "noise_scale",
     "noise_seed",
     "every",
+    "stop",
     "shard_count",
 )
 
@@ -90,6 +91,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         raise InputError(
             f"{where}: could not read it as a rollout ({first_line(exc)}); pass shard .npz files"
         ) from None
+    out.setdefault("every", np.int64(1))  # shards written before --every existed
+    out.setdefault("stop", np.str_(""))
     missing = [
         k
         for k in ("traj", "starts", "steps_done", "complete", "failed_step", "failed_starts", *SHARD_KEYS, *_SAME)
@@ -97,6 +100,17 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     ]
     if missing:
         raise InputError(f"{where}: arrays {missing} missing; pass files written by 'e3traj rollout --shard'")
+    try:  # the shapes and kinds every step of the merge relies on, checked before it does
+        scalars = ("steps_done", "steps_requested", "failed_step", "every", "shard_index", "shard_count", "shard_row")
+        ok = all(out[k].shape == () and out[k].dtype.kind in "iu" for k in scalars)
+        ok = ok and out["complete"].shape == () and out["complete"].dtype == bool and int(out["every"]) >= 1
+        done, every = int(out["steps_done"]), int(out["every"])
+        ok = ok and out["traj"].ndim == 4 and out["traj"].shape[:2] == (done // every + 1, len(out["starts"]))
+        ok = ok and bool(out["complete"]) == (done == int(out["steps_requested"]))
+    except (TypeError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise InputError(f"{where}: its arrays do not describe a rollout shard (shapes or kinds); was it changed?")
     return out
 
 
@@ -158,5 +172,6 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
         "noise_scale": float(first["noise_scale"]),
         "noise_seed": int(first["noise_seed"]),
         "init_sha256": str(first["init_sha256"]),
+        "stop": str(first["stop"]),
     }
     return result, fields

@@ -1,5 +1,5 @@
 """Data-parallel training under ``torchrun`` (or ``srun``): P processes, each on its share of every global batch,
-gradients averaged with ``torch.distributed`` (gloo on CPU, nccl with CUDA).
+gradients averaged with ``torch.distributed`` (gloo).
 
 - ``--batch-size`` is the global batch: each of the P ranks takes every P-th sample of it, so every training pair
   is seen once per epoch (no padding, no duplicates); a rank's loss is weighted by its share, so the averaged
@@ -10,8 +10,10 @@ gradients averaged with ``torch.distributed`` (gloo on CPU, nccl with CUDA).
   after every averaged step, identical on every rank, so early stopping agrees everywhere.
 - Rank 0 alone writes the checkpoint, the log and the progress bar; the time budget is decided collectively.
 
-The process group comes from torchrun's ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``, or from SLURM's
-``SLURM_PROCID``/``SLURM_NTASKS`` (with ``MASTER_ADDR``/``MASTER_PORT`` set by the job script, as MACE does).
+The process group (gloo: every tensor of the training is on the CPU, on CUDA machines too) comes from torchrun's
+``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``, or from srun's ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``
+(``SLURM_NTASKS`` is set in the whole batch script, not only under srun), with ``MASTER_ADDR``/``MASTER_PORT`` set
+by the job script, as MACE does.
 """
 
 from __future__ import annotations
@@ -32,16 +34,22 @@ class Dist:
 
     @classmethod
     def from_env(cls, environ=None) -> Dist:
+        from e3traj.runtime import UsageError
+
         env = os.environ if environ is None else environ
-        world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1")) or 1)
+        try:  # SLURM_STEP_NUM_TASKS: set by srun only (SLURM_NTASKS is set in the whole batch script)
+            world = int(env.get("WORLD_SIZE", env.get("SLURM_STEP_NUM_TASKS", "1")) or 1)
+            rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")) or 0)
+        except ValueError:
+            raise UsageError(
+                f"distributed run: WORLD_SIZE/RANK (or SLURM_STEP_NUM_TASKS/SLURM_PROCID) are not integers: "
+                f"{env.get('WORLD_SIZE')!r}/{env.get('RANK')!r}"
+            ) from None
         if world <= 1:
             return cls()
-        rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")))
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            from e3traj.runtime import UsageError
-
             if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
                 raise UsageError(
                     f"distributed run of {world} ranks without MASTER_ADDR/MASTER_PORT; start it with torchrun, or "
@@ -49,8 +57,16 @@ class Dist:
                 )
             os.environ.setdefault("RANK", str(rank))
             os.environ.setdefault("WORLD_SIZE", str(world))
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+            import datetime
+
+            try:  # gloo: the training and its collectives run on CPU tensors, on CUDA machines too
+                dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10))
+            except (RuntimeError, ValueError) as exc:
+                where = f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
+                raise UsageError(
+                    f"distributed run: rank {rank} of {world} could not join the group at {where} "
+                    f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); check the address"
+                ) from None
         return cls(rank, world)
 
     @property
@@ -102,6 +118,16 @@ class Dist:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
         dist.all_reduce(t)
         return t.tolist()
+
+    def same(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (the validation MSE: every rank takes the same early-stopping step)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        dist.broadcast(t, src=0)
+        return float(t.item())
 
     def barrier(self) -> None:
         if self.world > 1:

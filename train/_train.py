@@ -222,7 +222,7 @@ def train_model(
                 if cfg.max_time is not None and dist.any(time.perf_counter() - start > cfg.max_time):
                     break
             total, count = dist.sum([total, count])
-            val = _val_mse(model, kind, spec, vx, vpast, vy)
+            val = dist.same(_val_mse(model, kind, spec, vx, vpast, vy))  # rank 0's: one early-stopping decision
             sched.step(val)
             elapsed = elapsed0 + time.perf_counter() - start
             history.append(
@@ -307,8 +307,10 @@ def train_model(
         },
         "versions": {"torch": str(torch.__version__)},
     }
-    path = save_checkpoint(output, ckpt) if output is not None and dist.main else None  # rank 0 writes
-    dist.barrier()
+    try:
+        path = save_checkpoint(output, ckpt) if output is not None and dist.main else None  # rank 0 writes
+    finally:
+        dist.barrier()  # the other ranks wait for it, and go on even if it failed
     return TrainResult(checkpoint=ckpt, path=path, stopped_because=stopped)
 
 

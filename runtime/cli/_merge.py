@@ -35,7 +35,8 @@ def merge(shards, output, force):
         write_rollout_file(tmp, result, **fields)
     if not result.complete:
         raise RolloutIncomplete(
-            f"merged {len(shards)} shards into {output}: the run stopped at step {result.failed_step} of "
-            f"{result.steps_requested}; every start keeps the {result.steps_done + 1} frames before it (complete=False)"
+            f"merged {len(shards)} shards into {output}: the run stopped at step {result.failed_step} "
+            f"of {result.steps_requested}; every start keeps its {result.traj.shape[0]} kept frames before it "
+            "(complete=False)"
         )
     click.echo(one_line(f"merged {len(shards)} shards into {output}: traj {tuple(result.traj.shape)}"))

@@ -143,6 +143,8 @@ def rollout(
     if steps < 1:
         raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
     positive("--every", every)
+    if every > steps:
+        raise UsageError(f"--every {every} is more than --steps {steps}: only the start would be kept; pass fewer")
     positive("--threads", threads, maximum=MAX_THREADS)
     if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
         raise UsageError(f"--max-distance: got {max_distance}; pass a positive distance")
@@ -221,6 +223,10 @@ def rollout(
                 noise_seed=seed if sampler is not None else -1,
                 init_sha256=init_sha,
                 extra=shard_extra,
+                stop="; ".join(
+                    ([f"max_distance {max_distance:g}"] if max_distance is not None else [])
+                    + ([f"stop_unstable: {reason}"] if stop_unstable else [])
+                ),
             )
             if xyz is not None:
                 write_xyz_file(tmps[1], result.traj, starts, every=every)
@@ -230,7 +236,7 @@ def rollout(
         shown = ", ".join(str(s) for s in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise RolloutIncomplete(
             f"rollout stopped at step {result.failed_step} of {steps}: starting frame(s) {shown} {result.reason}; "
-            f"wrote the {result.steps_done + 1} frames before it to {written} (complete=False)"
+            f"wrote the {result.traj.shape[0]} kept frames before it to {written} (complete=False)"
         )
     click.echo(
         one_line(

@@ -99,3 +99,32 @@ def test_shards_of_other_runs_or_missing_or_changed_are_refused(tmp_path):
     np.savez(tmp_path / "tampered.npz", **z)
     with pytest.raises(InputError, match="not rows 3..5"):
         merge_rollouts([paths[0], tmp_path / "tampered.npz"])
+
+
+def test_a_row_s_failure_is_its_own_so_shards_merge_like_one_run(tmp_path):
+    # one row turns non-finite while another leaves the band at the same step: the single run lists both
+    class _Mixed:
+        history = 0
+
+        def step(self, x, previous=None):
+            y = x + 0.01
+            if y[0, 0, 0] > 0.045:
+                y[0] = np.nan
+            return y
+
+    x0 = np.zeros((3, 12, 3))
+    x0[1] += 0.01
+    stop = lambda f: np.isfinite(f).all(axis=(1, 2)) & (f[:, 0, 0] > 0.055)  # noqa: E731
+    one = rollout(_Mixed(), x0, 10, stop=stop)
+    assert not one.complete and one.failed_starts.tolist() == [0, 1] and "non-finite" in one.reason
+
+
+def test_malformed_shards_are_one_line(tmp_path):
+    all_starts = list(range(10, 16))
+    lo, hi = shard_rows(6, 0, 2)
+    _write(tmp_path / "s0.npz", all_starts[lo:hi], all_starts, (0, 2, lo))
+    z = dict(np.load(tmp_path / "s0.npz"))
+    for key, bad in (("shard_index", np.array([0])), ("every", np.int64(0)), ("traj", np.zeros(3))):
+        np.savez(tmp_path / "bad.npz", **{**z, key: bad})
+        with pytest.raises(InputError, match="do not describe a rollout shard"):
+            merge_rollouts([tmp_path / "bad.npz"])
