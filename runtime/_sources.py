@@ -129,22 +129,19 @@ def resolve_many(
         return resolve_data(specs[0], n_beads=n_beads, min_frames=min_frames)
     import hashlib
 
-    loaded = []
-    for spec in specs + val_specs:
-        one = resolve_data(spec, n_beads=n_beads, min_frames=min_frames)
-        n_beads = one.frames.shape[1] if n_beads is None else n_beads
-        loaded.append(one)
-    bounds = np.cumsum([0] + [len(d.frames) for d in loaded])
-    segments = tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
-    frames = np.concatenate([d.frames for d in loaded])
-    seen = {}
-    for d in loaded:
+    loaded, seen = [], {}
+    digest = hashlib.sha256()  # the frames, the files' boundaries and which ones validate
+    for i, spec in enumerate(specs + val_specs):
+        d = resolve_data(spec, n_beads=n_beads, min_frames=min_frames)
         if d.sha256 in seen:
             raise InputError(f"{d.path or d.source}: the same frames as {seen[d.sha256]}; pass each trajectory once")
         seen[d.sha256] = d.path or d.source
-    digest = hashlib.sha256()  # the frames, the files' boundaries and which ones validate
-    for i, d in enumerate(loaded):
+        n_beads = d.frames.shape[1] if n_beads is None else n_beads
         digest.update(f"{'val' if i >= len(specs) else 'train'}:{len(d.frames)}:{d.sha256};".encode())
+        loaded.append(d)
+    bounds = np.cumsum([0] + [len(d.frames) for d in loaded])
+    segments = tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
+    frames = np.concatenate([d.frames for d in loaded])
     parts = tuple(
         {"source": d.source, "path": d.path, "sha256": d.sha256, "file_sha256": d.file_sha256, "frames": len(d.frames)}
         for d in loaded

@@ -107,6 +107,26 @@ def solve_ridge(g: torch.Tensor, rhs: torch.Tensor, ridge: float = RIDGE) -> tor
     return torch.linalg.solve(g + lam * torch.eye(g.shape[0], dtype=g.dtype), rhs)
 
 
+def register_fit(module: torch.nn.Module, history: int, n_features: int, ar_coefficients, head_weights) -> None:
+    """The closed-form fit's buffers: ``ar_coefficients`` ``(history,)`` (float64: read by export and the next-frame
+    rule) and ``head_weights`` ``(n_features,)`` (zeros when None); ValueError when their shapes do not fit."""
+    ar = torch.zeros(history, dtype=torch.float64) if ar_coefficients is None else torch.as_tensor(ar_coefficients)
+    head = torch.zeros(n_features) if head_weights is None else torch.as_tensor(head_weights)
+    if ar.shape != (history,) or head.shape != (n_features,):
+        raise ValueError(f"ar_coefficients {tuple(ar.shape)} / head_weights {tuple(head.shape)} do not fit")
+    module.register_buffer("ar_coefficients", ar.to(torch.float64))
+    module.register_buffer("head_weights", head.to(torch.get_default_dtype()))
+
+
+def head_as_trained(features: torch.Tensor, head_weights) -> torch.Tensor:
+    """``features @ head_weights`` in float64, rounded as the float32 model holds it (what a target subtracts).
+
+    Shapes: ``(n, N, 3, F)``, ``(F,)`` -> ``(n, N, 3)``.
+    """
+    w = torch.as_tensor(head_weights, dtype=torch.float64)
+    return (features @ w).to(torch.float32).double()
+
+
 class HistoryModel(torch.nn.Module):
     """``head(pos) + gain * net(pos, [d / input_scale, head(pos) / scale]) * scale``: the correction to AR(K).
 
@@ -142,12 +162,7 @@ class HistoryModel(torch.nn.Module):
         self.history = history
         self.features = ChainFeatures(config.num_nodes, length_scale)
         self.net = FixedGraphNetwork(config)
-        ar = torch.zeros(history, dtype=torch.float64) if ar_coefficients is None else torch.as_tensor(ar_coefficients)
-        head = torch.zeros(self.features.n_features) if head_weights is None else torch.as_tensor(head_weights)
-        if ar.shape != (history,) or head.shape != (self.features.n_features,):
-            raise ValueError(f"ar_coefficients {tuple(ar.shape)} / head_weights {tuple(head.shape)} do not fit")
-        self.register_buffer("ar_coefficients", ar.to(torch.float64))
-        self.register_buffer("head_weights", head.to(torch.get_default_dtype()))
+        register_fit(self, history, self.features.n_features, ar_coefficients, head_weights)
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
         # the network's share starts at 0: an untrained model is AR(K) + head, and training moves from there

@@ -161,13 +161,11 @@ def _history_prepare(split, x, past, y, history):
 
 def _history_target(x, y, past, spec):
     """The correction to AR(K) left after the linear head: what the network regresses (times its scale)."""
-    import torch
 
-    from ._history import ChainFeatures
+    from ._history import ChainFeatures, head_as_trained
 
     feats = ChainFeatures(x.shape[1], spec["length_scale"]).double()(x, x - past[:, -1])
-    w = torch.as_tensor(spec["head_weights"], dtype=torch.float64)
-    head = (feats @ w).to(torch.float32).double()  # the head in float64, rounded as the float32 model holds it
+    head = head_as_trained(feats, spec["head_weights"])
     return y - C.ar_extrapolate(x, past, spec["ar_coefficients"]) - head
 
 
@@ -229,13 +227,11 @@ def _langevin_prepare(split, x, past, y, history):
 
 def _langevin_target(x, y, past, spec):
     """The pair forces and the wall (the whole model: nothing is left to train; the scale is their RMS)."""
-    import torch
 
+    from ._history import head_as_trained
     from ._langevin import ChainForces, Wall
 
-    feats = ChainForces(x.shape[1], spec["length_scale"]).double()(x)
-    w = torch.as_tensor(spec["head_weights"], dtype=torch.float64)
-    head = (feats @ w).to(torch.float32).double()  # in float64, rounded as the float32 model holds it
+    head = head_as_trained(ChainForces(x.shape[1], spec["length_scale"]).double()(x), spec["head_weights"])
     head = head + Wall(x.shape[1], spec["wall_low"], spec["wall_high"], spec.get("wall_core")).double()(x)
     return head
 

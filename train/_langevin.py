@@ -45,6 +45,8 @@ import math
 
 import torch
 
+from ._history import register_fit
+
 __all__ = [
     "PairForces",
     "AngleForces",
@@ -280,12 +282,7 @@ class LangevinModel(torch.nn.Module):
         self.history = history
         self.features = ChainForces(n_beads, length_scale)
         self.wall = Wall(n_beads, wall_low, wall_high, wall_core)
-        ar = torch.zeros(history, dtype=torch.float64) if ar_coefficients is None else torch.as_tensor(ar_coefficients)
-        head = torch.zeros(self.features.n_features) if head_weights is None else torch.as_tensor(head_weights)
-        if ar.shape != (history,) or head.shape != (self.features.n_features,):
-            raise ValueError(f"ar_coefficients {tuple(ar.shape)} / head_weights {tuple(head.shape)} do not fit")
-        self.register_buffer("ar_coefficients", ar.to(torch.float64))
-        self.register_buffer("head_weights", head.to(torch.get_default_dtype()))
+        register_fit(self, history, self.features.n_features, ar_coefficients, head_weights)
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
