@@ -82,6 +82,12 @@ class CheckFailed(E3TrajError):
 
 
 class RolloutIncomplete(E3TrajError):
-    """A rollout stopped early (non-finite or out-of-bounds frame); the frames before it were kept."""
+    """A rollout stopped early (non-finite or out-of-bounds frame); the frames before it were kept. An interrupted
+    rollout whose frames were kept too is one with ``exit_code`` 130 or 143."""
 
     exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code

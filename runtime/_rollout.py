@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ __all__ = ["RolloutResult", "rollout", "save_rollout", "write_xyz", "MAX_ROLLOUT
 
 #: Largest trajectory array (float64) a rollout may allocate; ask for fewer steps or starts beyond it.
 MAX_ROLLOUT_BYTES = 8 << 30
+#: The working window of a rollout that does not keep every frame in memory (rewound when full).
+_WINDOW_BYTES = 8 << 20
 
 
 @dataclass
@@ -35,6 +38,8 @@ class RolloutResult:
     failed_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     reason: str = ""
     every: int = 1
+    #: stopped by an interrupt, a SIGTERM or a kill (see :mod:`e3traj.runtime._spool`), not by a failing step
+    interrupted: bool = False
 
 
 def _frames(arr, name: str, n_beads: int | None = None) -> np.ndarray:
@@ -93,7 +98,7 @@ def rollout(
     progress: Callable[[int], None] | None = None,
     max_bytes: int = MAX_ROLLOUT_BYTES,
     every: int = 1,
-    _centroid: np.ndarray | None = None,
+    sink=None,
 ) -> RolloutResult:
     """Extrapolate ``steps`` frames from each starting frame, all starts in one batch.
 
@@ -118,8 +123,12 @@ def rollout(
         progress: called with 1 after every step (e.g. a progress bar's ``update``).
         max_bytes: refuse to allocate a trajectory larger than this.
         every: keep every ``every``-th frame (as MD codes dump): the trajectory's memory is ``steps / every``
-            frames, the stepping holds only the window it needs; the kept frames are bit-identical to those of
+            frames, the stepping holds only a window of a few MiB; the kept frames are bit-identical to those of
             ``every=1``.
+        sink: where the kept frames go instead of an array in memory: any object with ``append(frame)`` (called
+            with frame 0, then each kept frame once its step has passed the checks) and ``frames()`` (what
+            becomes ``traj``), e.g. :class:`~e3traj.runtime._spool.Spool`, which writes them to disk as they come.
+            An exception (an interrupt) leaves in it the frames kept before.
 
     Returns:
         :class:`RolloutResult` with ``traj`` ``(steps_done // every + 1, B, N, 3)``.
@@ -130,107 +139,100 @@ def rollout(
         raise UsageError(f"steps: got {steps!r}; pass a positive number of steps")
     if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
         raise UsageError(f"max_distance: got {max_distance!r}; pass a positive distance")
-    if every > 1:
-        return _rollout_every(
-            bundle, init, steps, int(every), previous=previous, max_distance=max_distance, stop=stop,
-            stop_reason=stop_reason, noise=noise, progress=progress, max_bytes=max_bytes,
-        )  # fmt: skip
-    steps = int(steps)
+    steps, every = int(steps), int(every)
     x0 = _frames(init, "init", getattr(bundle, "n_beads", None))
     batch = x0.shape[0]
     h = _history(bundle)
-    nbytes = (steps + 1 + h) * batch * x0.shape[1] * 3 * 8
+    kept = steps // every + 1
+    # the working window: the h frames before the current one, the current one and the next ones; a rollout kept in
+    # memory frame by frame steps straight in its trajectory, the others in a window rewound when full
+    direct = sink is None and every == 1
+    length = h + steps + 1 if direct else h + 1 + max(h + 1, 2, min(steps, _WINDOW_BYTES // (x0.size * 8)))
+    nbytes = (length + (kept if sink is None and not direct else 0)) * x0.size * 8
     if nbytes > max_bytes:
+        what = f"keep {kept} frames, " if every > 1 else "need "
         raise UsageError(
-            f"{steps} steps x {batch} starts need {nbytes / 2**30:.1f} GiB for the trajectory (limit "
-            f"{max_bytes / 2**30:.1f} GiB); roll out fewer steps or starts per call"
+            f"{steps} steps x {batch} starts {what}{nbytes / 2**30:.1f} GiB in memory (limit "
+            f"{max_bytes / 2**30:.1f} GiB); keep fewer frames (a larger every), roll out fewer starts per call or "
+            "write the frames to disk as they come (the rollout command does)"
         )
-    # one buffer: the h frames before the start, then the trajectory; the past of step k is a view into it
-    buf = np.empty((h + steps + 1,) + x0.shape, dtype=np.float64)
+    buf = np.empty((length,) + x0.shape, dtype=np.float64)
     if h:
         if previous is None:
             raise UsageError(f"previous: this bundle needs the {h} frame(s) before each start (it uses the history)")
         buf[:h] = _past(previous, h, x0.shape)
     buf[h] = x0
-    traj = buf[h:]
-    centroid = x0.mean(axis=1, keepdims=True) if _centroid is None else _centroid  # (_rollout_every: the first)
+    if sink is None:
+        sink = _Frames(buf[h:] if direct else np.empty((kept,) + x0.shape, dtype=np.float64), filled=direct)
+    sink.append(x0)
+    centroid = x0.mean(axis=1, keepdims=True)
     step_into = bundle._stepper(batch) if callable(getattr(bundle, "_stepper", None)) else None
+    at = h  # the current frame's row in buf
+    failed = None
     with np.errstate(all="ignore"):  # entered once: non-finite steps are detected below, not warned about
         for k in range(1, steps + 1):
-            x = traj[k - 1]
-            past = buf[k - 1 : h + k - 1]  # (h, B, 12, 3), chronological
+            if at + 1 == length:  # the window is full: its last h + 1 frames move to the front
+                buf[: h + 1] = buf[at - h : at + 1]
+                at = h
+            x = buf[at]
+            past = buf[at - h : at]  # (h, B, N, 3), chronological
+            nxt = buf[at + 1]
             if step_into is not None:
-                nxt = traj[k]
                 step_into(x, past, nxt)
             else:
-                nxt = bundle.step(x, np.swapaxes(past, 0, 1)) if h else bundle.step(x)
-            if noise is not None:  # a sampled rollout: in place in the trajectory row, or on the new array
-                if step_into is not None:
-                    nxt += noise(nxt)
-                else:
-                    nxt = nxt + noise(nxt)
-            finite = bool(np.isfinite(nxt).all())
-            bad = None if finite else ~np.isfinite(nxt).all(axis=(1, 2))
-            reason = "became non-finite (NaN or Inf)"
-            if max_distance is not None:
-                far = np.linalg.norm(nxt - centroid, axis=-1).max(axis=1) > max_distance
-                if far.any() and finite:
-                    reason = f"moved farther than {max_distance:g} from the starting centroid"
-                bad = far if bad is None else bad | far
-            if stop is not None:  # every row, whatever the others do: a row's failure is its own (shards merge)
-                broken = np.asarray(stop(nxt), dtype=bool)
-                if broken.any():
-                    reason = stop_reason if finite else reason
-                    bad = broken if bad is None else bad | broken
-            if bad is not None and bad.any():
-                return RolloutResult(
-                    traj=traj[:k],
-                    steps_requested=steps,
-                    steps_done=k - 1,
-                    complete=False,
-                    failed_step=k,
-                    failed_starts=np.flatnonzero(bad).astype(np.int64),
-                    reason=reason,
-                )
-            if step_into is None:
-                traj[k] = nxt
+                nxt[...] = bundle.step(x, np.swapaxes(past, 0, 1)) if h else bundle.step(x)
+            if noise is not None:  # a sampled rollout: in place in the window
+                nxt += noise(nxt)
+            failed = _failure(nxt, centroid, max_distance, stop, stop_reason)
+            if failed is not None:
+                break
+            at += 1
+            if k % every == 0:
+                sink.append(nxt)
             if progress is not None:
                 progress(1)
-    return RolloutResult(traj=traj, steps_requested=steps, steps_done=steps, complete=True)
+    done = steps if failed is None else k - 1
+    frames = sink.frames()
+    if failed is None:
+        return RolloutResult(traj=frames, steps_requested=steps, steps_done=steps, complete=True, every=every)
+    bad, reason = failed
+    return RolloutResult(
+        traj=frames, steps_requested=steps, steps_done=done, complete=False, failed_step=done + 1,
+        failed_starts=np.flatnonzero(bad).astype(np.int64), reason=reason, every=every,
+    )  # fmt: skip
 
 
-def _rollout_every(bundle, init, steps, every, *, previous, max_bytes, **checks) -> RolloutResult:
-    """:func:`rollout` keeping every ``every``-th frame: steps ``every`` at a time through :func:`rollout` itself,
-    from the window of frames each block needs, so its arithmetic is the same step by step."""
-    x0 = _frames(init, "init", getattr(bundle, "n_beads", None))
-    h = _history(bundle)
-    kept = steps // every + 1
-    nbytes = (kept + every + h) * x0.size * 8
-    if nbytes > max_bytes:
-        raise UsageError(
-            f"{steps} steps x {len(x0)} starts keep {kept} frames, {nbytes / 2**30:.1f} GiB (limit "
-            f"{max_bytes / 2**30:.1f} GiB); keep fewer frames (a larger --every) or roll out fewer starts per call"
-        )
-    out = np.empty((kept,) + x0.shape, dtype=np.float64)
-    out[0] = x0
-    x, past = x0, previous
-    progress = checks.pop("progress", None)
-    checks["_centroid"] = x0.mean(axis=1, keepdims=True)  # max_distance counts from the first start, not a block's
-    for block in range(1, kept + (1 if steps % every else 0)):
-        n = min(every, steps - (block - 1) * every)
-        res = rollout(bundle, x, n, previous=past, progress=progress, max_bytes=max_bytes, **checks)
-        if not res.complete:
-            done = (block - 1) * every + res.steps_done
-            return RolloutResult(
-                traj=out[: done // every + 1], steps_requested=steps, steps_done=done, complete=False,
-                failed_step=(block - 1) * every + res.failed_step, failed_starts=res.failed_starts,
-                reason=res.reason, every=every,
-            )  # fmt: skip
-        if n == every:
-            out[block] = res.traj[-1]
-        window = np.concatenate([_past(past, h, x.shape), res.traj]) if h and past is not None else res.traj
-        x, past = res.traj[-1], (np.swapaxes(window[-h - 1 : -1], 0, 1) if h else None)
-    return RolloutResult(traj=out, steps_requested=steps, steps_done=steps, complete=True, every=every)
+def _failure(nxt, centroid, max_distance, stop, stop_reason) -> tuple[np.ndarray, str] | None:
+    """The rows of ``nxt`` (B, N, 3) that end the rollout and why, or None when every row may go on."""
+    finite = bool(np.isfinite(nxt).all())
+    bad = None if finite else ~np.isfinite(nxt).all(axis=(1, 2))
+    reason = "became non-finite (NaN or Inf)"
+    if max_distance is not None:
+        far = np.linalg.norm(nxt - centroid, axis=-1).max(axis=1) > max_distance
+        if far.any() and finite:
+            reason = f"moved farther than {max_distance:g} from the starting centroid"
+        bad = far if bad is None else bad | far
+    if stop is not None:  # every row, whatever the others do: a row's failure is its own (shards merge)
+        broken = np.asarray(stop(nxt), dtype=bool)
+        if broken.any():
+            reason = stop_reason if finite else reason
+            bad = broken if bad is None else bad | broken
+    return (bad, reason) if bad is not None and bad.any() else None
+
+
+class _Frames:
+    """The kept frames in memory (the default sink of :func:`rollout`). Shapes: ``traj`` ``(kept, B, N, 3)``."""
+
+    def __init__(self, traj: np.ndarray, filled: bool = False):
+        self.traj, self.filled, self.count = traj, filled, 0
+
+    def append(self, frame: np.ndarray) -> None:
+        if not self.filled:  # (filled: the rollout steps in traj itself)
+            self.traj[self.count] = frame
+        self.count += 1
+
+    def frames(self) -> np.ndarray:
+        return self.traj[: self.count]
 
 
 def save_rollout(
@@ -275,25 +277,54 @@ def write_rollout_file(
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.shape != (result.traj.shape[1],):
         raise UsageError(f"starts: {starts_arr.shape[0]} entries for {result.traj.shape[1]} trajectories")
+    fields = dict(
+        traj=result.traj,
+        starts=starts_arr,
+        steps_done=np.int64(result.steps_done),
+        steps_requested=np.int64(result.steps_requested),
+        complete=np.bool_(result.complete),
+        bundle_sha256=np.str_(bundle_sha256),
+        failed_step=np.int64(-1 if result.failed_step is None else result.failed_step),
+        failed_starts=np.asarray(result.failed_starts, dtype=np.int64),
+        source=np.str_(source),
+        noise_scale=np.float64(noise_scale),  # 0: a deterministic rollout
+        noise_seed=np.int64(noise_seed),  # -1: no noise
+        init_sha256=np.str_(init_sha256),
+        every=np.int64(result.every),  # traj[i] is step i x every
+        stop=np.str_(stop),
+        interrupted=np.bool_(result.interrupted),  # complete=False by an interrupt or a kill, not a failing step
+        **dict(extra or {}),
+    )
     with open(path, "wb") as fh:
-        np.savez(
-            fh,
-            traj=result.traj,
-            starts=starts_arr,
-            steps_done=np.int64(result.steps_done),
-            steps_requested=np.int64(result.steps_requested),
-            complete=np.bool_(result.complete),
-            bundle_sha256=np.str_(bundle_sha256),
-            failed_step=np.int64(-1 if result.failed_step is None else result.failed_step),
-            failed_starts=np.asarray(result.failed_starts, dtype=np.int64),
-            source=np.str_(source),
-            noise_scale=np.float64(noise_scale),  # 0: a deterministic rollout
-            noise_seed=np.int64(noise_seed),  # -1: no noise
-            init_sha256=np.str_(init_sha256),
-            every=np.int64(result.every),  # traj[i] is step i x every
-            stop=np.str_(stop),
-            **dict(extra or {}),
-        )
+        _savez(fh, fields)
+
+
+def _savez(fh, arrays: Mapping[str, np.ndarray]) -> None:
+    """``numpy.savez`` (the same file), copying a :class:`numpy.memmap` from its file in chunks: a spooled
+    trajectory reaches the file without ever being in memory whole."""
+    import zipfile
+
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, val in arrays.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as fid:
+                if isinstance(val, np.memmap) and isinstance(val.base, mmap.mmap):  # a whole map, not a slice
+                    _copy_memmap(fid, val)
+                else:
+                    np.lib.format.write_array(fid, np.asanyarray(val), allow_pickle=False)
+
+
+def _copy_memmap(fid, arr: np.memmap, chunk: int = 16 << 20) -> None:
+    np.lib.format.write_array_header_1_0(fid, np.lib.format.header_data_from_array_1_0(arr))
+    left, offset = arr.nbytes, int(arr.offset)
+    buf = bytearray(min(chunk, max(left, 1)))
+    with open(arr.filename, "rb") as src:
+        src.seek(offset)
+        while left:
+            n = src.readinto(memoryview(buf)[: min(len(buf), left)])
+            if not n:
+                raise InputError(f"{arr.filename}: ended {left} bytes early while copying the frames; disk error?")
+            fid.write(memoryview(buf)[:n])
+            left -= n
 
 
 def write_xyz(

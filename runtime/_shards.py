@@ -149,6 +149,10 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
     every = int(first["every"])
     traj = np.concatenate([s["traj"][: done // every + 1] for _, s in shards], axis=1)
     failed = [(p, s) for p, s in shards if not bool(s["complete"]) and int(s["steps_done"]) == done]
+    # a shard interrupted there (an interrupt or a kill, see _spool) makes the run interrupted: its later steps were
+    # never tried, so no failure is known for them
+    interrupted = any(bool(s.get("interrupted", False)) for _, s in failed)
+    failed = [(p, s) for p, s in failed if not interrupted or bool(s.get("interrupted", False))]
     failed_starts = (
         np.concatenate([np.asarray(s["failed_starts"], dtype=np.int64) + int(s["shard_row"]) for _, s in failed])
         if failed
@@ -161,9 +165,10 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
         steps_requested=int(first["steps_requested"]),
         steps_done=done,
         complete=not failed,
-        failed_step=int(failed[0][1]["failed_step"]) if failed else None,
-        failed_starts=failed_starts,
+        failed_step=int(failed[0][1]["failed_step"]) if failed and not interrupted else None,
+        failed_starts=np.zeros(0, dtype=np.int64) if interrupted else failed_starts,
         every=every,
+        interrupted=interrupted,
     )
     fields = {
         "starts": np.asarray(all_starts, dtype=np.int64),

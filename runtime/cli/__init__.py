@@ -49,6 +49,12 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "inspect": ("e3traj.runtime.cli._host", "inspect", None, "Show a bundle's manifest and verify its hashes."),
     "rollout": ("e3traj.runtime.cli._rollout", "rollout", None, "Extrapolate trajectories with a bundle."),
     "merge": ("e3traj.runtime.cli._merge", "merge", None, "Merge the shards of one 'rollout --shard' run."),
+    "recover": (
+        "e3traj.runtime.cli._rollout",
+        "recover",
+        None,
+        "Write the frames a killed rollout left in OUT.partial (incomplete).",
+    ),
     "check": ("e3traj.runtime.cli._host", "check", None, "Check a bundle's equivariance and example outputs."),
     "fidelity": (
         "e3traj.runtime.cli._fidelity",

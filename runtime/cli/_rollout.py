@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,13 +13,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .._errors import InputError, RolloutIncomplete, UsageError, one_line
+from .._errors import EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, RolloutIncomplete, UsageError, one_line
 from .._io import check_output_path
 from ._options import MAX_THREADS, positive, threads_option
 
-__all__ = ["rollout", "parse_frames"]
+__all__ = ["rollout", "recover", "parse_frames"]
 
-#: Show a progress bar when steps x starts reaches this.
+#: Show a progress bar (on a terminal) when steps x starts reaches this.
 PROGRESS_THRESHOLD = 200_000
 
 _BUNDLE_ARG = click.argument("bundle", type=click.Path(path_type=Path))
@@ -136,9 +137,10 @@ def rollout(
     """
     from .._bundle import Bundle
     from .._data import check_beads, frames_before, read_trajectory
-    from .._io import atomic_outputs
+    from .._rollout import RolloutResult
     from .._rollout import rollout as run
-    from .._rollout import write_rollout_file, write_xyz_file
+    from .._spool import Spool
+    from . import _Terminated
 
     if steps < 1:
         raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
@@ -193,57 +195,109 @@ def rollout(
             previous = frames_before(frames, starts, h)
         init_frames = frames[np.asarray(starts)]
         scale, sampler = _noise_of(b, noise, seed, starts)
-        total = steps * len(starts)
+        _check_disk(output, steps // every + 1, init_frames.shape, xyz is not None)
+        fields = dict(
+            starts=np.asarray(starts, dtype=np.int64),
+            bundle_sha256=b.sha256,
+            source=str(init),
+            noise_scale=scale,
+            noise_seed=seed if sampler is not None else -1,
+            init_sha256=init_sha,
+            stop="; ".join(
+                ([f"max_distance {max_distance:g}"] if max_distance is not None else [])
+                + ([f"stop_unstable: {reason}"] if stop_unstable else [])
+            ),
+            steps_requested=steps,
+            every=every,
+            extra=shard_extra,
+        )
+        spool = Spool(output, init_frames.shape, fields, xyz=xyz, replace=force)
         t0 = time.perf_counter()
         with contextlib.ExitStack() as stack:
             bar = None
-            if total >= PROGRESS_THRESHOLD:
+            if steps * len(starts) >= PROGRESS_THRESHOLD and _on_terminal():  # (a log gets the outcome only)
                 bar = stack.enter_context(click.progressbar(length=steps, label="rollout", file=sys.stderr))
-            result = run(
-                b,
-                init_frames,
-                steps,
-                previous=previous,
-                max_distance=max_distance,
-                stop=stop,
-                stop_reason=reason,
-                noise=sampler,
-                progress=None if bar is None else bar.update,
-                every=every,
-            )
+            try:
+                result = run(
+                    b, init_frames, steps, previous=previous, max_distance=max_distance, stop=stop,
+                    stop_reason=reason, noise=sampler, progress=None if bar is None else bar.update, every=every,
+                    sink=spool,
+                )  # fmt: skip
+            except BaseException as exc:
+                if not isinstance(exc, KeyboardInterrupt | _Terminated):
+                    spool.discard()  # another failure: no unfinished output is kept, as for every command
+                    raise
+                signal_name = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+                interrupted = RolloutResult(
+                    traj=np.zeros((0, *init_frames.shape)), steps_requested=steps,
+                    steps_done=(spool.count - 1) * every, complete=False, reason=f"was interrupted ({signal_name})",
+                    every=every, interrupted=True,
+                )  # fmt: skip
+                _finish(spool, interrupted)
+                code = EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+                raise RolloutIncomplete(
+                    f"rollout interrupted ({signal_name}) after step {interrupted.steps_done} of {steps}: wrote the "
+                    f"{spool.count} kept frames to {_written(output, xyz)} (complete=False, interrupted=True)",
+                    exit_code=code,
+                ) from None
         elapsed = time.perf_counter() - t0
-        with atomic_outputs(outputs, suffix=".tmp", replace=force) as tmps:  # both files or neither
-            write_rollout_file(
-                tmps[0],
-                result,
-                starts=starts,
-                bundle_sha256=b.sha256,
-                source=str(init),
-                noise_scale=scale,
-                noise_seed=seed if sampler is not None else -1,
-                init_sha256=init_sha,
-                extra=shard_extra,
-                stop="; ".join(
-                    ([f"max_distance {max_distance:g}"] if max_distance is not None else [])
-                    + ([f"stop_unstable: {reason}"] if stop_unstable else [])
-                ),
-            )
-            if xyz is not None:
-                write_xyz_file(tmps[1], result.traj, starts, every=every)
-    written = f"{output}" + (f" and {xyz}" if xyz is not None else "")
+        kept = (spool.count, *init_frames.shape)
+        result.traj = np.zeros((0, *init_frames.shape))  # the spooled frames' map closes before its folder goes
+        _finish(spool, result)
+    written = _written(output, xyz)
     if not result.complete:
         bad = [starts[i] for i in result.failed_starts]
         shown = ", ".join(str(s) for s in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise RolloutIncomplete(
             f"rollout stopped at step {result.failed_step} of {steps}: starting frame(s) {shown} {result.reason}; "
-            f"wrote the {result.traj.shape[0]} kept frames before it to {written} (complete=False)"
+            f"wrote the {kept[0]} kept frames before it to {written} (complete=False)"
         )
     click.echo(
-        one_line(
-            f"wrote {written}: traj {tuple(result.traj.shape)} from {len(starts)} starting frame(s), "
-            f"{steps} steps in {elapsed:.2f} s"
-        )
+        one_line(f"wrote {written}: traj {kept} from {len(starts)} starting frame(s), {steps} steps in {elapsed:.2f} s")
     )
+
+
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _written(output: Path, xyz: Path | None) -> str:
+    return f"{output}" + (f" and {xyz}" if xyz is not None else "")
+
+
+def _finish(spool, result) -> None:
+    """Write the outputs from the spool; an interrupt now leaves the spool folder, and says how to recover it."""
+    from . import _Terminated
+
+    try:
+        spool.finish(result)
+    except (KeyboardInterrupt, _Terminated):
+        raise InputError(
+            f"interrupted while writing {spool.output}; the frames are kept in {spool.folder}: write them out with "
+            f"'e3traj recover {spool.folder}'"
+        ) from None
+    except OSError as exc:  # a full disk, say: the frames stay for a later try
+        raise InputError(
+            f"{exc.filename or spool.output}: {exc.strerror or exc} while writing the rollout; the frames are kept in "
+            f"{spool.folder}: free disk space (or fix the cause), then 'e3traj recover {spool.folder}'"
+        ) from None
+
+
+def _check_disk(output: Path, kept: int, shape: tuple[int, ...], xyz: bool) -> None:
+    """Refuse a rollout whose files cannot fit on the output's disk: the spooled frames, the rollout file and
+    the XYZ text (about 45 bytes a bead)."""
+    frame_bytes = int(np.prod(shape)) * 8
+    need = 2 * kept * frame_bytes + (kept * frame_bytes // 24 * 45 if xyz else 0)
+    try:
+        free = shutil.disk_usage(output.parent if str(output.parent) else ".").free
+    except OSError:
+        return
+    if need > free:
+        raise UsageError(
+            f"{output}: the rollout needs about {need / 2**30:.2f} GiB on its disk (the frames spooled, then the "
+            f"file{' and the XYZ text' if xyz else ''}) and {free / 2**30:.2f} GiB are free; keep fewer frames "
+            "(--every), roll out fewer steps or starts, or write somewhere else"
+        )
 
 
 def _noise_of(b, noise: str, seed: int, starts):
@@ -268,3 +322,25 @@ def _noise_of(b, noise: str, seed: int, starts):
     if not (np.isfinite(scale) and scale >= 0):
         raise UsageError(f"--noise: got {noise!r}; pass none, fitted or a finite number >= 0")
     return scale, RolloutNoise(scale, seed, starts)
+
+
+@click.command()
+@click.argument("partial", type=click.Path(path_type=Path))
+def recover(partial):
+    """Write the rollout file of PARTIAL, the OUT.partial folder a killed 'e3traj rollout -o OUT' left.
+
+    The frames written before the kill (all but at most the last second's) become OUT (and the XYZ file the
+    rollout was asked for) with complete=False and interrupted=True; the folder is removed. Exits 5.
+    """
+    from .._spool import recover as run
+
+    files, result = run(partial)
+    if result.complete:  # killed after its last step, before the file was written
+        click.echo(
+            one_line(f"recovered the whole rollout ({result.steps_done} steps) into {' and '.join(map(str, files))}")
+        )
+        return
+    raise RolloutIncomplete(
+        f"recovered {result.steps_done} of {result.steps_requested} steps ({result.steps_done // result.every + 1} "
+        f"kept frames) into {' and '.join(str(f) for f in files)} (complete=False, interrupted=True)"
+    )

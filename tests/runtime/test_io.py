@@ -140,7 +140,11 @@ def test_rollout_with_xyz_writes_both_or_neither(cli, toy_bundle, traj_file, tmp
     r = cli("rollout", toy_bundle, traj_file, "-o", out, "--xyz", xyz, "--steps", 3)
     assert r.exit_code == 3, r.output
     assert r.stderr.count("\n") == 1 and "No space left on device" in r.stderr and "free disk space" in r.stderr
-    assert list(out.parent.iterdir()) == []
+    # neither file; the frames stay in the spool folder, and recover writes both once the disk has room
+    assert [p.name for p in out.parent.iterdir()] == ["r.npz.partial"] and "e3traj recover" in r.stderr
+    monkeypatch.undo()
+    assert cli("recover", out.parent / "r.npz.partial").exit_code == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.npz", "r.xyz"]
 
 
 def _start(args, tmp_path):
@@ -162,7 +166,8 @@ def test_a_signal_cleans_up_and_exits_with_its_code(tmp_path, sig, code):
     assert _leftovers(tmp_path, {"tmp"}) == [] and _leftovers(tmp_path / "tmp", {".ses"}) == []
 
 
-def test_a_signal_during_a_packed_rollout_leaves_no_temp_folder(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGINT, EXIT_INTERRUPTED)])
+def test_a_signal_during_a_packed_rollout_keeps_its_frames_and_no_temp_folder(tmp_path, sig, code):
     import shutil
 
     from e3traj.runtime import pack_bundle
@@ -177,12 +182,19 @@ def test_a_signal_during_a_packed_rollout_leaves_no_temp_folder(tmp_path):
     )
     time.sleep(4.0)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_TERMINATED, err.decode()
+    text = err.decode()
+    assert proc.returncode == code, text
+    name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
+    assert text.count("\n") == 1 and f"rollout interrupted ({name}) after step" in text and "interrupted=True" in text
     # .ses: onnxruntime's own session-id file, which it writes into TMPDIR when it is imported
     assert _leftovers(tmp_path / "tmp", {".ses"}) == []
-    assert _leftovers(tmp_path, {"tmp", "b", "b.tar.gz", "init.npz"}) == []
+    # the frames rolled out before the signal are kept, marked interrupted; nothing else is left
+    assert _leftovers(tmp_path, {"tmp", "b", "b.tar.gz", "init.npz", "r.npz"}) == []
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as z:
+        assert bool(z["interrupted"]) and not bool(z["complete"]) and int(z["failed_step"]) == -1
+        assert z["traj"].shape[0] == int(z["steps_done"]) + 1 >= 2 and np.isfinite(z["traj"]).all()
 
 
 def test_replacing_sets_the_policy_of_outputs_that_do_not_say(tmp_path):

@@ -128,3 +128,25 @@ def test_malformed_shards_are_one_line(tmp_path):
         np.savez(tmp_path / "bad.npz", **{**z, key: bad})
         with pytest.raises(InputError, match="do not describe a rollout shard"):
             merge_rollouts([tmp_path / "bad.npz"])
+
+
+def test_a_shard_interrupted_at_the_shortest_step_makes_the_run_interrupted(tmp_path):
+    import dataclasses
+
+    all_starts = list(range(10, 16))
+    paths = []
+    for i, fail_at in enumerate((7, None)):
+        lo, hi = shard_rows(6, i, 2)
+        paths.append(tmp_path / f"s{i}.npz")
+        _write(paths[-1], all_starts[lo:hi], all_starts, (i, 2, lo), fail_at=fail_at)
+    # shard 1 was killed after step 4 (e3traj recover writes it so): shorter than shard 0's failure at step 7
+    with np.load(paths[1], allow_pickle=False) as z:
+        res = rollout(_Drift(), z["traj"][0], 20)
+    cut = dataclasses.replace(res, traj=res.traj[:5], steps_done=4, complete=False, interrupted=True)
+    write_rollout_file(
+        paths[1], cut, starts=all_starts[3:], bundle_sha256="b" * 64, source="t.npz", init_sha256="d" * 64,
+        extra=shard_fields(1, 2, 3, all_starts),
+    )  # fmt: skip
+    result, _ = merge_rollouts(paths)
+    assert (result.steps_done, result.complete, result.interrupted, result.failed_step) == (4, False, True, None)
+    assert result.traj.shape == (5, 6, 12, 3) and result.failed_starts.tolist() == []

@@ -154,6 +154,9 @@ def test_progress_bar_for_big_rollouts(cli, toy_bundle, traj_file, tmp_path, mon
 
     monkeypatch.setattr(host, "PROGRESS_THRESHOLD", 1)
     r = cli("rollout", toy_bundle, traj_file, "-o", tmp_path / "p.npz", "--steps", 4, "--frames", "all")
+    assert r.exit_code == 0 and r.stderr == "", r.output  # not on a terminal: a log gets the outcome only
+    monkeypatch.setattr(host, "_on_terminal", lambda: True)
+    r = cli("rollout", toy_bundle, traj_file, "-o", tmp_path / "p.npz", "--steps", 4, "--frames", "all", "--force")
     assert r.exit_code == 0, r.output
     assert "rollout" in r.stderr and "Traceback" not in r.output
     assert np.load(tmp_path / "p.npz")["traj"].shape == (5, 20, 12, 3)
