@@ -307,7 +307,9 @@ def _savez(fh, arrays: Mapping[str, np.ndarray]) -> None:
     with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, val in arrays.items():
             with zf.open(key + ".npy", "w", force_zip64=True) as fid:
-                if isinstance(val, np.memmap) and isinstance(val.base, mmap.mmap):  # a whole map, not a slice
+                if hasattr(val, "write_npy"):  # frames written chunk by chunk (a merge's)
+                    val.write_npy(fid)
+                elif isinstance(val, np.memmap) and isinstance(val.base, mmap.mmap):  # a whole map, not a slice
                     _copy_memmap(fid, val)
                 else:
                     np.lib.format.write_array(fid, np.asanyarray(val), allow_pickle=False)

@@ -80,11 +80,83 @@ def shard_fields(index: int, count: int, row: int, all_starts: Sequence[int]) ->
     }
 
 
+#: Bytes of merged frames copied at a time.
+_CHUNK_BYTES = 16 << 20
+
+
+class _OnDisk:
+    """A ``.npy`` member stored uncompressed in an ``.npz`` (as ``numpy.savez`` writes them), read by offset: a
+    shard's frames are copied into the merge in chunks, never held whole. Shapes: ``shape`` ``(T, B, N, 3)``."""
+
+    def __init__(self, path: Path, name: str):
+        import zipfile
+
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(name)
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{name} is compressed")
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{name}: no local header")
+            fh.seek(
+                info.header_offset
+                + 30
+                + int.from_bytes(local[26:28], "little")
+                + int.from_bytes(local[28:30], "little")
+            )
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{name}: .npy format {version}")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            self.offset = fh.tell()
+        if fortran or dtype != np.dtype("<f8"):
+            raise ValueError(f"{name}: not C-ordered float64")
+        self.path, self.shape, self.ndim = path, tuple(shape), len(shape)
+        self.frame_bytes = int(np.prod(self.shape[1:])) * 8
+        if self.frame_bytes * self.shape[0] > info.file_size:
+            raise ValueError(f"{name}: shorter than its header says")
+
+    def read(self, fh, t0: int, t1: int) -> np.ndarray:
+        """Frames ``t0 .. t1 - 1``. Shapes: ``(t1 - t0, B, N, 3)``."""
+        fh.seek(self.offset + t0 * self.frame_bytes)
+        out = np.empty((t1 - t0, *self.shape[1:]), dtype="<f8")
+        if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise InputError(f"{self.path}: ended early while its frames were read; was it changed?")
+        return out
+
+
+class _Joined:
+    """The merged trajectory: the first ``frames`` frames of every shard side by side, written by
+    :func:`~e3traj.runtime._rollout._savez` chunk by chunk. Shapes: ``shape`` ``(frames, B, N, 3)``."""
+
+    def __init__(self, parts: Sequence[_OnDisk], frames: int):
+        self.parts, self.frames = list(parts), int(frames)
+        self.shape = (self.frames, sum(p.shape[1] for p in parts), *parts[0].shape[2:])
+
+    def write_npy(self, fid) -> None:
+        d = {"descr": "<f8", "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(fid, d)
+        step = max(1, _CHUNK_BYTES // (int(np.prod(self.shape[1:])) * 8))
+        files = [open(p.path, "rb") for p in self.parts]  # noqa: SIM115 - closed below
+        try:
+            for t0 in range(0, self.frames, step):
+                t1 = min(self.frames, t0 + step)
+                fid.write(np.concatenate([p.read(f, t0, t1) for p, f in zip(self.parts, files)], axis=1).data)
+        finally:
+            for f in files:
+                f.close()
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
     where = str(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in z.files}
+            out = {k: z[k] for k in z.files if k != "traj"}
+            if "traj" in z.files:
+                out["traj"] = _OnDisk(path, "traj.npy")
     except FileNotFoundError:
         raise InputError(f"{where}: file not found; pass the shard files of one 'rollout --shard' run") from None
     except Exception as exc:  # zipfile/numpy raise many kinds
@@ -147,7 +219,7 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
     # one run stops every start at the first failing step: keep the shortest shard's frames and its failure
     done = min(int(s["steps_done"]) for _, s in shards)
     every = int(first["every"])
-    traj = np.concatenate([s["traj"][: done // every + 1] for _, s in shards], axis=1)
+    traj = _Joined([s["traj"] for _, s in shards], done // every + 1)
     failed = [(p, s) for p, s in shards if not bool(s["complete"]) and int(s["steps_done"]) == done]
     # a shard interrupted there (an interrupt or a kill, see _spool) makes the run interrupted: its later steps were
     # never tried, so no failure is known for them

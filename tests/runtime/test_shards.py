@@ -59,7 +59,10 @@ def _write(path, starts, all_starts, shard, steps=20, fail_at=None):
 
 
 @pytest.mark.parametrize("fail_at", [None, 7])
-def test_the_merge_is_the_single_run_bit_for_bit(tmp_path, fail_at):
+def test_the_merge_is_the_single_run_bit_for_bit(tmp_path, fail_at, monkeypatch):
+    import e3traj.runtime._shards as shards
+
+    monkeypatch.setattr(shards, "_CHUNK_BYTES", 1)  # the frames are copied one at a time
     all_starts = list(range(10, 23))
     _write(tmp_path / "one.npz", all_starts, all_starts, None, fail_at=fail_at)
     paths = []
@@ -124,9 +127,15 @@ def test_malformed_shards_are_one_line(tmp_path):
     lo, hi = shard_rows(6, 0, 2)
     _write(tmp_path / "s0.npz", all_starts[lo:hi], all_starts, (0, 2, lo))
     z = dict(np.load(tmp_path / "s0.npz"))
-    for key, bad in (("shard_index", np.array([0])), ("every", np.int64(0)), ("traj", np.zeros(3))):
+    for key, bad in (
+        ("shard_index", np.array([0])),
+        ("every", np.int64(0)),
+        ("traj", np.zeros(3)),
+        ("traj", z["traj"].astype(np.float32)),
+        ("traj", np.asfortranarray(z["traj"])),
+    ):
         np.savez(tmp_path / "bad.npz", **{**z, key: bad})
-        with pytest.raises(InputError, match="do not describe a rollout shard"):
+        with pytest.raises(InputError, match="do not describe a rollout shard|not C-ordered float64"):
             merge_rollouts([tmp_path / "bad.npz"])
 
 
