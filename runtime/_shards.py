@@ -12,6 +12,8 @@ step, so the merge keeps the shortest shard's frames and that shard's failure.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -85,69 +87,112 @@ _CHUNK_BYTES = 16 << 20
 
 
 class _OnDisk:
-    """A ``.npy`` member stored uncompressed in an ``.npz`` (as ``numpy.savez`` writes them), read by offset: a
-    shard's frames are copied into the merge in chunks, never held whole. Shapes: ``shape`` ``(T, B, N, 3)``."""
+    """A shard's ``traj.npy`` read as a stream from its ``.npz`` (zipfile checks its CRC at the end): a shard's
+    frames are copied into the merge in chunks, never held whole. Shapes: ``shape`` ``(T, B, N, 3)``."""
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, path: Path, name: str = "traj.npy"):
+        self.path, self.name = path, name
+        with self.open() as fid:
+            self.shape = self._header(fid)
+        self.ndim = len(self.shape)
+
+    def open(self):
+        """The member as a stream (close it)."""
         import zipfile
 
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(name)
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError(f"{name} is compressed")
-        with open(path, "rb") as fh:
-            fh.seek(info.header_offset)
-            local = fh.read(30)
-            if len(local) != 30 or local[:4] != b"PK\x03\x04":
-                raise ValueError(f"{name}: no local header")
-            fh.seek(
-                info.header_offset
-                + 30
-                + int.from_bytes(local[26:28], "little")
-                + int.from_bytes(local[28:30], "little")
-            )
-            version = np.lib.format.read_magic(fh)
-            if version not in ((1, 0), (2, 0)):
-                raise ValueError(f"{name}: .npy format {version}")
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(fh)
-            self.offset = fh.tell()
-        if fortran or dtype != np.dtype("<f8"):
-            raise ValueError(f"{name}: not C-ordered float64")
-        self.path, self.shape, self.ndim = path, tuple(shape), len(shape)
-        self.frame_bytes = int(np.prod(self.shape[1:])) * 8
-        if self.frame_bytes * self.shape[0] > info.file_size:
-            raise ValueError(f"{name}: shorter than its header says")
+        zf = zipfile.ZipFile(self.path)
+        try:
+            return contextlib.closing(_Closing(zf.open(self.name), zf))
+        except BaseException:
+            zf.close()
+            raise
 
-    def read(self, fh, t0: int, t1: int) -> np.ndarray:
-        """Frames ``t0 .. t1 - 1``. Shapes: ``(t1 - t0, B, N, 3)``."""
-        fh.seek(self.offset + t0 * self.frame_bytes)
-        out = np.empty((t1 - t0, *self.shape[1:]), dtype="<f8")
-        if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
-            raise InputError(f"{self.path}: ended early while its frames were read; was it changed?")
-        return out
+    def _header(self, fid) -> tuple[int, ...]:
+        version = np.lib.format.read_magic(fid)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{self.name}: .npy format {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(fid)
+        if fortran or dtype != np.dtype("<f8") or any(n < 0 for n in shape):
+            raise ValueError(f"{self.name}: not C-ordered float64 frames")
+        self.header_bytes = fid.tell()
+        self.frame_bytes = math.prod(shape[1:]) * 8 if shape else 8
+        if fid.raw_size() != self.header_bytes + math.prod(shape) * 8:
+            raise ValueError(f"{self.name}: {fid.raw_size() - self.header_bytes} bytes of frames, its header says "
+                             f"{math.prod(shape) * 8}")  # fmt: skip
+        return tuple(shape)
+
+
+class _Closing:
+    """A zip member's stream and its archive, closed together; ``raw_size`` is the member's stored size."""
+
+    def __init__(self, fid, zf):
+        self.fid, self.zf = fid, zf
+
+    def read(self, n: int = -1) -> bytes:
+        return self.fid.read(n)
+
+    def readinto(self, buf) -> int:
+        return self.fid.readinto(buf)
+
+    def tell(self) -> int:
+        return self.fid.tell()
+
+    def raw_size(self) -> int:
+        return self.zf.getinfo(self.fid.name).file_size
+
+    def close(self) -> None:
+        self.fid.close()
+        self.zf.close()
 
 
 class _Joined:
     """The merged trajectory: the first ``frames`` frames of every shard side by side, written by
-    :func:`~e3traj.runtime._rollout._savez` chunk by chunk. Shapes: ``shape`` ``(frames, B, N, 3)``."""
+    :func:`~e3traj.runtime._rollout._savez` chunk by chunk; each shard is then read to its end, so that zipfile
+    checks its CRC (a changed byte fails the merge, and the temporary output is removed).
+
+    Shapes: ``shape`` ``(frames, B, N, 3)``.
+    """
 
     def __init__(self, parts: Sequence[_OnDisk], frames: int):
         self.parts, self.frames = list(parts), int(frames)
         self.shape = (self.frames, sum(p.shape[1] for p in parts), *parts[0].shape[2:])
 
     def write_npy(self, fid) -> None:
+        import zipfile
+
         d = {"descr": "<f8", "fortran_order": False, "shape": self.shape}
         np.lib.format.write_array_header_1_0(fid, d)
-        step = max(1, _CHUNK_BYTES // (int(np.prod(self.shape[1:])) * 8))
-        files = [open(p.path, "rb") for p in self.parts]  # noqa: SIM115 - closed below
-        try:
-            for t0 in range(0, self.frames, step):
-                t1 = min(self.frames, t0 + step)
-                fid.write(np.concatenate([p.read(f, t0, t1) for p, f in zip(self.parts, files)], axis=1).data)
-        finally:
-            for f in files:
-                f.close()
+        step = max(1, _CHUNK_BYTES // (math.prod(self.shape[1:]) * 8))
+        with contextlib.ExitStack() as stack:
+            streams = [stack.enter_context(p.open()) for p in self.parts]
+            part = self.parts[0]
+            try:
+                for part, f in zip(self.parts, streams):
+                    f.read(part.header_bytes)
+                for t0 in range(0, self.frames, step):
+                    n = min(self.frames, t0 + step) - t0
+                    chunks = []
+                    for part, f in zip(self.parts, streams):
+                        chunks.append(_read_frames(f, part, n))
+                    fid.write(np.concatenate(chunks, axis=1).data)
+                for part, f in zip(self.parts, streams):
+                    while f.read(_CHUNK_BYTES):  # to the end: zipfile checks the CRC there
+                        pass
+            except zipfile.BadZipFile as exc:
+                raise InputError(f"{part.path}: {first_line(exc)} in its frames; the file was changed") from None
+
+
+def _read_frames(f, part: _OnDisk, n: int) -> np.ndarray:
+    out = np.empty((n, *part.shape[1:]), dtype="<f8")
+    view = memoryview(out).cast("B")
+    got = 0
+    while got < len(view):
+        k = f.readinto(view[got:])
+        if not k:
+            raise InputError(f"{part.path}: its frames end early; was it changed?")
+        got += k
+    return out
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
@@ -164,6 +209,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
             f"{where}: could not read it as a rollout ({first_line(exc)}); pass shard .npz files"
         ) from None
     out.setdefault("every", np.int64(1))  # shards written before --every existed
+    out.setdefault("interrupted", np.bool_(False))
     out.setdefault("stop", np.str_(""))
     missing = [
         k
@@ -176,6 +222,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         scalars = ("steps_done", "steps_requested", "failed_step", "every", "shard_index", "shard_count", "shard_row")
         ok = all(out[k].shape == () and out[k].dtype.kind in "iu" for k in scalars)
         ok = ok and out["complete"].shape == () and out["complete"].dtype == bool and int(out["every"]) >= 1
+        ok = ok and out["interrupted"].shape == () and out["interrupted"].dtype == bool
+        ok = ok and out["traj"].ndim == 4 and out["traj"].shape[3] == 3
         done, every = int(out["steps_done"]), int(out["every"])
         ok = ok and out["traj"].ndim == 4 and out["traj"].shape[:2] == (done // every + 1, len(out["starts"]))
         ok = ok and bool(out["complete"]) == (done == int(out["steps_requested"]))
@@ -204,6 +252,10 @@ def merge_rollouts(paths: Sequence[str | os.PathLike]):
                 raise InputError(f"{path}: {key} {s[key]!s} differs from {first_path}'s {first[key]!s}; not one run")
         if not np.array_equal(s["all_starts"], first["all_starts"]):
             raise InputError(f"{path}: its run's starting frames differ from {first_path}'s; not one run")
+        if s["traj"].shape[2:] != first["traj"].shape[2:]:
+            raise InputError(
+                f"{path}: frames of {s['traj'].shape[2]} beads, {first_path}'s of {first['traj'].shape[2]}; not one run"
+            )
     count = int(first["shard_count"])
     seen = sorted(int(s["shard_index"]) for _, s in shards)
     if seen != list(range(count)):

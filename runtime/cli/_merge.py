@@ -33,6 +33,12 @@ def merge(shards, output, force):
     result, fields = merge_rollouts(shards)
     with atomic_output(output, suffix=".tmp", replace=force) as tmp:
         write_rollout_file(tmp, result, **fields)
+    if result.interrupted:
+        raise RolloutIncomplete(
+            f"merged {len(shards)} shards into {output}: a shard was interrupted after step {result.steps_done} of "
+            f"{result.steps_requested}; every start keeps its {result.traj.shape[0]} kept frames (complete=False, "
+            "interrupted=True)"
+        )
     if not result.complete:
         raise RolloutIncomplete(
             f"merged {len(shards)} shards into {output}: the run stopped at step {result.failed_step} "

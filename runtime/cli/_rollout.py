@@ -137,10 +137,8 @@ def rollout(
     """
     from .._bundle import Bundle
     from .._data import check_beads, frames_before, read_trajectory
-    from .._rollout import RolloutResult
     from .._rollout import rollout as run
     from .._spool import Spool
-    from . import _Terminated
 
     if steps < 1:
         raise UsageError(f"--steps: got {steps}; pass a positive number of steps (>= 1)")
@@ -224,22 +222,8 @@ def rollout(
                     sink=spool,
                 )  # fmt: skip
             except BaseException as exc:
-                if not isinstance(exc, KeyboardInterrupt | _Terminated):
-                    spool.discard()  # another failure: no unfinished output is kept, as for every command
-                    raise
-                signal_name = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
-                interrupted = RolloutResult(
-                    traj=np.zeros((0, *init_frames.shape)), steps_requested=steps,
-                    steps_done=(spool.count - 1) * every, complete=False, reason=f"was interrupted ({signal_name})",
-                    every=every, interrupted=True,
-                )  # fmt: skip
-                _finish(spool, interrupted)
-                code = EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
-                raise RolloutIncomplete(
-                    f"rollout interrupted ({signal_name}) after step {interrupted.steps_done} of {steps}: wrote the "
-                    f"{spool.count} kept frames to {_written(output, xyz)} (complete=False, interrupted=True)",
-                    exit_code=code,
-                ) from None
+                _stopped(spool, exc, steps, every, init_frames.shape, output, xyz)
+                raise
         elapsed = time.perf_counter() - t0
         kept = (spool.count, *init_frames.shape)
         result.traj = np.zeros((0, *init_frames.shape))  # the spooled frames' map closes before its folder goes
@@ -265,21 +249,69 @@ def _written(output: Path, xyz: Path | None) -> str:
     return f"{output}" + (f" and {xyz}" if xyz is not None else "")
 
 
-def _finish(spool, result) -> None:
-    """Write the outputs from the spool; an interrupt now leaves the spool folder, and says how to recover it."""
+#: On SIGTERM (a time limit: SIGKILL follows within SLURM's KillWait, 30 s by default), spools larger than this are
+#: left for 'e3traj recover' instead of copied into the rollout file.
+TERM_COPY_BYTES = 256 << 20
+
+
+def _stopped(spool, exc: BaseException, steps: int, every: int, shape, output: Path, xyz: Path | None) -> None:
+    """The rollout loop ended by ``exc``: keep what it made (an interrupt or a disk error), or nothing (a bug)."""
+    from .._rollout import RolloutResult
     from . import _Terminated
 
+    label = spool.label
+    if isinstance(exc, OSError):  # a full disk while spooling, say: the frames so far stay for recover
+        spool.close()
+        raise InputError(
+            f"{exc.filename or spool.folder}: {exc.strerror or exc} while the rollout ran; the {spool.count} frames "
+            f"before it are kept in {label}: free disk space (or fix the cause), then 'e3traj recover {label}'"
+        ) from None
+    if not isinstance(exc, KeyboardInterrupt | _Terminated):
+        spool.discard()  # another failure: no unfinished output is kept, as for every command
+        return
+    name, code = ("SIGTERM", EXIT_TERMINATED) if isinstance(exc, _Terminated) else ("SIGINT", EXIT_INTERRUPTED)
+    if spool.count == 0:
+        spool.discard()
+        raise RolloutIncomplete(f"rollout interrupted ({name}) before its first step; nothing kept", exit_code=code)
+    done = (spool.count - 1) * every
+    result = RolloutResult(
+        traj=np.zeros((0, *shape)), steps_requested=steps, steps_done=done, complete=done == steps,
+        reason="" if done == steps else f"was interrupted ({name})", every=every, interrupted=done != steps,
+    )  # fmt: skip
+    if name == "SIGTERM" and spool.nbytes > TERM_COPY_BYTES:  # no time to copy it before the SIGKILL
+        spool.record(result)
+        raise RolloutIncomplete(
+            f"rollout terminated (SIGTERM) after step {done} of {steps}: its {spool.count} kept frames are in "
+            f"{label} ({spool.nbytes / 2**30:.1f} GiB, too many to copy before a SIGKILL); write them out with "
+            f"'e3traj recover {label}'",
+            exit_code=code,
+        ) from None
+    _finish(spool, result, code)
+    raise RolloutIncomplete(
+        f"rollout interrupted ({name}) after step {done} of {steps}: wrote the {spool.count} kept frames to "
+        f"{_written(output, xyz)} (complete={done == steps}, interrupted={done != steps})",
+        exit_code=code,
+    ) from None
+
+
+def _finish(spool, result, code: int | None = None) -> None:
+    """Write the outputs from the spool; an interrupt or a disk error now leaves the spool folder and says how to
+    recover it."""
+    from . import _Terminated
+
+    label = spool.label
     try:
         spool.finish(result)
-    except (KeyboardInterrupt, _Terminated):
-        raise InputError(
-            f"interrupted while writing {spool.output}; the frames are kept in {spool.folder}: write them out with "
-            f"'e3traj recover {spool.folder}'"
+    except (KeyboardInterrupt, _Terminated) as exc:
+        raise RolloutIncomplete(
+            f"interrupted while writing {spool.output.name}; the frames are kept in {label}: write them out with "
+            f"'e3traj recover {label}'",
+            exit_code=EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED,
         ) from None
     except OSError as exc:  # a full disk, say: the frames stay for a later try
         raise InputError(
             f"{exc.filename or spool.output}: {exc.strerror or exc} while writing the rollout; the frames are kept in "
-            f"{spool.folder}: free disk space (or fix the cause), then 'e3traj recover {spool.folder}'"
+            f"{label}: free disk space (or fix the cause), then 'e3traj recover {label}'"
         ) from None
 
 
@@ -326,21 +358,26 @@ def _noise_of(b, noise: str, seed: int, starts):
 
 @click.command()
 @click.argument("partial", type=click.Path(path_type=Path))
-def recover(partial):
+@click.option("--force", is_flag=True, help="Replace an existing OUT (and XYZ) file.")
+def recover(partial, force):
     """Write the rollout file of PARTIAL, the OUT.partial folder a killed 'e3traj rollout -o OUT' left.
 
-    The frames written before the kill (all but at most the last second's) become OUT (and the XYZ file the
-    rollout was asked for) with complete=False and interrupted=True; the folder is removed. Exits 5.
+    The frames written before the kill (all but at most the last second's) become OUT beside the folder (and the
+    XYZ file the rollout was asked for), with the outcome the rollout recorded or else complete=False and
+    interrupted=True; the folder is removed. Exits 5 for an incomplete rollout, 0 for a complete one.
     """
+    from .._io import check_output_path
     from .._spool import recover as run
 
-    files, result = run(partial)
-    if result.complete:  # killed after its last step, before the file was written
-        click.echo(
-            one_line(f"recovered the whole rollout ({result.steps_done} steps) into {' and '.join(map(str, files))}")
-        )
+    target = Path(str(partial).rstrip("/")).with_suffix("") if str(partial).rstrip("/").endswith(".partial") else None
+    if target is not None:
+        check_output_path(target, [], force=force)
+    files, result = run(partial, replace=force)
+    names = " and ".join(str(f) for f in files)
+    if result.complete:
+        click.echo(one_line(f"recovered the whole rollout ({result.steps_done} steps) into {names}"))
         return
     raise RolloutIncomplete(
         f"recovered {result.steps_done} of {result.steps_requested} steps ({result.steps_done // result.every + 1} "
-        f"kept frames) into {' and '.join(str(f) for f in files)} (complete=False, interrupted=True)"
+        f"kept frames) into {names} (complete=False, interrupted={result.interrupted})"
     )

@@ -159,3 +159,56 @@ def test_a_shard_interrupted_at_the_shortest_step_makes_the_run_interrupted(tmp_
     result, _ = merge_rollouts(paths)
     assert (result.steps_done, result.complete, result.interrupted, result.failed_step) == (4, False, True, None)
     assert result.traj.shape == (5, 6, 12, 3) and result.failed_starts.tolist() == []
+
+
+def _rewrite_member(path, name, data: bytes):
+    """``path`` with the member ``name`` replaced by ``data`` (its CRC recomputed: a consistent zip)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    members[name] = data
+    with zipfile.ZipFile(path, "w") as zf:
+        for k, v in members.items():
+            zf.writestr(k, v)
+
+
+def test_changed_or_hostile_frames_are_refused_in_one_line(tmp_path):
+    import io
+
+    all_starts = list(range(10, 16))
+    paths = []
+    for i in range(2):
+        lo, hi = shard_rows(6, i, 2)
+        paths.append(tmp_path / f"s{i}.npz")
+        _write(paths[-1], all_starts[lo:hi], all_starts, (i, 2, lo))
+    result, fields = merge_rollouts(paths)
+    blob = bytearray(paths[1].read_bytes())
+    with np.load(paths[1]) as z:
+        traj = z["traj"]
+    at = bytes(blob).find(traj[5].tobytes())
+    blob[at + 3] ^= 0x40  # one flipped bit in the frames: the zip's CRC no longer holds
+    paths[1].write_bytes(bytes(blob))
+    result, fields = merge_rollouts(paths)
+    with pytest.raises(InputError, match="CRC"):
+        write_rollout_file(tmp_path / "m.npz", result, **fields)
+
+    def npy(arr=None, header=None) -> bytes:
+        buf = io.BytesIO()
+        if header is None:
+            np.lib.format.write_array(buf, arr)
+        else:
+            np.lib.format.write_array_header_1_0(buf, header)
+            buf.write(np.zeros(4).tobytes())
+        return buf.getvalue()
+
+    for data, fragment in (
+        (npy(traj)[:-64], "bytes of frames"),  # 64 bytes short
+        (npy(header={"descr": "<f8", "fortran_order": False, "shape": (-1, 3, 12, 3)}), "not C-ordered"),
+        (npy(header={"descr": "<f8", "fortran_order": False, "shape": (21, 3, 2**62, 3)}), "bytes of frames"),
+        (npy(traj[:, :, :6]), "6 beads"),
+    ):
+        _write(paths[1], all_starts[3:], all_starts, (1, 2, 3))
+        _rewrite_member(paths[1], "traj.npy", data)
+        with pytest.raises(InputError, match=fragment):
+            merge_rollouts(paths)

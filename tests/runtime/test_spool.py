@@ -3,6 +3,8 @@ window rewound every few steps; the file written as the in-memory rollout's; a k
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -79,7 +81,11 @@ def test_a_killed_rollout_is_recovered_from_its_whole_frames(toy_bundle, tmp_pat
     for frame in ref.traj[:9:2]:
         spool.append(frame)
     spool._fh.write(b"\0" * 100)  # the kill cut the next frame short
-    spool._fh.flush()  # (what FLUSH_SECONDS does; the process dies without closing)
+    spool._fh.flush()  # (what FLUSH_SECONDS does)
+    with pytest.raises(InputError) as e:  # the rollout still holds its frames: recover waits for it
+        recover(partial_folder(out))
+    one_line(e, "still writing it", f"process {os.getpid()}")
+    spool.close()  # the process dies: its lock goes
     files, res = recover(partial_folder(out))
     assert files == [out, tmp_path / "run.xyz"] and not partial_folder(out).exists()
     assert (res.steps_done, res.complete, res.interrupted) == (8, False, True)
@@ -97,3 +103,70 @@ def test_a_killed_rollout_is_recovered_from_its_whole_frames(toy_bundle, tmp_pat
     with pytest.raises(InputError) as e:
         recover(folder)
     one_line(e, "meta.npz", "could not read")
+    with pytest.raises(InputError) as e:
+        recover(tmp_path)  # any other folder is not touched
+    one_line(e, "not an OUT.partial folder")
+
+
+def _killed_spool(tmp_path, meta_changes=None, frames=3):
+    """A spool folder as a SIGKILL leaves it: meta.npz, some frames, no outcome; meta changed as asked."""
+    out = tmp_path / "run.npz"
+    spool = Spool(out, (2, 12, 3), _fields([5, 6], 30, 2, "b" * 64), xyz=tmp_path / "run.xyz")
+    for k in range(frames):
+        spool.append(np.full((2, 12, 3), float(k)))
+    spool.close()
+    if meta_changes:
+        folder = partial_folder(out)
+        with np.load(folder / "meta.npz") as z:
+            meta = {k: z[k] for k in z.files}
+        meta.update(meta_changes)
+        meta = {k: v for k, v in meta.items() if v is not None}
+        np.savez(folder / "meta.npz", **meta)
+    return out
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"xyz": None}, "missing ['xyz']"),
+        ({"output": np.str_("../victim.txt")}, "unknown ['output']"),
+        ({"extra.traj": np.zeros(3)}, "unknown ['extra.traj']"),
+        ({"steps_requested": np.str_("30")}, "malformed ['steps_requested']"),
+        ({"shape": np.asarray([2, 12, 4])}, "are not a rollout's"),
+        ({"xyz": np.str_("relative.xyz")}, "not a file outside the spool"),
+    ],
+)
+def test_a_changed_meta_is_refused_in_one_line_and_nothing_is_written(tmp_path, one_line, changes, fragment):
+    out = _killed_spool(tmp_path, changes)
+    with pytest.raises(InputError) as e:
+        recover(partial_folder(out))
+    one_line(e, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz.partial"]
+
+
+def test_recover_from_inside_the_folder_writes_beside_it_and_never_overwrites(tmp_path, monkeypatch):
+    out = _killed_spool(tmp_path)
+    out.write_text("an earlier file")
+    monkeypatch.chdir(partial_folder(out))
+    with pytest.raises(UsageError, match="appeared while"):  # without replace, an existing OUT is kept
+        recover(".")
+    assert out.read_text() == "an earlier file" and (partial_folder(out) / "frames.f64").is_file()
+    files, res = recover(".", replace=True)
+    assert files == [out, tmp_path / "run.xyz"] and not partial_folder(out).exists()
+    assert (res.steps_done, res.interrupted) == (4, True)
+    with np.load(out, allow_pickle=False) as z:
+        assert z["traj"].shape == (3, 2, 12, 3) and float(z["traj"][2, 0, 0, 0]) == 2.0
+
+
+def test_an_outcome_recorded_before_the_kill_is_the_one_recovered(toy_bundle, tmp_path):
+    f = _frames()
+    out = tmp_path / "run.npz"
+    with Bundle.open(toy_bundle, threads=1) as b:
+        ref = rollout(b, f[[5, 6]], 10, every=3)  # complete: kept frames 0, 3, 6, 9; step 10 was run
+        spool = Spool(out, (2, 12, 3), _fields([5, 6], 10, 3, b.sha256))
+        rollout(b, f[[5, 6]], 10, every=3, sink=spool)
+    spool.record(ref)  # finish() records the outcome first; the kill comes while the file is written
+    files, res = recover(partial_folder(out))
+    assert (res.complete, res.steps_done, res.interrupted) == (True, 10, False)
+    with np.load(out, allow_pickle=False) as z:
+        assert bool(z["complete"]) and int(z["steps_done"]) == 10 and not bool(z["interrupted"])

@@ -62,3 +62,83 @@ def test_a_rollout_too_big_for_its_disk_is_refused_before_it_starts(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["init.npz", "toy"]
     monkeypatch.setattr(command.shutil, "disk_usage", lambda path: usage(1 << 40, 0, 12 << 20))
     assert cli(*args).exit_code == 0
+
+
+def _failing_append(monkeypatch, at: int, exc: BaseException):
+    from e3traj.runtime import _spool
+
+    real = _spool.Spool.append
+
+    def append(self, frame):
+        if self.count == at:
+            raise exc
+        real(self, frame)
+
+    monkeypatch.setattr(_spool.Spool, "append", append)
+
+
+def test_a_disk_error_while_spooling_keeps_the_frames_for_recover(cli, toy_bundle, traj_file, tmp_path, monkeypatch):
+    import errno
+
+    _failing_append(monkeypatch, 7, OSError(errno.ENOSPC, "No space left on device", "frames.f64"))
+    out = tmp_path / "r.npz"
+    r = cli("rollout", toy_bundle, traj_file, "--frames", "0-3", "--steps", 20, "-o", out)
+    assert r.exit_code == 3 and "the 7 frames before it are kept" in r.stderr and "e3traj recover" in r.stderr
+    monkeypatch.undo()
+    r = cli("recover", tmp_path / "r.npz.partial")
+    assert r.exit_code == 5 and "6 of 20 steps" in r.stderr, r.output
+    with np.load(out, allow_pickle=False) as z:
+        assert z["traj"].shape == (7, 4, 12, 3) and bool(z["interrupted"])
+
+
+def test_interrupts_before_the_first_frame_or_after_the_last(cli, toy_bundle, traj_file, tmp_path, monkeypatch):
+    out = tmp_path / "r.npz"
+    _failing_append(monkeypatch, 0, KeyboardInterrupt())
+    r = cli("rollout", toy_bundle, traj_file, "--steps", 5, "-o", out)
+    assert r.exit_code == 130 and "before its first step; nothing kept" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init.npz", "toy"]
+    monkeypatch.undo()
+    import e3traj.runtime.cli._rollout as command
+
+    monkeypatch.setattr(command, "_on_terminal", lambda: True)
+    monkeypatch.setattr(command, "PROGRESS_THRESHOLD", 1)
+    calls = {"n": 0}
+    import click
+
+    real_bar = click.progressbar
+
+    class Bar:  # the signal lands after the last frame was kept: the rollout is complete
+        def __init__(self, *a, **k):
+            self.bar = real_bar(*a, **k)
+
+        def __enter__(self):
+            self.bar.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.bar.__exit__(*exc)
+
+        def update(self, n):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(click, "progressbar", Bar)
+    r = cli("rollout", toy_bundle, traj_file, "--steps", 5, "-o", out)
+    assert r.exit_code == 130 and "complete=True, interrupted=False" in r.stderr, r.output
+    with np.load(out, allow_pickle=False) as z:
+        assert bool(z["complete"]) and not bool(z["interrupted"]) and int(z["steps_done"]) == 5
+
+
+def test_sigterm_leaves_a_big_spool_for_recover(cli, toy_bundle, traj_file, tmp_path, monkeypatch):
+    import e3traj.runtime.cli._rollout as command
+    from e3traj.runtime.cli import _Terminated
+
+    monkeypatch.setattr(command, "TERM_COPY_BYTES", 0)  # every spool is too big to copy before the SIGKILL
+    _failing_append(monkeypatch, 4, _Terminated())
+    r = cli("rollout", toy_bundle, traj_file, "--steps", 9, "--every", 2, "-o", tmp_path / "r.npz")
+    assert r.exit_code == 143 and "too many to copy before a SIGKILL" in r.stderr, r.output
+    assert not (tmp_path / "r.npz").exists()
+    monkeypatch.undo()
+    r = cli("recover", tmp_path / "r.npz.partial")
+    assert r.exit_code == 5 and "6 of 9 steps (4 kept frames)" in r.stderr and "interrupted=True" in r.stderr
