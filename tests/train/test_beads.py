@@ -58,8 +58,10 @@ def test_the_fixed_graph_network_equals_e3nn_and_is_equivariant_at_any_n(n, monk
         moved = fixed(x @ q.T + torch.tensor([0.5, -1.0, 2.0]), None)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
         shuffled = fixed(x[:, perm], None)
-    torch.testing.assert_close(moved, out @ q.T, atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(shuffled, out[:, perm], atol=2e-5, rtol=1e-4)
+    # float32 rounding scales with the largest output (36 at n = 12 with these perturbed weights), not each entry's
+    atol = 4e-6 * max(1.0, float(out.abs().max()))
+    torch.testing.assert_close(moved, out @ q.T, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(shuffled, out[:, perm], atol=atol, rtol=1e-4)
 
 
 @pytest.mark.slow
