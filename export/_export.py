@@ -157,6 +157,8 @@ def export_checkpoint(
     n_frames = len(ref)
     if not np.all(np.isfinite(ref)):
         raise InputError(f"{ckpt_path}: the model gives non-finite outputs on training frames; retrain it")
+    if callable(getattr(model, "graph_form", None)):  # the same function in fewer operations (langevin)
+        model = model.graph_form()
     radial: dict[str, Any] | None = {"form": "mlp"} if KINDS[kind].e3nn else None
     if radial is not None and s.radial == "table":
         t0 = time.perf_counter()

@@ -53,6 +53,7 @@ __all__ = [
     "ChainForces",
     "Wall",
     "LangevinModel",
+    "LangevinGraph",
     "distance_range",
     "CLASSES",
     "WALL_STIFFNESS",
@@ -287,6 +288,75 @@ class LangevinModel(torch.nn.Module):
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
         return self.features(pos) @ self.head_weights.to(pos.dtype) + self.wall(pos)
+
+    def graph_form(self) -> LangevinGraph:
+        """The same function with the fitted weights folded in: what export writes (:class:`LangevinGraph`)."""
+        return LangevinGraph(self)
+
+
+class LangevinGraph(torch.nn.Module):
+    """:class:`LangevinModel`'s function in fewer, cheaper operations, for export (the parity gate compares it with
+    the model): the pair vectors once for forces and walls; per pair only its own class's radial basis (13 values
+    instead of the 42 of every class), weighted by the fitted ``w`` and summed into one scalar per pair; the walls
+    added to that scalar; one contraction with the pair vectors; and the angle forces through one polynomial
+    ``G(c) = L sum_m m w_m c^(m-1)`` instead of a force per degree. Equal to the model up to rounding
+    (tests/train/test_langevin.py).
+
+    Shapes: pos ``(B, N, 3)`` -> ``(B, N, 3)``.
+    """
+
+    def __init__(self, model: LangevinModel) -> None:
+        super().__init__()
+        pairs, w = model.features.pairs, model.head_weights.detach().double()
+        dtype = model.head_weights.dtype  # the model's (float32 for export): folded in float64, rounded once
+        n = pairs.masks.shape[-1]
+        counts = [int((pairs.owner[c] > 0).sum()) for c in range(len(CLASSES))]
+        k = max(counts)
+        centre = torch.zeros(n, n, k, dtype=torch.float64)
+        inv_width = torch.ones(n, n, k, dtype=torch.float64)
+        weight = torch.zeros(n, n, k, dtype=torch.float64)
+        first = 0
+        for c, count in enumerate(counts):
+            mask = pairs.masks[c].bool()
+            cols = slice(first, first + count)
+            centre[mask, :count] = pairs.centres[cols].double()
+            inv_width[mask, :count] = 1.0 / pairs.widths[cols].double()
+            weight[mask, :count] = w[cols]
+            first += count
+        self.register_buffer("centre", centre.to(dtype))  # (N, N, K): the pair's own class's basis, 0 weights padded
+        self.register_buffer("inv_width", inv_width.to(dtype))
+        self.register_buffer("weight", weight.to(dtype))
+        self.register_buffer("length_scale", pairs.length_scale.clone())
+        wall = model.wall
+        for name in ("r_low", "r_high", "r_core", "stiffness", "core_stiffness"):
+            self.register_buffer(name, getattr(wall, name).clone())
+        deg = model.features.angles.degree
+        wa = w[first : first + deg]
+        # G(c) = L sum_m m w_m c^(m-1), Horner's coefficients from the highest power down
+        self.register_buffer("angle_poly", (torch.arange(1, deg + 1, dtype=torch.float64) * wa).flip(0).to(dtype))
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        u = pos[:, None, :, :] - pos[:, :, None, :]  # (B, N, N, 3): u_ij = x_j - x_i
+        r = torch.sqrt((u * u).sum(-1) + 1e-30)  # (B, N, N)
+        z = (r[..., None] / self.length_scale - self.centre) * self.inv_width
+        g = (torch.exp(-(z * z)) * self.weight).sum(-1)  # the pair force's size, position units
+        s = self.stiffness * (torch.clamp(self.r_low - r, min=0.0) - torch.clamp(r - self.r_high, min=0.0))
+        s = s + self.core_stiffness * torch.clamp(self.r_core - r, min=0.0)
+        pair = torch.einsum("bijk,bij->bik", u, (g - s) / (r + 1e-12))
+        a = pos[:, :-2] - pos[:, 1:-1]
+        b = pos[:, 2:] - pos[:, 1:-1]
+        na = torch.sqrt((a * a).sum(-1, keepdim=True) + 1e-30)
+        nb = torch.sqrt((b * b).sum(-1, keepdim=True) + 1e-30)
+        c = (a * b).sum(-1, keepdim=True) / (na * nb)
+        dc_da = b / (na * nb) - c * a / (na * na)
+        dc_db = a / (na * nb) - c * b / (nb * nb)
+        g_angle = self.angle_poly[0]
+        for coef in self.angle_poly[1:]:
+            g_angle = g_angle * c + coef
+        g_angle = g_angle * self.length_scale
+        fa, fb = -g_angle * dc_da, -g_angle * dc_db
+        pad = torch.nn.functional.pad
+        return pair + pad(fa, (0, 0, 0, 2)) + pad(fb, (0, 0, 2, 0)) - pad(fa + fb, (0, 0, 1, 1))
 
 
 def distance_range(frames, margin: float = WALL_MARGIN) -> dict[str, list[float]]:

@@ -173,3 +173,34 @@ def test_the_fit_and_the_walls_in_blocks_equal_the_fit_in_one(monkeypatch):
     np.testing.assert_allclose(blocks["ar_coefficients"], whole["ar_coefficients"], rtol=1e-12)
     for key in ("wall_low", "wall_high", "wall_core"):
         assert blocks[key] == whole[key]
+
+
+@pytest.mark.parametrize("n", [3, 4, 12, 30])
+def test_the_export_form_is_the_model_with_its_walls_and_angles(n):
+    gen = torch.Generator().manual_seed(n)
+    model = LangevinModel(
+        n,
+        history=1,
+        length_scale=0.36,
+        ar_coefficients=[0.99],
+        head_weights=1e-3 * torch.randn(N_FEATURES, generator=gen),
+        wall_low=[0.34, 0.5, 0.6, 0.45],
+        wall_high=[0.38, 0.7, 1.0],
+        wall_core=[0.2, 0.3, 0.35, 0.3],
+    ).double()
+    steps = torch.randn(6, n - 1, 3, generator=gen, dtype=torch.float64)
+    # bonds from 0.15 to 0.55: inside the core, between the walls and beyond the upper wall
+    steps = (
+        (0.15 + 0.4 * torch.rand(6, n - 1, 1, generator=gen, dtype=torch.float64))
+        * steps
+        / steps.norm(dim=-1, keepdim=True)
+    )
+    pos = 3.0 + torch.cat([torch.zeros(6, 1, 3, dtype=torch.float64), steps.cumsum(1)], dim=1)
+    graph = model.graph_form().double()
+    with torch.no_grad():
+        want, got = model(pos), graph(pos)
+        assert float(want.abs().max()) > 1e-3  # the walls and the forces act
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-15)
+        # float32, as exported: as close to the float64 model as the model itself in float32
+        err32 = float((graph.float()(pos.float()).double() - want).abs().max())
+        assert err32 <= 4 * float((model.float()(pos.float()).double() - want).abs().max()) + 1e-9
