@@ -157,8 +157,6 @@ def export_checkpoint(
     n_frames = len(ref)
     if not np.all(np.isfinite(ref)):
         raise InputError(f"{ckpt_path}: the model gives non-finite outputs on training frames; retrain it")
-    if callable(getattr(model, "graph_form", None)):  # the same function in fewer operations (langevin)
-        model = model.graph_form()
     radial: dict[str, Any] | None = {"form": "mlp"} if KINDS[kind].e3nn else None
     if radial is not None and s.radial == "table":
         t0 = time.perf_counter()
@@ -171,6 +169,8 @@ def export_checkpoint(
             )
         else:
             say(f"radial table not used: {radial['why']}; the MLPs are exported")
+    if callable(getattr(model, "graph_form", None)):  # the same function in fewer operations (langevin, history)
+        model = model.graph_form()
 
     timings: dict[str, float] = {}
     with atomic_output_dir(out, force=s.force) as tmp:

@@ -28,7 +28,7 @@ import torch
 from ._config import E3nnConfig
 from ._network import FixedGraphNetwork
 
-__all__ = ["ChainFeatures", "HistoryModel", "fit_head", "OFFSETS", "N_BASIS", "RIDGE"]
+__all__ = ["ChainFeatures", "ChainHead", "HistoryModel", "fit_head", "OFFSETS", "N_BASIS", "RIDGE"]
 
 #: Chain offsets of the head's features, and radial basis functions per offset.
 OFFSETS = (1, 2, 3)
@@ -182,6 +182,64 @@ class HistoryModel(torch.nn.Module):
     def forward(self, pos: torch.Tensor, previous_displacements: torch.Tensor) -> torch.Tensor:
         h_vec = self.head(pos, previous_displacements)
         return h_vec + self.raw(pos, previous_displacements, h_vec) * self.scale
+
+    def graph_form(self) -> torch.nn.Module:
+        """The same function with the head's weights folded into it (:class:`ChainHead`): what export writes."""
+        return _HistoryGraph(self)
+
+
+class ChainHead(torch.nn.Module):
+    """``ChainFeatures(pos, d) @ w`` with ``w`` folded in, all offsets at once: one gather of the neighbours, one
+    scalar per neighbour from the radial basis, the relative motion and the bend, instead of a feature per basis
+    function (export: a sixth of the nodes). Equal to the features' product up to rounding.
+
+    Shapes: pos ``(B, N, 3)``, d ``(B, N, 3)`` -> ``(B, N, 3)``.
+    """
+
+    def __init__(self, features: ChainFeatures, head_weights) -> None:
+        super().__init__()
+        w = torch.as_tensor(head_weights).detach().double()
+        dtype = features.centers.dtype
+        s, m = len(OFFSETS), N_BASIS
+        self.pairs, self.n = features.index.shape[0], features.index.shape[1]
+        self.register_buffer("index", features.index.reshape(-1).clone())  # (2S N,): the +s, -s neighbours
+        self.register_buffer("mask", features.mask.clone())  # (2S, N, 1)
+        self.register_buffer("centers", features.centers.clone())
+        self.register_buffer("length_scale", features.length_scale.clone())
+        both = lambda a: a.repeat_interleave(2, dim=0).to(dtype)  # noqa: E731 - +s and -s share a weight
+        self.register_buffer("w_basis", both(w[: s * m].reshape(s, 1, m)))  # (2S, 1, M)
+        self.register_buffer("w_rel", both(w[s * m : s * m + s].reshape(s, 1, 1)))  # (2S, 1, 1)
+        self.register_buffer("w_bend", w[s * m + s :].to(dtype))  # (widths,)
+        self.register_buffer("bend_width2", torch.tensor([b * b for b in _BEND_WIDTHS], dtype=dtype))
+
+    def forward(self, pos: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        p = pos / self.length_scale
+        v = d / self.length_scale
+        near = p[:, self.index].reshape(-1, self.pairs, self.n, 3)  # (B, 2S, N, 3)
+        u = (near - p[:, None]) * self.mask
+        r = torch.sqrt((u * u).sum(-1, keepdim=True) + 1e-12)
+        g = (torch.exp(-(((r - self.centers) / _WIDTH) ** 2)) * self.w_basis).sum(-1, keepdim=True)
+        rel = (v[:, self.index].reshape(-1, self.pairs, self.n, 3) - v[:, None]) * self.mask * self.w_rel
+        out = (u * g + rel).sum(1)
+        c = (near[:, 0] + near[:, 1] - 2 * p) * (self.mask[0] * self.mask[1])
+        c2 = (c * c).sum(-1, keepdim=True)
+        return out + c * (torch.exp(-c2 / self.bend_width2) * self.w_bend).sum(-1, keepdim=True)
+
+
+class _HistoryGraph(torch.nn.Module):
+    """:class:`HistoryModel`'s forward with :class:`ChainHead` for the head and static reshapes (export)."""
+
+    def __init__(self, model: HistoryModel) -> None:
+        super().__init__()
+        self.head = ChainHead(model.features, model.head_weights)
+        self.net, self.gain, self.history, self.n = model.net, model.gain, model.history, model.config.num_nodes
+        self.register_buffer("scale", model.scale.clone())
+        self.register_buffer("input_scale", model.input_scale.clone())
+
+    def forward(self, pos: torch.Tensor, previous_displacements: torch.Tensor) -> torch.Tensor:
+        h_vec = self.head(pos, previous_displacements[:, 0])
+        d = (previous_displacements / self.input_scale).permute(0, 2, 1, 3).reshape(-1, self.n, 3 * self.history)
+        return h_vec + self.gain * self.net(pos, torch.cat([d, h_vec / self.scale], dim=-1)) * self.scale
 
 
 def mean_bond_length(frames: np.ndarray | torch.Tensor) -> float:

@@ -153,3 +153,18 @@ def test_unrolled_training_skips_batches_without_future_frames(tmp_path):
     cfg = TrainConfig(model="e3nn-history", history=3, epochs=1, batch_size=1, unroll=2, e3nn=TINY)
     ck = train_model(data, cfg, progress=False).checkpoint
     assert np.isfinite(ck["history"][0]["train_loss"])
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_the_export_form_folds_the_head_and_is_the_model(h):
+    m = _model(h=h)
+    x = _chain(seed=4)
+    x[0, 5] = x[0, 4] + 0.01  # a close pair: the basis' short end and a sharp bend
+    d = 0.02 * torch.randn(4, h, 12, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        want = m(x, d)
+        graph = m.graph_form()
+        head = graph.head(x, d[:, 0])
+        torch.testing.assert_close(head, m.head(x, d), rtol=1e-10, atol=1e-14)
+        assert float(head.abs().max()) > 1e-3 and float((want - head).abs().max()) > 1e-4  # both parts act
+        torch.testing.assert_close(graph(x, d), want, rtol=1e-10, atol=1e-14)
