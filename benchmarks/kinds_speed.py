@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "\n the e3nn bundle's at the same N and B; nodes: the exported graph's, before onnxruntime's optimizer)"
     )
     comp = ", ".join(f"{k} B={bs} {s:.0f} s" for n, _b, _r, cs, _ in rows[:1] for (k, bs), s in cs.items())
-    print(f"compile times (N={rows[0][0]}): {comp}")
+    print(f"compile times (N={rows[0][0]}; the first call, inductor's on-disk cache may be warm): {comp}")
     return 0
 
 

@@ -176,7 +176,7 @@ class _Joined:
                     for part, f in zip(self.parts, streams):
                         chunks.append(_read_frames(f, part, n))
                     fid.write(np.concatenate(chunks, axis=1).data)
-                for part, f in zip(self.parts, streams):
+                for part, f in zip(self.parts, streams):  # noqa: B007 - part names the shard in the except
                     while f.read(_CHUNK_BYTES):  # to the end: zipfile checks the CRC there
                         pass
             except zipfile.BadZipFile as exc:

@@ -253,9 +253,7 @@ def recover(folder: str | os.PathLike, *, replace: bool = False) -> tuple[list[P
         raise InputError(f"{where / _META}: shape {shape}, every {every}, steps {steps} are not a rollout's")
     xyz = Path(str(meta["xyz"])) if str(meta["xyz"]) else None
     if xyz is not None and (not xyz.is_absolute() or xyz == output or where in xyz.parents or xyz == where):
-        raise InputError(
-            f"{where / _META}: xyz {str(xyz)!r} is not a file outside the spool; the folder was changed"
-        )
+        raise InputError(f"{where / _META}: xyz {str(xyz)!r} is not a file outside the spool; the folder was changed")
     frames = where / _FRAMES
     if not frames.is_file():
         raise InputError(f"{given}: holds no {_FRAMES}; nothing to recover (remove the folder)")

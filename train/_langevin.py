@@ -143,6 +143,17 @@ class PairForces(torch.nn.Module):
         return torch.einsum("bijk,bijf->bikf", unit, phi * mask)
 
 
+def _cosines(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``cos theta`` at each inner bead and its gradients with respect to the two bond vectors ``a`` (to the
+    previous bead) and ``b`` (to the next). Shapes: pos ``(B, N, 3)`` -> ``(B, N - 2, 1)``, ``(B, N - 2, 3)`` x 2."""
+    a = pos[:, :-2] - pos[:, 1:-1]
+    b = pos[:, 2:] - pos[:, 1:-1]
+    na = torch.sqrt((a * a).sum(-1, keepdim=True) + 1e-30)
+    nb = torch.sqrt((b * b).sum(-1, keepdim=True) + 1e-30)
+    c = (a * b).sum(-1, keepdim=True) / (na * nb)
+    return c, b / (na * nb) - c * a / (na * na), a / (na * nb) - c * b / (nb * nb)
+
+
 class AngleForces(torch.nn.Module):
     """Forces of bond-angle potentials: for m = 1..``degree``, ``F = -grad sum_i cos(theta_i)^m`` (theta_i the
     angle at inner bead i between its two bonds), times the length scale. Any potential polynomial in
@@ -161,13 +172,7 @@ class AngleForces(torch.nn.Module):
         return self.degree
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
-        a = pos[:, :-2] - pos[:, 1:-1]  # (B, N - 2, 3): to the previous bead
-        b = pos[:, 2:] - pos[:, 1:-1]  # to the next bead
-        na = torch.sqrt((a * a).sum(-1, keepdim=True) + 1e-30)
-        nb = torch.sqrt((b * b).sum(-1, keepdim=True) + 1e-30)
-        c = (a * b).sum(-1, keepdim=True) / (na * nb)
-        dc_da = b / (na * nb) - c * a / (na * na)
-        dc_db = a / (na * nb) - c * b / (nb * nb)
+        c, dc_da, dc_db = _cosines(pos)
         pad = torch.nn.functional.pad
         out = []
         for m in range(1, self.degree + 1):
@@ -343,13 +348,7 @@ class LangevinGraph(torch.nn.Module):
         s = self.stiffness * (torch.clamp(self.r_low - r, min=0.0) - torch.clamp(r - self.r_high, min=0.0))
         s = s + self.core_stiffness * torch.clamp(self.r_core - r, min=0.0)
         pair = torch.einsum("bijk,bij->bik", u, (g - s) / (r + 1e-12))
-        a = pos[:, :-2] - pos[:, 1:-1]
-        b = pos[:, 2:] - pos[:, 1:-1]
-        na = torch.sqrt((a * a).sum(-1, keepdim=True) + 1e-30)
-        nb = torch.sqrt((b * b).sum(-1, keepdim=True) + 1e-30)
-        c = (a * b).sum(-1, keepdim=True) / (na * nb)
-        dc_da = b / (na * nb) - c * a / (na * na)
-        dc_db = a / (na * nb) - c * b / (nb * nb)
+        c, dc_da, dc_db = _cosines(pos)
         g_angle = self.angle_poly[0]
         for coef in self.angle_poly[1:]:
             g_angle = g_angle * c + coef
