@@ -305,7 +305,8 @@ class LangevinGraph(torch.nn.Module):
     instead of the 42 of every class), weighted by the fitted ``w`` and summed into one scalar per pair; the walls
     added to that scalar; one contraction with the pair vectors; and the angle forces through one polynomial
     ``G(c) = L sum_m m w_m c^(m-1)`` instead of a force per degree. Equal to the model up to rounding
-    (tests/train/test_langevin.py).
+    (tests/train/test_langevin.py). Its buffers have the dtype of the model it was built from, and the positions
+    must have that dtype too (export: float32).
 
     Shapes: pos ``(B, N, 3)`` -> ``(B, N, 3)``.
     """
@@ -347,7 +348,9 @@ class LangevinGraph(torch.nn.Module):
         g = (torch.exp(-(z * z)) * self.weight).sum(-1)  # the pair force's size, position units
         s = self.stiffness * (torch.clamp(self.r_low - r, min=0.0) - torch.clamp(r - self.r_high, min=0.0))
         s = s + self.core_stiffness * torch.clamp(self.r_core - r, min=0.0)
-        pair = torch.einsum("bijk,bij->bik", u, (g - s) / (r + 1e-12))
+        # the model's own denominators: the learned term's in units of L (u/L over r/L + 1e-12), the wall's in
+        # position units, so that near-coincident beads get the same forces too
+        pair = torch.einsum("bijk,bij->bik", u, g / (r + 1e-12 * self.length_scale) - s / (r + 1e-12))
         c, dc_da, dc_db = _cosines(pos)
         g_angle = self.angle_poly[0]
         for coef in self.angle_poly[1:]:

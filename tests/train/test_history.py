@@ -160,6 +160,7 @@ def test_the_export_form_folds_the_head_and_is_the_model(h):
     m = _model(h=h)
     x = _chain(seed=4)
     x[0, 5] = x[0, 4] + 0.01  # a close pair: the basis' short end and a sharp bend
+    x[1, 7] = x[1, 6]  # coincident beads
     d = 0.02 * torch.randn(4, h, 12, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     with torch.no_grad():
         want = m(x, d)
@@ -168,3 +169,20 @@ def test_the_export_form_folds_the_head_and_is_the_model(h):
         torch.testing.assert_close(head, m.head(x, d), rtol=1e-10, atol=1e-14)
         assert float(head.abs().max()) > 1e-3 and float((want - head).abs().max()) > 1e-4  # both parts act
         torch.testing.assert_close(graph(x, d), want, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("n", [3, 64])
+def test_the_folded_head_is_the_features_product_at_any_n(n):
+    from e3traj.train._history import ChainFeatures, ChainHead
+
+    feats = ChainFeatures(n, 0.36).double()
+    w = 0.01 * torch.randn(feats.n_features, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(n + 1)
+    steps = torch.randn(3, n - 1, 3, generator=gen, dtype=torch.float64)
+    x = torch.cat(
+        [torch.zeros(3, 1, 3, dtype=torch.float64), (0.36 * steps / steps.norm(dim=-1, keepdim=True)).cumsum(1)], 1
+    )
+    d = 0.02 * torch.randn(3, n, 3, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        want = feats(x, d) @ w
+        torch.testing.assert_close(ChainHead(feats, w)(x, d), want, rtol=1e-10, atol=1e-14)
