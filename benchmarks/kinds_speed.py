@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from run import _ratio  # benchmarks/run.py: the median of per-round ratios
 
 KINDS = ("baseline", "e3nn", "e3nn-velocity", "e3nn-history", "langevin")
 EXE = Path(sys.executable).with_name("e3traj")
@@ -48,10 +49,6 @@ def _interleaved(cases: dict, repeats: int) -> dict:
                     break
             times[name].append((time.perf_counter() - t0) / (calls * units))
     return times
-
-
-def _ratio(num, den) -> float:
-    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def _make(tmp: Path, kind: str, n: int) -> tuple[Path, Path]:

@@ -31,7 +31,7 @@ try:  # POSIX: a running rollout locks its frames; recover refuses a locked spoo
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["Spool", "recover", "partial_folder", "FLUSH_SECONDS"]
+__all__ = ["Spool", "recover", "cut_short", "partial_folder", "FLUSH_SECONDS"]
 
 #: The longest the frames of a running rollout stay in the process before they reach the operating system.
 FLUSH_SECONDS = 1.0
@@ -229,6 +229,19 @@ def _write(folder: Path, output: Path, xyz: Path | None, result, count: int, *, 
     return outputs
 
 
+def cut_short(count: int, steps: int, every: int, shape, reason: str):
+    """The :class:`~e3traj.runtime.RolloutResult` of a rollout ended from outside (an interrupt, a kill) after
+    ``count`` kept frames: done up to the last kept one (the steps after it are not known to have run), complete
+    only if that was the last step. Its ``traj`` is empty (the spool holds the frames)."""
+    from ._rollout import RolloutResult
+
+    done = (count - 1) * every
+    return RolloutResult(
+        traj=np.zeros((0, *shape)), steps_requested=steps, steps_done=done, complete=done == steps, every=every,
+        interrupted=done != steps, reason="" if done == steps else reason,
+    )  # fmt: skip
+
+
 def recover(folder: str | os.PathLike, *, replace: bool = False) -> tuple[list[Path], Any]:
     """Write the rollout file of a spool folder a killed rollout left and remove the folder: ``OUT.partial`` gives
     ``OUT`` beside it (and the XYZ file the rollout was asked for). The whole frames it holds are written with
@@ -286,9 +299,5 @@ def recover(folder: str | os.PathLike, *, replace: bool = False) -> tuple[list[P
             interrupted=bool(outcome["interrupted"]),
         )  # fmt: skip
     else:
-        done = (count - 1) * every  # (the steps after the last kept frame are not known to have run)
-        result = RolloutResult(
-            traj=np.zeros((0, *shape)), steps_requested=steps, steps_done=done, complete=done == steps,
-            every=every, interrupted=done != steps, reason="" if done == steps else "was killed",
-        )  # fmt: skip
+        result = cut_short(count, steps, every, shape, "was killed")
     return _write(where, output, xyz, result, count, replace=replace), result

@@ -256,7 +256,7 @@ TERM_COPY_BYTES = 256 << 20
 
 def _stopped(spool, exc: BaseException, steps: int, every: int, shape, output: Path, xyz: Path | None) -> None:
     """The rollout loop ended by ``exc``: keep what it made (an interrupt or a disk error), or nothing (a bug)."""
-    from .._rollout import RolloutResult
+    from .._spool import cut_short
     from . import _Terminated
 
     label = spool.label
@@ -273,11 +273,8 @@ def _stopped(spool, exc: BaseException, steps: int, every: int, shape, output: P
     if spool.count == 0:
         spool.discard()
         raise RolloutIncomplete(f"rollout interrupted ({name}) before its first step; nothing kept", exit_code=code)
-    done = (spool.count - 1) * every
-    result = RolloutResult(
-        traj=np.zeros((0, *shape)), steps_requested=steps, steps_done=done, complete=done == steps,
-        reason="" if done == steps else f"was interrupted ({name})", every=every, interrupted=done != steps,
-    )  # fmt: skip
+    result = cut_short(spool.count, steps, every, shape, f"was interrupted ({name})")
+    done = result.steps_done
     if name == "SIGTERM" and spool.nbytes > TERM_COPY_BYTES:  # no time to copy it before the SIGKILL
         spool.record(result)
         raise RolloutIncomplete(

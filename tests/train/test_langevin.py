@@ -24,16 +24,15 @@ def _chain(batch=4, seed=0):
     return torch.cat([torch.zeros(batch, 1, 3, dtype=torch.float64), steps.cumsum(1)], dim=1)
 
 
-def _model(seed=0):
+def _model(seed=0, n=12, **walls):
     gen = torch.Generator().manual_seed(seed)
     return LangevinModel(
-        12,
+        n,
         history=1,
         length_scale=0.36,
         ar_coefficients=[0.99],
         head_weights=1e-3 * torch.randn(N_FEATURES, generator=gen),
-        wall_low=[0.3, 0.3, 0.3, 0.3],
-        wall_high=[0.4, 0.7, 1.0],
+        **{"wall_low": [0.3, 0.3, 0.3, 0.3], "wall_high": [0.4, 0.7, 1.0], **walls},
     ).double()
 
 
@@ -177,17 +176,8 @@ def test_the_fit_and_the_walls_in_blocks_equal_the_fit_in_one(monkeypatch):
 
 @pytest.mark.parametrize("n", [3, 4, 12, 30])
 def test_the_export_form_is_the_model_with_its_walls_and_angles(n):
-    gen = torch.Generator().manual_seed(n)
-    model = LangevinModel(
-        n,
-        history=1,
-        length_scale=0.36,
-        ar_coefficients=[0.99],
-        head_weights=1e-3 * torch.randn(N_FEATURES, generator=gen),
-        wall_low=[0.34, 0.5, 0.6, 0.45],
-        wall_high=[0.38, 0.7, 1.0],
-        wall_core=[0.2, 0.3, 0.35, 0.3],
-    ).double()
+    model = _model(n, n, wall_low=[0.34, 0.5, 0.6, 0.45], wall_high=[0.38, 0.7, 1.0], wall_core=[0.2, 0.3, 0.35, 0.3])
+    gen = torch.Generator().manual_seed(n + 100)
     steps = torch.randn(6, n - 1, 3, generator=gen, dtype=torch.float64)
     # bonds from 0.15 to 0.55: inside the core, between the walls and beyond the upper wall
     steps = (
