@@ -382,6 +382,13 @@ class FixedGraphNetwork(torch.nn.Module):
         coef = torch.index_select(table.to(r.dtype), 0, i).reshape(-1, _RADIAL_COEFFS, self._n_w_all)
         return (powers[:, None, :] @ coef).reshape(-1, self._n_w_all)  # (M, 1, 4) @ (M, 4, W)
 
+    def _neighbour_sum(self, p: torch.Tensor) -> torch.Tensor:
+        """The sum over the neighbours ``k`` of edge products. Shapes: ``(rows, n - 1, n * B)`` -> ``(rows, n * B)``.
+
+        One method so that a benchmark can swap the operation (``benchmarks/e3nn_forms.py``); training and export
+        use this one."""
+        return p.sum(1)
+
     # ------------------------------------------------------------------------------------------------------------
     def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate e3nn's Network on a batch of frames.
@@ -460,7 +467,7 @@ class FixedGraphNetwork(torch.nn.Module):
                     wg = w_all[w0 : w0 + n_u * n_c].reshape(n_u, n_c, 1, 1, n - 1, -1)
                     qg = q[cl.q_off : cl.q_off + n_c * n_t * dim1].reshape(n_c, n_t, dim1, n - 1, -1)
                     p = (wg if xs is None else xg * wg) * qg  # (U, C, S, dim1, n - 1, n * B)
-                    aggs.append(p.reshape(n_u * n_c * n_t * dim1, n - 1, -1).sum(1))
+                    aggs.append(self._neighbour_sum(p.reshape(n_u * n_c * n_t * dim1, n - 1, -1)))
             if aggs:  # (a layer can have no path at all, e.g. lmax=0 with vector inputs only)
                 agg = torch.cat(aggs, dim=0) if len(aggs) > 1 else aggs[0]  # (D, n * B)
                 wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
