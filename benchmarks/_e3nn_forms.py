@@ -21,19 +21,18 @@ Both compute the training module's function term by term, up to float32 rounding
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
 
-from e3traj.train._network import _RADIAL_COEFFS, _TINY, FixedGraphNetwork
-from e3traj.train._plan import _apply
+from e3traj.train._network import _RADIAL_COEFFS, FixedGraphNetwork
+from e3traj.train._plan import _apply, _edge_monomials
 
 __all__ = ["E3nnGraph", "StaticBlockSums"]
 
 
 class E3nnGraph(torch.nn.Module):
-    """A frozen, export-only form of a :class:`FixedGraphNetwork` (with or without its radial table).
+    """A frozen form of a :class:`FixedGraphNetwork` that holds its radial table (:func:`tabulate_radial`).
 
     Shapes: pos ``(B, n, 3)``; node_features ``(B, n, dim(irreps_in))`` iff ``config.irreps_in`` is set; returns
     ``(B, n, dim(irreps_out))``.
@@ -51,7 +50,6 @@ class E3nnGraph(torch.nn.Module):
         self._const_input = net.config.irreps_in is None
         self._mono_degree = net._mono_degree
         self._n_w_all = net._n_w_all
-        self._rb_inv_step = net._rb_inv_step
         c = net.consts
         src, pair_edge, edge_pair = c.src.numpy(), c.pair_edge.numpy(), c.edge_pair.numpy()
         n_pairs = len(pair_edge)
@@ -66,23 +64,15 @@ class E3nnGraph(torch.nn.Module):
 
         self._src = buf(torch.from_numpy(src))
         self._pair_edge = buf(torch.from_numpy(pair_edge))
-        self._table = None
-        if net._radial_table is not None:
-            n_int = net._radial_table.shape[0]
-            self._n_int = n_int
-            self._table = buf(net._radial_table.detach().double().reshape(n_int, _RADIAL_COEFFS, -1))
-        else:
-            self._rb_values = buf(c.rb_values)
-            self._net = copy.deepcopy(net).eval()  # the MLPs run as they are (radial="mlp")
-            for p in self._net.parameters():
-                p.requires_grad_(False)
+        if net._radial_table is None:
+            raise ValueError("E3nnGraph needs the radial table: pass tabulate_radial's copy")
+        self._n_int = n_int = net._radial_table.shape[0]
+        self._table = buf(net._radial_table.detach().double().reshape(n_int, _RADIAL_COEFFS, -1))
         q_mat = c.q_mat.numpy()
 
         net64 = copy.deepcopy(net).double()
         with torch.no_grad():
             pres = [p.numpy() for p in net64._pre_matrices(torch.float64)]  # (d_in, d_out + d_in) per layer
-            if self._table is None:
-                self._pres = [torch.from_numpy(p).to(dtype) for p in pres]
         self._layers = []
         w_row, q_done = 0, {}
         for layer, (conv, plan, meta, pre) in enumerate(zip(net64._convs, net64._plans, net64._metas, pres)):
@@ -128,8 +118,6 @@ class E3nnGraph(torch.nn.Module):
 
         Shapes: r ``(P * B,)`` -> ``(W, P * B)``.
         """
-        if self._table is None:
-            return self._net._radial_mlp(r, self._pres).t()
         n_int = self._n_int
         t = torch.clamp(r * (n_int / self.config.max_radius), min=0.0, max=float(n_int))
         i = torch.clamp(t.to(torch.int64), min=0, max=n_int - 1)
@@ -141,7 +129,6 @@ class E3nnGraph(torch.nn.Module):
 
     def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
         n, k = self.n, self.n - 1
-        dtype = pos.dtype
         if self._const_input:
             if node_features is not None:
                 raise ValueError("this network takes no node_features (config.irreps_in is None)")
@@ -155,19 +142,7 @@ class E3nnGraph(torch.nn.Module):
         # geometry, feature-first edges (k, i, B) as in the training module
         pos_f = pos.permute(2, 1, 0)  # (3, n, B)
         vec = (torch.index_select(pos_f, 1, src).reshape(3, k, n, -1) - pos_f[:, None]).reshape(3, -1)
-        r2 = (vec * vec).sum(0, keepdim=True)  # (1, E * B)
-        r = torch.sqrt(torch.clamp(r2, min=_TINY))
-        unit = vec / r
-        u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
-        attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)
-        monos = [attr_scale]
-        if self._mono_degree:
-            cur = unit * attr_scale
-            monos.append(cur)
-            for deg in range(2, self._mono_degree + 1):
-                cur = (cur[:, None] * unit[None, :]).reshape(3**deg, -1)
-                monos.append(cur)
-        mono = torch.cat(monos, dim=0) if len(monos) > 1 else monos[0]  # (n_mono, E * B)
+        r, mono = _edge_monomials(vec, self.config.max_radius, self._mono_degree)
 
         rp = torch.index_select(r.reshape(self.n_edges, -1), 0, self._c(self._pair_edge)).reshape(-1)  # (P * B,)
         w_pairs = self._radial(rp).reshape(self._n_w_all * self.n_pairs, -1)  # (W * P, B)

@@ -54,6 +54,7 @@ from ._plan import (
     _act_segments,
     _apply,
     _Consts,
+    _edge_monomials,
     _elementwise_structure,
     _fctp_structure,
     _fixed_graph,
@@ -67,9 +68,6 @@ __all__ = ["FixedGraphNetwork"]
 
 
 _RADIAL_COEFFS = 4  # cubic Hermite pieces: coefficients of 1, f, f**2, f**3 per interval
-
-
-_TINY = 1e-30  # r2 floor for the edge length: keeps sqrt and 1/r finite (forward and backward) at r == 0
 
 
 class FixedGraphNetwork(torch.nn.Module):
@@ -416,19 +414,7 @@ class FixedGraphNetwork(torch.nn.Module):
         # ---- geometry: edge vectors src - dst, rows (k, i, B), then feature-first (3, E * B); lengths,
         # smooth cutoff * (r > 0), unit-vector monomials
         vec = (torch.index_select(pos_n, 0, c.src).reshape(n - 1, n, -1, 3) - pos_n).reshape(-1, 3).t()
-        r2 = (vec * vec).sum(0, keepdim=True)  # (1, E * B)
-        r = torch.sqrt(torch.clamp(r2, min=_TINY))
-        unit = vec / r
-        u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
-        attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(dtype)  # (1, E * B)
-        monos = [attr_scale]
-        if self._mono_degree:
-            cur = unit * attr_scale
-            monos.append(cur)
-            for deg in range(2, self._mono_degree + 1):
-                cur = (cur[:, None] * unit[None, :]).reshape(3**deg, -1)
-                monos.append(cur)
-        mono = torch.cat(monos, dim=0) if len(monos) > 1 else monos[0]  # (n_mono, E * B)
+        r, mono = _edge_monomials(vec, self.config.max_radius, self._mono_degree)
         q = c.q_mat.to(dtype) @ mono  # (rows, E * B)
 
         # ---- radial MLPs of all layers on the unordered pairs, rows (P, B) -> (P * B, sum n_w), or their cubic

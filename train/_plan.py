@@ -230,3 +230,27 @@ def _rows_to_edges(rows: torch.Tensor, index: torch.Tensor, n_rows: int, width: 
     any B) and one 2-D transpose (made contiguous once, so the per-group slices do not copy again).
     """
     return torch.index_select(rows.reshape(n_rows, -1), 0, index).reshape(-1, width).t().contiguous()
+
+
+_TINY = 1e-30  # r2 floor for the edge length: keeps sqrt and 1/r finite (forward and backward) at r == 0
+
+
+def _edge_monomials(vec: torch.Tensor, max_radius: float, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edge lengths and the cutoff-scaled unit-vector monomials of degrees ``0..degree``, feature-first.
+
+    The smooth cutoff is e3nn's (``u = 2 r / max_radius - 2`` clamped to ``[-1, 0]``), times ``(r > 0)``: coincident
+    beads do not interact. Shapes: vec ``(3, M)`` -> r ``(1, M)``, monomials ``(1 + 3 + ... + 3**degree, M)``.
+    """
+    r2 = (vec * vec).sum(0, keepdim=True)
+    r = torch.sqrt(torch.clamp(r2, min=_TINY))
+    unit = vec / r
+    u = torch.clamp(r * (2.0 / max_radius) - 2.0, min=-1.0, max=0.0)
+    attr_scale = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(vec.dtype)
+    monos = [attr_scale]
+    if degree:
+        cur = unit * attr_scale
+        monos.append(cur)
+        for deg in range(2, degree + 1):
+            cur = (cur[:, None] * unit[None, :]).reshape(3**deg, -1)
+            monos.append(cur)
+    return r, (torch.cat(monos, dim=0) if len(monos) > 1 else monos[0])
