@@ -37,3 +37,12 @@ class DisplacementModel(torch.nn.Module):
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
         """Predicted displacement to the next frame. Shapes: ``(B, 12, 3)`` in, ``(B, 12, 3)`` out."""
         return self.net(pos) * self.scale
+
+    def single_frame_form(self) -> torch.nn.Module:
+        """The same function for one frame in few operations (:class:`~e3traj.train._single.SingleFrameGraph`),
+        scaled as :meth:`forward`; needs the radial table (:func:`~e3traj.train.tabulate_radial`'s copy).
+
+        Shapes: ``(1, N, 3)`` in, ``(1, N, 3)`` out."""
+        from ._single import SingleFrameGraph, scaled_form
+
+        return scaled_form(SingleFrameGraph(self.net), self.scale)

@@ -44,3 +44,10 @@ class VelocityModel(torch.nn.Module):
 
     def forward(self, pos: torch.Tensor, previous_displacement: torch.Tensor) -> torch.Tensor:
         return self.raw(pos, previous_displacement) * self.scale
+
+    def single_frame_form(self) -> torch.nn.Module:
+        """The same function for one frame in few operations (:class:`~e3traj.train._single.SingleFrameGraph`);
+        needs the radial table. Shapes: ``(1, 12, 3)`` twice in, ``(1, 12, 3)`` out."""
+        from ._single import SingleFrameGraph, scaled_form
+
+        return scaled_form(SingleFrameGraph(self.net), self.scale, self.input_scale)

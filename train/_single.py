@@ -1,0 +1,227 @@
+"""The single-frame graph: :class:`~e3traj.train._network.FixedGraphNetwork` for batch 1, in few operations.
+
+A rollout from one start runs the network on one frame per step, where onnxruntime's cost is per operation, not
+per float (about 1 µs per node on the AMD host of issue 21, 0.2 µs on the Intel one). The batched graph's
+per-product-class broadcasts and neighbour ReduceSums are the right form for many frames and the wrong one for
+one. This form computes the same function for a single frame with every tensor feature-major ``(features, E)``:
+
+* every term ``w[u, c] x[u, a] Q[c, s, a]`` of a layer is one row of a ``(D, E)`` product (all classes at once);
+  the radial weights and ``Q`` reach those rows by one row Gather and by the rows of the ``Q`` matrix, the input
+  channels by lin1's columns (folded into the self-connection's matrix) and one MatMul onto the edges;
+* each layer's neighbour sum is one MatMul against the constant ``(E, n)`` destination matrix, followed by lin2's
+  matrix; the gate is a Sigmoid, a MatMul that routes each gate to its channels, and a Tanh of the odd scalars
+  (the gated rows are ordered after the scalars, the gates last).
+
+All one-hot MatMuls are exact for finite inputs. Shapes are static (batch 1): export writes it as a second ONNX
+file of the bundle, which hosts use for single-start rollouts only (see ``e3traj.runtime``), so every row of a
+batched run, shards included, still goes through the batched graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from ._network import _RADIAL_COEFFS, FixedGraphNetwork
+from ._plan import _TINY
+
+__all__ = ["SingleFrameGraph", "scaled_form"]
+
+
+def _terms(meta, w_row: int) -> tuple[list[int], list[int], list[int]]:
+    """Per term row ``d`` of a layer (the post matrix's order): its radial weight, input and ``Q`` rows."""
+    widx, xidx, qidx = [], [], []
+    for g in meta.groups:
+        dim1 = 2 * g.l1 + 1
+        for cl in g.classes:
+            for u in range(g.U):
+                for c in range(cl.C):
+                    for s in range(cl.S):
+                        for a in range(dim1):
+                            widx.append(w_row + cl.w_start + u * cl.C + c)
+                            xidx.append(g.x_start + u * dim1 + a)
+                            qidx.append(cl.q_off + (c * cl.S + s) * dim1 + a)
+    return widx, xidx, qidx
+
+
+def _gate_tables(meta, gsel: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Row order ``[scalars | gated | gates]``, the ``(kept, d_out)`` routing of Sigmoid outputs to the kept rows
+    (a scalar's own sigmoid for SiLU, its gate for a gated row) and the ``(kept, 1)`` mask of the Tanh rows."""
+    n_s, n_g, d_out = meta.n_s, meta.n_g, meta.d_out
+    order = list(range(n_s)) + list(range(n_s + n_g, d_out)) + list(range(n_s, n_s + n_g))
+    kept = d_out - n_g
+    route, tanh_rows = np.zeros((kept, d_out)), np.zeros((kept, 1))
+    for a, b, f in meta.segs_s:
+        for j in range(a, b):
+            if f is torch.nn.functional.silu:
+                route[j, j] = 1.0
+            elif f is torch.tanh:
+                tanh_rows[j] = 1.0
+            else:
+                raise NotImplementedError(f"scalar activation {f!r} has no single-frame form")
+    for _a, _b, f in meta.segs_g:
+        if f is not torch.sigmoid:
+            raise NotImplementedError(f"gate activation {f!r} has no single-frame form")
+    if n_g:
+        route[n_s:, kept:] = gsel.T  # gsel (n_g, n_gated): gate -> gated channel (one-hot, e3nn's coefficients)
+    return order, route, tanh_rows
+
+
+class SingleFrameGraph(torch.nn.Module):
+    """A frozen single-frame form of a :class:`FixedGraphNetwork` that holds its radial table.
+
+    Shapes: pos ``(1, n, 3)``; node_features ``(1, n, dim(irreps_in))`` iff ``config.irreps_in`` is set; returns
+    ``(1, n, dim(irreps_out))``.
+    """
+
+    def __init__(self, net: FixedGraphNetwork) -> None:
+        super().__init__()
+        if not isinstance(net, FixedGraphNetwork):
+            raise ValueError(f"SingleFrameGraph needs a FixedGraphNetwork, got {type(net).__name__}")
+        if net._radial_table is None:
+            raise ValueError("SingleFrameGraph needs the radial table: pass tabulate_radial's copy")
+        dtype = next(net.parameters()).dtype
+        self.config = net.config
+        n = self.n = net.n_nodes
+        c = net.consts
+        src, pair_edge, edge_pair = c.src.numpy(), c.pair_edge.numpy(), c.edge_pair.numpy()
+        n_edges = len(src)
+        dst = np.tile(np.arange(n), n - 1)
+        self._const_input = net.config.irreps_in is None
+        self._dim_out = net._dim_out
+        self._n_int = net._radial_table.shape[0]
+        self._degree = net._mono_degree
+        edges = np.arange(n_edges)
+        diff = np.zeros((n, n_edges))  # pos (3, n) @ diff = src - dst per edge
+        diff[src, edges] += 1.0
+        diff[dst, edges] -= 1.0
+        onto = np.zeros((n, n_edges))  # node rows (D, n) @ onto = the source's row on each edge
+        onto[src, edges] = 1.0
+        gather = np.zeros((n_edges, n))  # (D, E) @ gather = the sum over each destination's neighbours
+        gather[edges, dst] = 1.0
+
+        def const(name: str, value) -> None:
+            t = torch.as_tensor(np.ascontiguousarray(value))
+            self.register_buffer(name, t.to(dtype) if t.is_floating_point() else t, persistent=False)
+
+        const("diff", diff)
+        const("onto", onto)
+        const("gather", gather)
+        const("pair_edge", pair_edge.astype(np.int64))
+        const("edge_pair", edge_pair.astype(np.int64))
+
+        net64 = copy.deepcopy(net).double()
+        with torch.no_grad():
+            pres = [p.numpy() for p in net64._pre_matrices(torch.float64)]  # (d_in, d_out + d_in) per layer
+        terms = []
+        self._layers = []
+        w_row = 0
+        for layer, (conv, plan, meta, pre) in enumerate(zip(net64._convs, net64._plans, net64._metas, pres)):
+            d_out = meta.d_out
+            widx, xidx, qidx = _terms(meta, w_row)
+            wpost = torch.cat([conv.lin2.weight, conv.lin2.weight.new_zeros(1)])
+            post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
+            post = (post * plan.post_coef).detach().numpy()  # (d_out, D)
+            s_rows = pre[:, :d_out].T  # (d_out, d_in)
+            spec = {"d_out": d_out, "D": len(widx), "gate": meta.gate, "kept": d_out}
+            order = list(range(d_out))
+            if meta.gate:
+                order, route, tanh_rows = _gate_tables(meta, plan.gsel.numpy() if meta.n_g else np.zeros((0, 0)))
+                const(f"route{layer}", route)
+                const(f"tanh{layer}", tanh_rows)
+                spec["kept"] = route.shape[0]
+            const(f"post{layer}", post[order])
+            if self._const_input and layer == 0:
+                const(f"s{layer}", pre[0, :d_out][order][:, None])  # the constant node input's sc output
+            else:
+                const(f"pre{layer}", np.concatenate([s_rows[order], pre[:, d_out:][:, xidx].T]))  # (d_out + D, d_in)
+            self._layers.append(spec)
+            terms.append((widx, qidx))
+            w_row += meta.n_w
+        const("table", net._radial_table.detach().double().reshape(self._n_int, _RADIAL_COEFFS, -1))
+        const("q_mat", c.q_mat.numpy())  # (Q rows, monomials)
+        for layer, (widx, qidx) in enumerate(terms):
+            const(f"w_rows{layer}", np.asarray(widx, dtype=np.int64))
+            const(f"q_rows{layer}", np.asarray(qidx, dtype=np.int64))
+
+    def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Shapes: pos ``(1, n, 3)``, node_features ``(1, n, dim(irreps_in))`` -> ``(1, n, dim(irreps_out))``."""
+        n = self.n
+        if pos.shape[0] != 1:
+            raise ValueError(f"SingleFrameGraph takes one frame, got a batch of {pos.shape[0]}")
+        if self._const_input:
+            if node_features is not None:
+                raise ValueError("this network takes no node_features (config.irreps_in is None)")
+            x = None
+        else:
+            if node_features is None:
+                raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
+            x = node_features.reshape(n, -1).t()  # (d_in, n)
+
+        # geometry (3, E) and e3nn's edge attributes, as _plan._edge_monomials computes them (feature-first)
+        vec = pos.reshape(n, 3).t() @ self.diff
+        r2 = (vec * vec).sum(0, keepdim=True)
+        r = torch.sqrt(torch.clamp(r2, min=_TINY))
+        unit = vec / r
+        u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
+        attr = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(pos.dtype)
+        monos, cur = [attr], attr
+        for deg in range(1, self._degree + 1):
+            cur = unit * attr if deg == 1 else (cur[:, None, :] * unit[None, :, :]).reshape(3**deg, -1)
+            monos.append(cur)
+        q = self.q_mat @ (torch.cat(monos, dim=0) if len(monos) > 1 else attr)  # (Q rows, E)
+
+        # radial weights on the pairs (the cubic table), onto the edges, feature-first, one row per term
+        n_int = self._n_int
+        t = torch.clamp(torch.index_select(r.reshape(-1), 0, self.pair_edge) * (n_int / self.config.max_radius),
+                        min=0.0, max=float(n_int))  # fmt: skip
+        i = torch.clamp(t.to(torch.int64), min=0, max=n_int - 1)
+        f = (t - i.to(pos.dtype))[:, None]
+        f2 = f * f
+        powers = torch.cat([torch.ones_like(f), f, f2, f2 * f], dim=1)[:, None, :]  # (P, 1, 4)
+        w = (powers @ torch.index_select(self.table, 0, i)).reshape(len(self.pair_edge), -1)  # (P, W)
+        w = torch.index_select(w, 0, self.edge_pair).t()  # (W, E)
+
+        for layer, spec in enumerate(self._layers):
+            d_out = spec["d_out"]
+            # (D, E): the radial weight times Q of every term, rows gathered whole
+            wq = torch.index_select(w, 0, getattr(self, f"w_rows{layer}"))
+            wq = wq * torch.index_select(q, 0, getattr(self, f"q_rows{layer}"))
+            if x is None:
+                s, prod = getattr(self, f"s{layer}"), wq
+            else:
+                both = getattr(self, f"pre{layer}") @ x  # (d_out + D, n)
+                s, prod = both[:d_out], (both[d_out:] @ self.onto) * wq
+            y = s + getattr(self, f"post{layer}") @ (prod @ self.gather)  # (d_out, n)
+            if spec["gate"]:
+                kept = y[: spec["kept"]]
+                x = kept * (getattr(self, f"route{layer}") @ torch.sigmoid(y))
+                x = x + torch.tanh(kept * getattr(self, f"tanh{layer}"))
+            else:
+                x = y
+        return x.t().reshape(1, n, self._dim_out)
+
+
+class _Scaled(torch.nn.Module):
+    """``graph(pos[, features / input_scale]) * scale``: a model's single-frame form. Shapes: ``(1, n, 3)``."""
+
+    def __init__(self, graph: SingleFrameGraph, scale: torch.Tensor, input_scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.graph = graph
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())
+
+    def forward(self, pos: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.input_scale is None:
+            return self.graph(pos) * self.scale
+        return self.graph(pos, features / self.input_scale) * self.scale
+
+
+def scaled_form(graph: SingleFrameGraph, scale: torch.Tensor, input_scale: torch.Tensor | None = None):
+    """The single-frame form of a model that scales the network's output (and its node features' input).
+
+    Shapes: pos ``(1, n, 3)`` (and the features ``(1, n, 3)`` with ``input_scale``) -> ``(1, n, 3)``."""
+    return _Scaled(graph, scale, input_scale)
