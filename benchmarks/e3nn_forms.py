@@ -11,7 +11,9 @@ export's cubic table, is written with torch's TorchScript-based exporter (as ``e
   (``add_free_dimension_override_by_name``);
 * ``static B=1``: the export form traced for batch 1 only (shapes are constants to onnxruntime);
 * ``static B=1, block sums``: that, with the neighbour sums as one MatMul each (:class:`_e3nn_forms.StaticBlockSums`);
-* ``dispatch``: one graph holding ``export`` and ``feature-first``, an ``If`` on the batch size (B < 8: export).
+* ``dispatch``: one graph holding ``export`` and ``feature-first``, an ``If`` on the batch size (B < 8: export);
+* ``single-frame (shipped)``: :class:`e3traj.train._single.SingleFrameGraph`, the second graph e3nn bundles hold
+  (``model_single.onnx``), which hosts run for single-start rollouts.
 
 Every session has 1 thread and the runtime's settings; cases are timed in interleaved rounds and reported as
 medians and as medians of per-round ratios to ``export`` at the same batch. Each form's largest difference from the
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     from e3traj.runtime._bench import machine_info
     from e3traj.train import DisplacementModel, E3nnConfig
     from e3traj.train._radial import tabulate_radial
+    from e3traj.train._single import SingleFrameGraph
 
     info = machine_info()
     frames = _frames(600).astype(np.float32)
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "export, batch fixed to 1": (export_b, 1),
         "static B=1": (_export(net, x1, dynamic=False), 1),
         "static B=1, block sums": (_export(StaticBlockSums(net, 1), x1, dynamic=False), 1),
+        "single-frame (shipped)": (_export(SingleFrameGraph(net), x1, dynamic=False), 1),
         "dispatch": (_dispatch(export_b, ff_b), None),
     }
     sessions = {

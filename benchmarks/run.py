@@ -196,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                 for f in e3nn_frames:
                     ref({"pos": f})
 
-        def run_rollout():
+        def run_rollout():  # one start: the bundle's single-frame graph (model_single.onnx)
             res = rollout(b1, one, steps)
             run_rollout.steps = max(res.steps_done, 1)
+
+        def run_rollout_batched():  # the same start as a shard of a 2-start run: the batched graph at B = 1
+            rollout(b1, one, steps, run_starts=2)
 
         run_rollout()
 
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             for k, (fn, _c, units) in cases.items()
         }
         cases[("ONNX runtime rollout step", 1)] = (run_rollout, 1, steps)
+        if b1.has_single_frame:
+            cases[("ONNX rollout step, batched graph", 1)] = (run_rollout_batched, 1, steps)
         rounds = _interleaved(cases, repeats)
         per_frame = {k: statistics.median(v) for k, v in rounds.items()}
 
@@ -269,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         b2.close()
         b1.close()
         size = bundle_size(bundle_dir)
-        nodes = __import__("json").loads((bundle_dir / "manifest.json").read_text())["onnx"]["nodes"]
+        onnx_entry = __import__("json").loads((bundle_dir / "manifest.json").read_text())["onnx"]
+        nodes, single_nodes = onnx_entry["nodes"], onnx_entry.get("single_frame", {}).get("nodes")
 
     # ---------------------------------------------------------------------------------------------- report
     vs_e3nn = {k: _ratio(rounds[("e3nn Network (eager, radius_graph)", k[1])], v) for k, v in rounds.items()}
@@ -320,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         f"bare onnxruntime session {t_session * 1e3:.0f} ms; export {t_export:.1f} s"
     )
     print(f"size      bundle {size / 1024:.0f} KiB ({size} bytes)")
+    if ("ONNX rollout step, batched graph", 1) in rounds:
+        gain = _ratio(rounds[("ONNX rollout step, batched graph", 1)], rounds[("ONNX runtime rollout step", 1)])
+        print(
+            f"single    the rollout step runs the single-frame graph ({single_nodes} nodes): {gain:.2f}x faster than "
+            "the same rollout through the batched graph (the row below it)"
+        )
     if os.cpu_count() and os.cpu_count() < 2:
         print("note      one CPU: the 2-thread figure is meaningless here")
 

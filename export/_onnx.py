@@ -57,6 +57,7 @@ def _torch_export(
     opset: int,
     dynamo: bool,
     names: list[str] | None = None,
+    dynamic_batch: bool = True,
 ) -> None:
     names = names or [INPUT]
     if dynamo:
@@ -81,7 +82,7 @@ def _torch_export(
             dynamo=False,
             input_names=names,
             output_names=[OUTPUT],
-            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT: {0: "batch"}},
+            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT: {0: "batch"}} if dynamic_batch else None,
             opset_version=opset,
             do_constant_folding=True,
         )

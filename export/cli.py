@@ -41,8 +41,15 @@ __all__ = ["export"]
     help="e3nn models: radial MLPs as a cubic table of the edge length (faster; error <= 1e-6 of their range, "
     "recorded in the manifest) or as exported MatMuls.",
 )
+@click.option(
+    "--single-frame/--no-single-frame",
+    default=True,
+    show_default=True,
+    help="e3nn models with the radial table: also write model_single.onnx, the same function for one frame in "
+    "fewer operations, which hosts run for single-start rollouts (parity- and equivariance-checked too).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one is complete).")
-def export(checkpoint, output, fmt, opset, exporter, tolerance, radial, force):
+def export(checkpoint, output, fmt, opset, exporter, tolerance, radial, single_frame, force):
     """Export CHECKPOINT to a verified bundle (ONNX over the fixed 12-node graph + manifest + example).
 
     Refuses to write anything when the exported model differs from PyTorch by more than --tolerance, or when
@@ -52,7 +59,13 @@ def export(checkpoint, output, fmt, opset, exporter, tolerance, radial, force):
 
     formats = ("onnx",) if fmt == "onnx" else ("onnx", "torchscript")
     settings = ExportSettings(
-        formats=formats, opset=opset, exporter=exporter, parity_tol=tolerance, radial=radial, force=force
+        formats=formats,
+        opset=opset,
+        exporter=exporter,
+        parity_tol=tolerance,
+        radial=radial,
+        single_frame=single_frame,
+        force=force,
     )
     manifest = export_checkpoint(checkpoint, output, settings, log=lambda m: click.echo(m, err=True))
     v = manifest["verification"]
@@ -61,4 +74,5 @@ def export(checkpoint, output, fmt, opset, exporter, tolerance, radial, force):
         f"{manifest['model']['kind']} bundle {output}: parity {v['parity_max_abs']:.3g} "
         f"({manifest['onnx']['exporter']}, {manifest['onnx']['nodes']} nodes), "
         f"equivariance {'PASS' if eq.get('passed') else 'FAIL'}"
+        + (f"; single-frame graph {single['nodes']} nodes" if (single := manifest["onnx"].get("single_frame")) else "")
     )

@@ -169,7 +169,9 @@ def bench_bundle(
                     t0 = time.perf_counter()
                     res = rollout(bundle, start, rollout_steps, previous=previous)
                     times.append((time.perf_counter() - t0) / max(res.steps_done, 1))
-                rows.append(_row("rollout", 1, statistics.median(times), 1, base))
+                row = _row("rollout", 1, statistics.median(times), 1, base)
+                row["graph"] = "single-frame" if bundle.has_single_frame else "batched"  # which graph rollout ran
+                rows.append(row)
     return rows
 
 

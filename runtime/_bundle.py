@@ -46,6 +46,8 @@ class Bundle(ManifestFields):
         self._manifest = verified.manifest
         self._sha256 = verified.sha256
         self._session = session
+        self._verified = verified
+        self._single_session = None  # the single-frame graph's session, made on first use (single_frame_session)
         self._threads = _default_threads() if threads is None else int(threads)
         self._pool = None
         self._pool_lock = threading.Lock()
@@ -88,7 +90,7 @@ class Bundle(ManifestFields):
         pool, self._pool = getattr(self, "_pool", None), None
         if pool is not None:
             pool.shutdown(wait=True)
-        self._session = None
+        self._session = self._single_session = None
 
     def __enter__(self) -> Bundle:
         return self
@@ -153,6 +155,34 @@ class Bundle(ManifestFields):
             raise UsageError(f"{self._path}: bundle is closed; open it again")
         if chunk is not None and (not _is_int(chunk) or chunk < 1):
             raise UsageError(f"chunk: got {chunk!r}; pass a positive integer")
+        feed, batch = self._feed(inputs)
+        out = np.empty((batch, self._n_beads, 3), dtype=np.float64)
+        self._run_chunks(feed, out, CHUNK if chunk is None else chunk)
+        return out
+
+    def predict_single_frame(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run the bundle's single-frame graph (``onnx.single_frame``) on each frame of a batch, one call per frame,
+        as a single-start rollout does; for checks (``check`` runs its equivariance cases on it too).
+
+        Shapes: as :meth:`predict`. Raises: as :meth:`predict`, and UsageError for a bundle without that graph.
+        """
+        session = self.single_frame_session()
+        feed, batch = self._feed(inputs)
+        out = np.empty((batch, self._n_beads, 3), dtype=np.float64)
+        where = f"{self._label}/{self._manifest['onnx']['single_frame']['file']}"
+        for i in range(batch):
+            try:
+                y = session.run([self._output_name], {n: a[i : i + 1] for n, a in feed.items()})[0]
+            except Exception as exc:  # onnxruntime's own classes: one line of ours
+                raise _run_failed(where, exc) from None
+            if not isinstance(y, np.ndarray) or y.shape != (1, self._n_beads, 3):
+                shape = getattr(y, "shape", type(y).__name__)
+                raise InputError(f"{where}: model returned shape {shape}; expected (1, {self._n_beads}, 3)")
+            out[i] = y[0]
+        return out
+
+    def _feed(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """The checked, contiguous model inputs in the bundle dtype, and the batch size."""
         names = list(self._input_meanings)
         missing = [n for n in names if n not in inputs]
         extra = [n for n in inputs if n not in self._input_meanings]
@@ -174,11 +204,9 @@ class Bundle(ManifestFields):
             if not np.all(np.isfinite(a)):
                 raise InputError(f"input {n!r}: holds NaN or Inf; pass finite positions")
             arrays[n] = a
-        out = np.empty((batch, self._n_beads, 3), dtype=np.float64)
         with np.errstate(over="ignore"):
             feed = {n: np.ascontiguousarray(a, dtype=self._input_dtypes[n]) for n, a in arrays.items()}
-        self._run_chunks(feed, out, CHUNK if chunk is None else chunk)
-        return out
+        return feed, batch
 
     def _run_chunks(self, feed: dict[str, np.ndarray], out: np.ndarray, chunk: int) -> None:
         """Run contiguous model inputs in sub-batches of ``chunk`` rows into ``out`` (float64), on the threads."""
@@ -221,9 +249,31 @@ class Bundle(ManifestFields):
             return (self._history, self._n_beads, 3)
         return (self._n_beads, 3)
 
-    def _stepper(self, batch: int):
-        """The rollout's fast step function (see :func:`e3traj.runtime._stepper.make_stepper`)."""
-        return make_stepper(self, batch)
+    @property
+    def has_single_frame(self) -> bool:
+        """Whether the bundle holds a single-frame graph (``onnx.single_frame``), which single-start rollouts run."""
+        return bool(self._manifest["onnx"].get("single_frame"))
+
+    def single_frame_session(self):
+        """The onnxruntime session of the single-frame graph (made from the bytes verified at open, on first use).
+
+        Raises:
+            UsageError: the bundle is closed or has no single-frame graph.
+            InputError: onnxruntime cannot load it, or its inputs differ from the manifest's.
+        """
+        if self._session is None:
+            raise UsageError(f"{self._path}: bundle is closed; open it again")
+        if not self.has_single_frame:
+            raise UsageError(f"{self._path}: the bundle has no single-frame graph (onnx.single_frame); re-export it")
+        if self._single_session is None:
+            self._single_session = make_session(self._verified, single_frame=True)
+        return self._single_session
+
+    def _stepper(self, batch: int, run_starts: int | None = None):
+        """The rollout's fast step function (see :func:`e3traj.runtime._stepper.make_stepper`): the single-frame
+        graph when the whole run has one start (``run_starts``, default ``batch``) and the bundle holds one."""
+        single = batch == 1 and (batch if run_starts is None else run_starts) == 1 and self.has_single_frame
+        return make_stepper(self, batch, single=single)
 
     def _executor(self):
         with self._pool_lock:
@@ -315,10 +365,11 @@ class Bundle(ManifestFields):
         inputs, ref = self._example
         return {k: v.copy() for k, v in inputs.items()}, ref.copy()
 
-    def example_error(self) -> tuple[float, float]:
-        """Max abs and max relative error of the model on the example vs the stored reference outputs."""
+    def example_error(self, single_frame: bool = False) -> tuple[float, float]:
+        """Max abs and max relative error of the model (``single_frame``: its single-frame graph) on the example
+        vs the stored reference outputs."""
         inputs, ref = self.load_example()
-        got = self.predict(inputs)
+        got = self.predict_single_frame(inputs) if single_frame else self.predict(inputs)
         err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         return err, err / max(scale, 1e-12)

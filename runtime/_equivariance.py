@@ -7,7 +7,7 @@ float64 against what an E(3)- and permutation-equivariant model must output.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -352,26 +352,40 @@ def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4
         n_beads=bundle.n_beads,
     )
     frames = {k: np.concatenate([inputs[k], own[k]]) for k in own} if len(ref) else own
-    report = check_equivariance(
-        bundle.predict,
-        bundle.input_meanings,
-        bundle.output_meaning,
-        frames,
-        trials=trials,
-        seed=seed,
-        tolerance=tolerance,
-        permutation=getattr(bundle, "permutation", "any"),
-    )
+    graphs = [("", bundle.predict, False)]
+    if getattr(bundle, "has_single_frame", False):  # the graph single-start rollouts run: every case again
+        graphs.append(("single-frame ", bundle.predict_single_frame, True))
+    report = None
+    for prefix, run, single in graphs:
+        part = check_equivariance(
+            run,
+            bundle.input_meanings,
+            bundle.output_meaning,
+            frames,
+            trials=trials,
+            seed=seed,
+            tolerance=tolerance,
+            permutation=getattr(bundle, "permutation", "any"),
+        )
+        part.cases = [replace(case, case=prefix + case.case) for case in part.cases]
+        part.cases.append(_example_case(bundle, ref, prefix, single))
+        if report is None:
+            report = part
+        else:
+            report.cases += part.cases
+    return report
+
+
+def _example_case(bundle, ref: np.ndarray, prefix: str, single: bool) -> CaseResult:
+    """The ``example`` row: the model's outputs on the example against the stored reference."""
     atol = bundle.example_atol
     if len(ref) < MIN_EXAMPLE_FRAMES:
         note = f"the example holds {len(ref)} frame(s), at least {MIN_EXAMPLE_FRAMES} needed; re-export the bundle"
-        report.cases.append(CaseResult("example", float("nan"), float("nan"), False, 1, atol, "absolute", note))
-        return report
+        return CaseResult(prefix + "example", float("nan"), float("nan"), False, 1, atol, "absolute", note)
     problem = _evidence_problem(ref)
-    err, rel = bundle.example_error()
+    err, rel = bundle.example_error(single_frame=True) if single else bundle.example_error()
     ok = bool(not problem and np.isfinite(err) and err <= atol)
-    report.cases.append(CaseResult("example", err, rel, ok, 1, atol, criterion="absolute", note=problem))
-    return report
+    return CaseResult(prefix + "example", err, rel, ok, 1, atol, criterion="absolute", note=problem)
 
 
 def _positions_name(bundle) -> str:

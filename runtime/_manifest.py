@@ -252,6 +252,30 @@ def _check_manifest(manifest: dict, where: str) -> None:
     if not _finite_number(atol) or atol < 0:
         raise InputError(f"{where}: example.atol is {atol!r}; expected a non-negative number")
     onnx = manifest["onnx"]
+    single = onnx.get("single_frame")
+    if single is not None:
+        if (
+            not isinstance(single, dict)
+            or not isinstance(single.get("file"), str)
+            or not _is_int(single.get("batch"))
+            or single["batch"] != 1
+        ):
+            raise InputError(
+                f"{where}: onnx.single_frame is {single!r}; expected {{'file': ..., 'batch': 1}}; re-export the bundle"
+            )
+        others = (
+            MANIFEST_NAME,
+            onnx["file"],
+            manifest["example"]["file"],
+            ts.get("file") if isinstance(ts, dict) else None,
+        )
+        if single["file"] not in files or single["file"] in others:
+            raise InputError(
+                f"{where}: onnx.single_frame.file {single['file']!r} is not a listed file of its own; re-export"
+            )
+        for key in ("opset", "ir_version"):
+            if key in single and (not _is_int(single[key]) or single[key] < 1):
+                raise InputError(f"{where}: onnx.single_frame.{key} is {single[key]!r}; expected a positive integer")
     for key in ("opset", "ir_version"):
         if key in onnx and (not _is_int(onnx[key]) or onnx[key] < 1):
             raise InputError(f"{where}: onnx.{key} is {onnx[key]!r}; expected a positive integer")

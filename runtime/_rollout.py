@@ -99,6 +99,7 @@ def rollout(
     max_bytes: int = MAX_ROLLOUT_BYTES,
     every: int = 1,
     sink=None,
+    run_starts: int | None = None,
 ) -> RolloutResult:
     """Extrapolate ``steps`` frames from each starting frame, all starts in one batch.
 
@@ -129,6 +130,9 @@ def rollout(
             with frame 0, then each kept frame once its step has passed the checks) and ``frames()`` (what
             becomes ``traj``), e.g. :class:`~e3traj.runtime._spool.Spool`, which writes them to disk as they come.
             An exception (an interrupt) leaves in it the frames kept before.
+        run_starts: the whole run's number of starts when this call rolls out a share of it (a shard); default
+            ``B``. A run of one start steps through the bundle's single-frame graph where it has one (the same
+            function in fewer operations); every row of a larger run, in every shard, through the batched graph.
 
     Returns:
         :class:`RolloutResult` with ``traj`` ``(steps_done // every + 1, B, N, 3)``.
@@ -166,7 +170,9 @@ def rollout(
         sink = _Frames(buf[h:] if direct else np.empty((kept,) + x0.shape, dtype=np.float64), filled=direct)
     sink.append(x0)
     centroid = x0.mean(axis=1, keepdims=True)
-    step_into = bundle._stepper(batch) if callable(getattr(bundle, "_stepper", None)) else None
+    if run_starts is not None and (not isinstance(run_starts, int | np.integer) or run_starts < batch):
+        raise UsageError(f"run_starts: got {run_starts!r}; pass the whole run's number of starts (>= {batch})")
+    step_into = bundle._stepper(batch, run_starts) if callable(getattr(bundle, "_stepper", None)) else None
     at = h  # the current frame's row in buf
     failed = None
     with np.errstate(all="ignore"):  # entered once: non-finite steps are detected below, not warned about

@@ -57,13 +57,17 @@ def _clean_ort_error(exc: BaseException) -> str:
     return text
 
 
-def make_session(verified: _Verified):
-    """A CPU onnxruntime session of the verified ONNX bytes, checked against the manifest's inputs and outputs."""
+def make_session(verified: _Verified, single_frame: bool = False):
+    """A CPU onnxruntime session of the verified ONNX bytes, checked against the manifest's inputs and outputs.
+
+    ``single_frame``: the bundle's single-frame graph (``onnx.single_frame``), whose inputs have batch 1; otherwise
+    the batched graph, whose batch must be dynamic.
+    """
     import onnxruntime as ort
 
     _quiet_onnxruntime(ort)
     manifest = verified.manifest
-    onnx_file = manifest["onnx"]["file"]
+    onnx_file = manifest["onnx"]["single_frame"]["file"] if single_frame else manifest["onnx"]["file"]
     where = f"{verified.label}/{onnx_file}"
     data = bytes(verified.files[onnx_file])  # the verified bytes themselves
     opts = ort.SessionOptions()
@@ -102,7 +106,10 @@ def make_session(verified: _Verified):
         if len(shape) != 1 + len(rest) or shape[1:] != rest:
             want_s = ", ".join(["batch"] + [str(d) for d in rest])
             raise InputError(f"{where}: input {info.name!r} has shape {shape}; expected ({want_s})")
-        if _is_int(shape[0]):
+        if single_frame:
+            if shape[0] != 1:
+                raise InputError(f"{where}: input {info.name!r} has batch {shape[0]}; the single-frame graph takes 1")
+        elif _is_int(shape[0]):
             raise InputError(
                 f"{where}: input {info.name!r} has a fixed batch size {shape[0]}; re-export with a dynamic batch"
             )

@@ -24,11 +24,12 @@ from ._session import _ORT_TYPES, CHUNK, _clean_ort_error
 __all__ = ["make_stepper"]
 
 
-def make_stepper(bundle, batch: int):
+def make_stepper(bundle, batch: int, single: bool = False):
     """A step function for rollouts: ``fn(x, past, out)`` writes :meth:`step`'s result into ``out``.
 
     Same arithmetic as :meth:`step` (float32 model inputs, float64 accumulation) with the model-input and
-    output buffers allocated once. ``x`` and ``past`` must be finite.
+    output buffers allocated once. ``x`` and ``past`` must be finite. ``single``: run the bundle's single-frame
+    graph (``batch`` must be 1): the same function, rounded differently in float32 (within the export's parity).
     Shapes: ``x``, ``out`` ``(batch, 12, 3)``; ``past`` ``(history, batch, 12, 3)``, chronological.
     """
     if bundle._session is None:
@@ -52,7 +53,10 @@ def make_stepper(bundle, batch: int):
     term = np.empty(shape, dtype=np.float64) if meaning == AR_CORRECTION else None
     # one sub-batch: onnxruntime writes into a bound buffer, read directly below (float32 -> float64 in the
     # additions is exact, as in the copy into ``y`` of the sub-batched path)
-    run = _bound_run(bundle, bufs, shape) if batch <= CHUNK else None
+    if single and batch != 1:
+        raise UsageError(f"the single-frame graph takes one frame, not a batch of {batch}")
+    session = bundle.single_frame_session() if single else bundle._session
+    run = _bound_run(bundle, session, bufs, shape) if batch <= CHUNK else None
     y = np.empty(shape, dtype=np.float64) if run is None else None
 
     def step_into(x: np.ndarray, past: np.ndarray | None, out: np.ndarray) -> None:
@@ -98,14 +102,13 @@ def make_stepper(bundle, batch: int):
     return step_into
 
 
-def _bound_run(bundle, bufs: dict[str, np.ndarray], shape: tuple[int, ...]):
+def _bound_run(bundle, session, bufs: dict[str, np.ndarray], shape: tuple[int, ...]):
     """``run() -> output`` for one sub-batch through an onnxruntime IOBinding of ``bufs`` and one output buffer.
 
     The inputs are bound once (their memory is read at every run) and the output is written into a buffer
     allocated once: a rollout step then skips the feed dict and the output allocation of ``session.run``
     (measured ~5% of a B=1 step). Shapes: ``bufs`` values and the output ``shape`` = ``(batch, 12, 3)``.
     """
-    session = bundle._session
     out_type = next(o.type for o in session.get_outputs() if o.name == bundle._output_name)
     y = np.empty(shape, dtype=_DTYPES[_ORT_TYPES.get(out_type, "float32")])
     binding = session.io_binding()

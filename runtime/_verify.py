@@ -130,7 +130,9 @@ def _check_bytes(data, entry: dict, where: str) -> None:
         )
 
 
-def _check_onnx_bytes(data: bytes, manifest: dict, where: str) -> _OnnxScan:
+def _check_onnx_bytes(data: bytes, onnx: dict, where: str, field: str = "onnx") -> _OnnxScan:
+    """Parse ``data`` as ONNX (no external data) and compare its IR version and opset with the manifest's entry
+    ``onnx`` (the ``field`` named in messages: ``onnx`` or ``onnx.single_frame``)."""
     try:
         scan = scan_onnx(data)
     except _ProtoError as exc:
@@ -142,16 +144,15 @@ def _check_onnx_bytes(data: bytes, manifest: dict, where: str) -> _OnnxScan:
             f"{where}: tensor {scan.external!r} is stored as external data, which bundles forbid; "
             "re-export with the weights inside model.onnx"
         )
-    onnx = manifest["onnx"]
     if "ir_version" in onnx and onnx["ir_version"] != scan.ir_version:
         raise InputError(
-            f"{where}: IR version {scan.ir_version} but the manifest says onnx.ir_version {onnx['ir_version']}; "
+            f"{where}: IR version {scan.ir_version} but the manifest says {field}.ir_version {onnx['ir_version']}; "
             "re-export the bundle"
         )
     opset = scan.opsets.get("", scan.opsets.get("ai.onnx"))
     if "opset" in onnx and opset is not None and onnx["opset"] != opset:
         raise InputError(
-            f"{where}: opset {opset} but the manifest says onnx.opset {onnx['opset']}; re-export the bundle"
+            f"{where}: opset {opset} but the manifest says {field}.opset {onnx['opset']}; re-export the bundle"
         )
     return scan
 
@@ -181,13 +182,20 @@ class _Verified:
     root: Path | None
 
 
+def _onnx_entries(manifest: dict) -> list[tuple[str, dict]]:
+    """The ONNX graphs a host runs, as (manifest field, entry): the batched graph, and the single-frame graph
+    where the bundle has one (each entry names its file and may record its IR version and opset)."""
+    single = manifest["onnx"].get("single_frame")
+    return [("onnx", manifest["onnx"])] + ([("onnx.single_frame", single)] if single else [])
+
+
 def _parsed_files(manifest: dict) -> tuple[str, ...]:
-    return (manifest["onnx"]["file"], manifest["example"]["file"])
+    return (*(entry["file"] for _, entry in _onnx_entries(manifest)), manifest["example"]["file"])
 
 
 def _finish(manifest: dict, digest: str, label: str, files: dict[str, Any], root: Path | None) -> _Verified:
-    onnx_file = manifest["onnx"]["file"]
-    _check_onnx_bytes(files[onnx_file], manifest, f"{label}/{onnx_file}")
+    for field, entry in _onnx_entries(manifest):
+        _check_onnx_bytes(files[entry["file"]], entry, f"{label}/{entry['file']}", field)
     _check_runtime(manifest, f"{label}/{MANIFEST_NAME}")
     return _Verified(manifest, digest, label, files, root)
 

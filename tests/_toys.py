@@ -205,8 +205,12 @@ def write_bundle(
     model=None,
     example_atol: float = 1e-5,
     manifest_extra: dict | None = None,
+    single_frame=None,
 ) -> Path:
-    """Write model.onnx + example.npz + manifest.json (via ``write_manifest``) into ``directory``."""
+    """Write model.onnx + example.npz + manifest.json (via ``write_manifest``) into ``directory``.
+
+    ``single_frame``: also a single-frame graph ``model_single.onnx`` (``onnx.single_frame``): a ModelProto, or
+    True for the kind's own graph with batch 1."""
     import onnx
 
     directory = Path(directory)
@@ -239,6 +243,10 @@ def write_bundle(
     arrays["prediction"] = reference(kind, x, v).astype(np.float32)
     np.savez(directory / "example.npz", **arrays)
     manifest = manifest_for(kind, example_atol=example_atol)
+    if single_frame is not None:
+        single = build_model(kind, batch=1) if single_frame is True else single_frame
+        onnx.save_model(single, str(directory / "model_single.onnx"))
+        manifest["onnx"]["single_frame"] = {"file": "model_single.onnx", "batch": 1}
     if manifest_extra:
         manifest.update(manifest_extra)
     write_manifest(directory, manifest)

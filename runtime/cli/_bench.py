@@ -123,6 +123,12 @@ def bench(bundle, batch_sizes, threads_spec, repeats, seconds, rollout_steps, ro
     click.echo(f"roofline  {roof['gflops']:.1f} GFLOP/s numpy float32 matmul, 1 thread; (M, K, N) GFLOP/s: {shapes}")
     click.echo(f"open      {opens} (median Bundle.open: verify + session)")
     click.echo(format_rows(rows))
+    single = manifest.get("onnx", {}).get("single_frame")
+    if single and any(r.get("graph") == "single-frame" for r in rows):
+        click.echo(
+            f"rollout   runs the single-frame graph ({single['file']}, {single.get('nodes', '?')} nodes); its "
+            "work and roofline columns count the batched graph's MatMuls"
+        )
     for line in scaling:
         click.echo(
             f"scaling   {line['threads']} threads vs 1 at B={line['batch']}: {line['ratio']:.2f}x "

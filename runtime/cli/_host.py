@@ -102,6 +102,14 @@ def inspect(bundle, as_json):
         f"target_scale {_fmt(model.get('target_scale', '?'))}",
         f"onnx        {onnx['file']} opset {onnx.get('opset', '?')}, IR {onnx.get('ir_version', '?')}, "
         f"needs onnxruntime >= {onnx.get('min_onnxruntime', '?')} (this host: {_ort_version()})",
+        *(
+            [
+                f"single      {single['file']} (batch 1, {single.get('nodes', '?')} nodes): single-start rollouts "
+                "run it, everything else the graph above"
+            ]
+            if isinstance(single := onnx.get("single_frame"), dict)
+            else []
+        ),
         f"example     {manifest['example']['file']} (atol {manifest['example'].get('atol', 1e-5):g})",
         *_history_lines(model),
         "inputs:",

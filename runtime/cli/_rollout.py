@@ -158,6 +158,7 @@ def rollout(
     frames, init_sha = read_trajectory(init)
     starts = parse_frames(frames_spec, len(frames))
     shard_extra = None
+    run_starts = len(starts)  # the whole run's starts (a shard rolls out a block of them)
     if shard is not None:  # a deterministic block of the starts; the file records the whole run
         from .._shards import parse_shard, shard_fields, shard_rows
 
@@ -219,7 +220,7 @@ def rollout(
                 result = run(
                     b, init_frames, steps, previous=previous, max_distance=max_distance, stop=stop,
                     stop_reason=reason, noise=sampler, progress=None if bar is None else bar.update, every=every,
-                    sink=spool,
+                    sink=spool, run_starts=run_starts,
                 )  # fmt: skip
             except BaseException as exc:
                 _stopped(spool, exc, steps, every, init_frames.shape, output, xyz)

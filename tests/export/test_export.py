@@ -41,6 +41,7 @@ def test_export_both_formats_parity(ckpts, tmp_path, kind):
         "manifest.json",
         "model.onnx",
         "model.torchscript.pt",
+        *(["model_single.onnx"] if kind == "e3nn" else []),
     ]
     v = manifest["verification"]
     assert v["parity_max_abs"] <= 1e-5 and v["torchscript_parity_max_abs"] <= 1e-5
@@ -85,7 +86,7 @@ def test_wrong_graph_is_refused(ckpts, tmp_path, monkeypatch):
     """Negative control: an exporter that writes a subtly different graph must not produce a bundle."""
     real = ex._torch_export
 
-    def wrong(model, x, path, opset, dynamo, names=None):
+    def wrong(model, x, path, opset, dynamo, names=None, dynamic_batch=True):
         class Off(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
@@ -94,7 +95,7 @@ def test_wrong_graph_is_refused(ckpts, tmp_path, monkeypatch):
             def forward(self, pos):
                 return self.m(pos) * 1.01
 
-        real(Off(model), x, path, opset, dynamo, names)
+        real(Off(model), x, path, opset, dynamo, names, dynamic_batch)
 
     monkeypatch.setattr(ex, "_torch_export", wrong)
     out = tmp_path / "b"
@@ -132,6 +133,7 @@ def test_cli_export_radial_mlp_keeps_the_mlps(ckpts, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["onnx"]["radial"] == {"form": "mlp"} and manifest["verification"]["parity_max_abs"] <= 1e-5
     assert "Exp" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}  # the radial basis
+    assert "single_frame" not in manifest["onnx"] and not (out / "model_single.onnx").exists()  # needs the table
     r = CliRunner().invoke(main, ["export", str(ckpts / "e3nn.pt"), "-o", str(tmp_path / "x"), "--radial", "lut"])
     assert r.exit_code == 2 and "--radial" in r.output and not (tmp_path / "x").exists()
 
@@ -195,6 +197,12 @@ def test_velocity_bundle_two_inputs_and_rollout(ckpts, tmp_path):
         # the first step is constant velocity plus the model's correction
         corr = b.predict({"positions": x, "previous_displacement": x - prev})
         np.testing.assert_allclose(res.traj[1], 2 * x - prev + corr, atol=1e-12)
+        # one start: the single-frame graph, the same correction within the export's parity
+        assert manifest["verification"]["single_frame"]["equivariance"]["passed"]
+        one = rollout(b, x[:1], 1, previous=prev[:1])
+        single = b.predict_single_frame({"positions": x[:1], "previous_displacement": x[:1] - prev[:1]})
+        np.testing.assert_allclose(one.traj[1], 2 * x[:1] - prev[:1] + single, atol=1e-12)
+        np.testing.assert_allclose(single, corr[:1], atol=1e-5 * max(1.0, float(np.abs(corr).max())))
     r = CliRunner().invoke(
         main,
         [
@@ -281,3 +289,55 @@ def test_a_history_bundle_exports_checks_and_steps_like_torch(tmp_path):
         assert b.history == 2 and b.permutation == "chain_reversal"
         np.testing.assert_allclose(b.step(x, past), p.step(x, past), atol=1e-6, rtol=0)
         assert check_bundle(b).passed
+
+
+def test_e3nn_bundle_has_a_checked_single_frame_graph(ckpts, tmp_path):
+    out = tmp_path / "b"
+    manifest = export_checkpoint(ckpts / "e3nn.pt", out)
+    single = manifest["onnx"]["single_frame"]
+    assert single["file"] == "model_single.onnx" and single["batch"] == 1
+    assert single["nodes"] < manifest["onnx"]["nodes"] and "ReduceSum" in single["op_types"]
+    v = manifest["verification"]["single_frame"]
+    assert v["parity_max_abs"] <= 1e-5 and v["equivariance"]["passed"] is True
+    assert manifest["files"]["model_single.onnx"]["size"] == (out / "model_single.onnx").stat().st_size
+    model = onnx.load(str(out / "model_single.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    ex_in = np.load(out / "example.npz")
+    with Bundle.open(out) as b:
+        sess = b.single_frame_session()
+        one = np.concatenate([sess.run(None, {"positions": ex_in["positions"][i : i + 1]})[0] for i in range(4)])
+        assert np.abs(one - ex_in["prediction"][:4]).max() <= 1e-5
+    r = CliRunner().invoke(main, ["export", str(ckpts / "e3nn.pt"), "-o", str(tmp_path / "bare"), "--no-single-frame"])
+    assert r.exit_code == 0, r.output
+    bare = json.loads((tmp_path / "bare" / "manifest.json").read_text())
+    assert "single_frame" not in bare["onnx"] and not (tmp_path / "bare" / "model_single.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message, tol",
+    [
+        (lambda f, pos: f(pos) * 1.01, "single-frame parity", 1e-5),
+        # within a parity tolerance loosened to let it through, so that the equivariance gate must catch it
+        (lambda f, pos: f(pos) + 1e-3 * pos[..., :1], "single-frame graph is not equivariant", 0.1),
+    ],
+    ids=["parity", "equivariance"],
+)
+def test_a_wrong_single_frame_graph_is_refused(ckpts, tmp_path, monkeypatch, damage, message, tol):
+    """Negative controls: a single-frame form off by 1%, or not equivariant, writes no bundle."""
+    from e3traj.train._model import DisplacementModel
+
+    real = DisplacementModel.single_frame_form
+
+    class Damaged(torch.nn.Module):
+        def __init__(self, form):
+            super().__init__()
+            self.form = form
+
+        def forward(self, pos):
+            return damage(self.form, pos)
+
+    monkeypatch.setattr(DisplacementModel, "single_frame_form", lambda self: Damaged(real(self)))
+    with pytest.raises(CheckFailed, match=message):
+        export_checkpoint(ckpts / "e3nn.pt", tmp_path / "b", ExportSettings(parity_tol=tol))
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []

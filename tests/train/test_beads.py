@@ -76,6 +76,8 @@ def test_a_model_of_n_beads_trains_exports_and_checks(tmp_path, n, kind):
     assert checkpoint_n_beads(res.checkpoint) == n
     manifest = export_checkpoint(tmp_path / "m.pt", tmp_path / "b")  # parity- and equivariance-gated
     assert manifest["model"]["num_nodes"] == n
+    # the single-frame graph up to 16 beads (beyond, slower than the batched graph); check_bundle runs both
+    assert ("single_frame" in manifest["onnx"]) is (kind.startswith("e3nn") and n <= 16)
     assert all(i["shape"][-2] == n for i in manifest["inputs"] + manifest["outputs"])
     with Bundle.open(tmp_path / "b", threads=1) as b:
         assert b.n_beads == n

@@ -58,3 +58,27 @@ def test_every_thins_the_file_and_the_xyz_and_merges_too(cli, history_bundle, tm
     assert (tmp_path / "m.npz").read_bytes() == (tmp_path / "ten.npz").read_bytes()
     r = cli("rollout", *common, "--every", 0, "-o", tmp_path / "z.npz")
     assert r.exit_code == 2 and "--every" in r.output
+
+
+def test_one_start_shards_of_a_larger_run_keep_the_batched_graph(cli, make_bundle, tmp_path):
+    """With a single-frame graph that computes something else, shards of one start of a 2-start run run the
+    batched graph as the run does; a 1-start run runs the single-frame graph. (The toy graph's ReduceMean rounds
+    batches of 1 and 2 differently by ~1e-9, so the shards are compared to the run within 1e-7.)"""
+    from _toys import build_model
+    from onnx import numpy_helper
+
+    single = build_model("toy", batch=1)
+    for i, init in enumerate(single.graph.initializer):
+        if init.name == "k_centroid":
+            single.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(0.02, np.float32), "k_centroid"))
+    bundle = make_bundle(single_frame=single)
+    traj = _traj(tmp_path)
+    common = [bundle, traj, "--frames", "3,7", "--steps", 6]
+    assert cli("rollout", *common, "-o", tmp_path / "one.npz").exit_code == 0
+    for i in range(2):
+        assert cli("rollout", *common, "--shard", f"{i}/2", "-o", tmp_path / f"s{i}.npz").exit_code == 0
+    assert cli("merge", tmp_path / "s0.npz", tmp_path / "s1.npz", "-o", tmp_path / "m.npz").exit_code == 0
+    assert cli("rollout", bundle, traj, "--frames", "3", "--steps", 6, "-o", tmp_path / "alone.npz").exit_code == 0
+    with np.load(tmp_path / "m.npz") as m, np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "alone.npz") as a:
+        np.testing.assert_allclose(m["traj"], one["traj"], rtol=0, atol=1e-7)
+        assert np.abs(a["traj"][:, 0] - one["traj"][:, 0]).max() > 1e-4  # the single-frame graph ran alone
