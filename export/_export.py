@@ -65,7 +65,7 @@ class ExportSettings:
     seed: int = 0
     force: bool = False
     radial: str = "table"  # e3nn kinds: the radial MLPs as a cubic table of the edge length ("mlp": as MatMuls)
-    single_frame: bool = True  # e3nn kind with the table: also write the single-frame graph (single-start rollouts)
+    single_frame: bool = True  # e3nn(-velocity) with the table, N <= 16: also the single-frame graph (one-start runs)
     radial_rtol: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -227,7 +227,7 @@ def export_checkpoint(
             raise CheckFailed(f"{out}: the exported model is not equivariant:\n{report.table()}")
         say("equivariance PASS" if report.passed else f"equivariance FAIL (expected for the {kind}, not equivariant)")
 
-        single = _single_frame(model, kind, names, inputs, ref, s, tmp, say) if s.single_frame and radial else None
+        single = _single_frame(model, kind, names, inputs, ref, s, tmp, out, say) if s.single_frame and radial else None
         if single is not None:
             manifest["onnx"]["single_frame"], manifest["verification"]["single_frame"] = single
 
@@ -261,7 +261,9 @@ SINGLE_FILE = "model_single.onnx"
 SINGLE_FRAME_MAX_BEADS = 16
 
 
-def _single_frame(model, kind: str, names, inputs, ref, s: ExportSettings, tmp: Path, say) -> tuple[dict, dict] | None:
+def _single_frame(
+    model, kind: str, names, inputs, ref, s: ExportSettings, tmp: Path, out: Path, say
+) -> tuple[dict, dict] | None:
     """Write the model's single-frame graph (batch 1, static shapes) as ``model_single.onnx``, gated as the
     batched graph is: parity on every example frame and the runtime's equivariance check. Returns its manifest
     entry and its verification record, or None for a model without a single-frame form (or with its MLPs).
@@ -299,7 +301,9 @@ def _single_frame(model, kind: str, names, inputs, ref, s: ExportSettings, tmp: 
 
         parity = _parity(run, inputs, ref)
         if parity > s.parity_tol:
-            raise CheckFailed(f"{SINGLE_FILE}: single-frame parity {parity:.3g} > {s.parity_tol:g}; not written")
+            raise CheckFailed(
+                f"{out}/{SINGLE_FILE}: single-frame parity {parity:.3g} > {s.parity_tol:g}; bundle not written"
+            )
         report = check_equivariance(
             lambda inp: run(inp).astype(np.float64),
             {n: n for n in names},
@@ -311,7 +315,7 @@ def _single_frame(model, kind: str, names, inputs, ref, s: ExportSettings, tmp: 
             permutation=KINDS[kind].permutation,
         )
         if not report.passed:
-            raise CheckFailed(f"{SINGLE_FILE}: the single-frame graph is not equivariant:\n{report.table()}")
+            raise CheckFailed(f"{out}/{SINGLE_FILE}: the single-frame graph is not equivariant:\n{report.table()}")
         os.replace(raw, tmp / SINGLE_FILE)
     took = time.perf_counter() - t0
     say(f"single-frame graph: {graph['nodes']} nodes, parity {parity:.3g}, equivariance PASS, {took:.1f} s")

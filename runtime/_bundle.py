@@ -182,7 +182,9 @@ class Bundle(ManifestFields):
         return out
 
     def _feed(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        """The checked, contiguous model inputs in the bundle dtype, and the batch size."""
+        """The checked, contiguous model inputs in the bundle dtype, and the batch size.
+
+        Shapes: each input ``(B, N, 3)`` (``previous_displacements`` ``(B, H, N, 3)``), returned as given."""
         names = list(self._input_meanings)
         missing = [n for n in names if n not in inputs]
         extra = [n for n in inputs if n not in self._input_meanings]
