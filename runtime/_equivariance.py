@@ -90,13 +90,14 @@ class EquivarianceReport:
 
     def table(self) -> str:
         """Fixed-width text: case, max abs err, max rel err, PASS/FAIL."""
-        lines = [f"{'case':<12} {'max abs err':>12} {'max rel err':>12}  result", "-" * 46]
+        w = max([12] + [len(c.case) for c in self.cases])  # (the single-frame graph's rows have longer names)
+        lines = [f"{'case':<{w}} {'max abs err':>12} {'max rel err':>12}  result", "-" * (w + 34)]
         for c in self.cases:
             verdict = "PASS" if c.passed else "FAIL"
             note = f"  (abs <= {c.threshold:g})" if c.criterion == "absolute" else ""
             if c.note:
                 note += f"  [{c.note}]"
-            lines.append(f"{c.case:<12} {_num(c.max_abs_error):>12} {_num(c.max_rel_error):>12}  {verdict}{note}")
+            lines.append(f"{c.case:<{w}} {_num(c.max_abs_error):>12} {_num(c.max_rel_error):>12}  {verdict}{note}")
         lines.append(
             f"{'all' if self.passed else 'some'} cases {'PASS' if self.passed else 'FAIL'} "
             f"(relative tolerance {self.tolerance:g}, {self.trials} trial(s), seed {self.seed}, "

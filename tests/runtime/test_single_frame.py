@@ -123,6 +123,8 @@ def test_check_runs_every_case_on_the_single_frame_graph_too(make_bundle):
         report = check_bundle(b)
     names = [c.case for c in report.cases]
     assert report.passed and "single-frame example" in names
+    rows = report.table().splitlines()
+    assert len({r.index(" PASS") for r in rows[2:-1]}) == 1  # one column for both graphs' rows
     assert sum(n.startswith("single-frame ") for n in names) == len(names) // 2 >= 6
 
 
