@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from e3traj.train._network import _RADIAL_COEFFS, FixedGraphNetwork
-from e3traj.train._plan import _apply, _edge_monomials
+from e3traj.train._plan import _apply, _edge_monomials, _node_input
 
 __all__ = ["E3nnGraph", "StaticBlockSums"]
 
@@ -129,14 +129,8 @@ class E3nnGraph(torch.nn.Module):
 
     def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
         n, k = self.n, self.n - 1
-        if self._const_input:
-            if node_features is not None:
-                raise ValueError("this network takes no node_features (config.irreps_in is None)")
-            x = None
-        else:
-            if node_features is None:
-                raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
-            x = node_features.permute(2, 1, 0).reshape(node_features.shape[2], -1)  # (d_in, n * B)
+        x = _node_input(self.config, node_features)
+        x = None if x is None else x.permute(2, 1, 0).reshape(x.shape[2], -1)  # (d_in, n * B)
         src = self._c(self._src)
 
         # geometry, feature-first edges (k, i, B) as in the training module

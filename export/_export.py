@@ -212,16 +212,7 @@ def export_checkpoint(
             raise CheckFailed(f"{out}: ONNX parity {parity:.3g} > {s.parity_tol:g} after adding metadata; not written")
         manifest["verification"]["parity_max_abs"] = parity
 
-        report = check_equivariance(
-            lambda inp: _run(sess, inp).astype(np.float64),
-            {n: n for n in names},  # the graph's input names are the meanings
-            KINDS[kind].output,
-            {k: v.astype(np.float64) for k, v in inputs.items()},
-            trials=3,
-            seed=s.seed,
-            tolerance=s.equivariance_tol,
-            permutation=KINDS[kind].permutation,
-        )
+        report = _equivariance(lambda inp: _run(sess, inp), kind, names, inputs, s)
         manifest["verification"]["equivariance"] = report.to_dict()
         if KINDS[kind].equivariant and not report.passed:
             raise CheckFailed(f"{out}: the exported model is not equivariant:\n{report.table()}")
@@ -253,6 +244,22 @@ def export_checkpoint(
             bundle.recheck_example()
     say(f"wrote {out}")
     return json.loads((out / "manifest.json").read_text())
+
+
+def _equivariance(run, kind: str, names, inputs: dict[str, np.ndarray], s: ExportSettings):
+    """The runtime's equivariance check of ``run`` (an exported graph) on the example inputs, as the kind promises.
+
+    Shapes: ``run(inputs) -> (B, N, 3)``; each input ``(B, N, 3)`` (``previous_displacements`` ``(B, H, N, 3)``)."""
+    return check_equivariance(
+        lambda inp: run(inp).astype(np.float64),
+        {n: n for n in names},  # the graph's input names are the meanings
+        KINDS[kind].output,
+        {k: v.astype(np.float64) for k, v in inputs.items()},
+        trials=3,
+        seed=s.seed,
+        tolerance=s.equivariance_tol,
+        permutation=KINDS[kind].permutation,
+    )
 
 
 SINGLE_FILE = "model_single.onnx"
@@ -304,16 +311,7 @@ def _single_frame(
             raise CheckFailed(
                 f"{out}/{SINGLE_FILE}: single-frame parity {parity:.3g} > {s.parity_tol:g}; bundle not written"
             )
-        report = check_equivariance(
-            lambda inp: run(inp).astype(np.float64),
-            {n: n for n in names},
-            KINDS[kind].output,
-            {k: v.astype(np.float64) for k, v in inputs.items()},
-            trials=3,
-            seed=s.seed,
-            tolerance=s.equivariance_tol,
-            permutation=KINDS[kind].permutation,
-        )
+        report = _equivariance(run, kind, names, inputs, s)
         if not report.passed:
             raise CheckFailed(f"{out}/{SINGLE_FILE}: the single-frame graph is not equivariant:\n{report.table()}")
         os.replace(raw, tmp / SINGLE_FILE)

@@ -171,15 +171,20 @@ class Bundle(ManifestFields):
         out = np.empty((batch, self._n_beads, 3), dtype=np.float64)
         where = f"{self._label}/{self._manifest['onnx']['single_frame']['file']}"
         for i in range(batch):
-            try:
-                y = session.run([self._output_name], {n: a[i : i + 1] for n, a in feed.items()})[0]
-            except Exception as exc:  # onnxruntime's own classes: one line of ours
-                raise _run_failed(where, exc) from None
-            if not isinstance(y, np.ndarray) or y.shape != (1, self._n_beads, 3):
-                shape = getattr(y, "shape", type(y).__name__)
-                raise InputError(f"{where}: model returned shape {shape}; expected (1, {self._n_beads}, 3)")
-            out[i] = y[0]
+            out[i : i + 1] = self._call(session, {n: a[i : i + 1] for n, a in feed.items()}, 1, where, where)
         return out
+
+    def _call(self, session, feed: dict[str, np.ndarray], rows: int, where: str, shape_where) -> np.ndarray:
+        """One onnxruntime call: a failure is one line naming ``where``, a wrong output shape one naming
+        ``shape_where``. Shapes: each input ``(rows, N, 3)`` -> ``(rows, N, 3)``."""
+        try:
+            y = session.run([self._output_name], feed)[0]
+        except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: one line of ours
+            raise _run_failed(where, exc) from None
+        if not isinstance(y, np.ndarray) or y.shape != (rows, self._n_beads, 3):
+            shape = getattr(y, "shape", type(y).__name__)
+            raise InputError(f"{shape_where}: model returned shape {shape}; expected ({rows}, {self._n_beads}, 3)")
+        return y
 
     def _feed(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """The checked, contiguous model inputs in the bundle dtype, and the batch size.
@@ -212,7 +217,7 @@ class Bundle(ManifestFields):
 
     def _run_chunks(self, feed: dict[str, np.ndarray], out: np.ndarray, chunk: int) -> None:
         """Run contiguous model inputs in sub-batches of ``chunk`` rows into ``out`` (float64), on the threads."""
-        session, out_name = self._session, [self._output_name]
+        session, where = self._session, f"{self._label}/{self._manifest['onnx']['file']}"
         batch = out.shape[0]
         # ceil(batch / chunk) near-equal sub-batches: none is tiny (onnxruntime rounds batches of < 8 frames
         # differently in float32), and the threads get equal shares
@@ -221,16 +226,7 @@ class Bundle(ManifestFields):
 
         def work(part: list[tuple[int, int]]) -> None:
             for lo, hi in part:
-                try:
-                    y = session.run(out_name, {n: a[lo:hi] for n, a in feed.items()})[0]
-                except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: one line of ours
-                    raise _run_failed(f"{self._label}/{self._manifest['onnx']['file']}", exc) from None
-                if not isinstance(y, np.ndarray) or y.shape != (hi - lo, self._n_beads, 3):
-                    shape = getattr(y, "shape", type(y).__name__)
-                    raise InputError(
-                        f"{self._path}: model returned shape {shape}; expected ({hi - lo}, {self._n_beads}, 3)"
-                    )
-                out[lo:hi] = y
+                out[lo:hi] = self._call(session, {n: a[lo:hi] for n, a in feed.items()}, hi - lo, where, self._path)
 
         n_work = min(self._threads, len(bounds))
         if n_work <= 1:

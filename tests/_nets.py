@@ -84,6 +84,18 @@ def pair_of(name: str) -> tuple[FixedGraphNetwork, torch.nn.Module]:
     return _CACHE[name]
 
 
+def float64_network(name: str, seed: int) -> FixedGraphNetwork:
+    """A FixedGraphNetwork of ``CONFIGS[name]`` built in float64 (e3nn's buffers too), with perturbed weights."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        fixed = FixedGraphNetwork(CONFIGS[name])
+        perturb(fixed, seed=seed, amount=0.3)
+    finally:
+        torch.set_default_dtype(previous)
+    return fixed
+
+
 def rotation(seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))

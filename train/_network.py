@@ -59,6 +59,7 @@ from ._plan import (
     _fctp_structure,
     _fixed_graph,
     _monomial_to_sh,
+    _node_input,
     _path_classes,
     _path_pattern,
     _rows_to_edges,
@@ -401,15 +402,8 @@ class FixedGraphNetwork(torch.nn.Module):
         pres = self._pre_matrices(dtype)
         # without node features the first layer's input is the constant 1 on every node: its sc and lin1
         # outputs are one constant row, and lin1's (scalars, one per channel) is folded into the radial weights
-        const_input = self.config.irreps_in is None
-        if const_input:
-            if node_features is not None:
-                raise ValueError("this network takes no node_features (config.irreps_in is None)")
-            x = None
-        else:
-            if node_features is None:
-                raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
-            x = node_features.transpose(0, 1).reshape(-1, self._dim_in)
+        const_input = _node_input(self.config, node_features) is None
+        x = None if const_input else node_features.transpose(0, 1).reshape(-1, self._dim_in)
 
         # ---- geometry: edge vectors src - dst, rows (k, i, B), then feature-first (3, E * B); lengths,
         # smooth cutoff * (r > 0), unit-vector monomials

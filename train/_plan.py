@@ -219,6 +219,19 @@ def _elementwise_structure(mul_tp, n_gated: int, n_gates: int) -> tuple[np.ndarr
     return gidx.astype(np.int64), probe[gidx, np.arange(n_gated)]
 
 
+def _node_input(config, node_features: torch.Tensor | None) -> torch.Tensor | None:
+    """``node_features`` checked against ``config.irreps_in``: None for e3nn's constant node input, else required.
+
+    Shapes: ``(B, n, dim(irreps_in))``, returned as given."""
+    if config.irreps_in is None:
+        if node_features is not None:
+            raise ValueError("this network takes no node_features (config.irreps_in is None)")
+        return None
+    if node_features is None:
+        raise ValueError(f"node_features of irreps {config.irreps_in!r} are required")
+    return node_features
+
+
 def _apply(f, t: torch.Tensor) -> torch.Tensor:
     return t if f is None else f(t)
 

@@ -20,13 +20,12 @@ batched run, shards included, still goes through the batched graph.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
 
 from ._network import _RADIAL_COEFFS, FixedGraphNetwork
-from ._plan import _TINY
+from ._plan import _edge_monomials, _node_input
 
 __all__ = ["SingleFrameGraph", "scaled_form"]
 
@@ -152,27 +151,12 @@ class SingleFrameGraph(torch.nn.Module):
         n = self.n
         if pos.shape[0] != 1:
             raise ValueError(f"SingleFrameGraph takes one frame, got a batch of {pos.shape[0]}")
-        if self._const_input:
-            if node_features is not None:
-                raise ValueError("this network takes no node_features (config.irreps_in is None)")
-            x = None
-        else:
-            if node_features is None:
-                raise ValueError(f"node_features of irreps {self.config.irreps_in!r} are required")
-            x = node_features.reshape(n, -1).t()  # (d_in, n)
+        x = _node_input(self.config, node_features)
+        x = None if x is None else x.reshape(n, -1).t()  # (d_in, n)
 
-        # geometry (3, E) and e3nn's edge attributes, as _plan._edge_monomials computes them (feature-first)
-        vec = pos.reshape(n, 3).t() @ self.diff
-        r2 = (vec * vec).sum(0, keepdim=True)
-        r = torch.sqrt(torch.clamp(r2, min=_TINY))
-        unit = vec / r
-        u = torch.clamp(r * (2.0 / self.config.max_radius) - 2.0, min=-1.0, max=0.0)
-        attr = (1.0 - torch.cos(math.pi * u)) * 0.5 * (r2 > 0).to(pos.dtype)
-        monos, cur = [attr], attr
-        for deg in range(1, self._degree + 1):
-            cur = unit * attr if deg == 1 else (cur[:, None, :] * unit[None, :, :]).reshape(3**deg, -1)
-            monos.append(cur)
-        q = self.q_mat @ (torch.cat(monos, dim=0) if len(monos) > 1 else attr)  # (Q rows, E)
+        # geometry (3, E) and e3nn's edge attributes, feature-first as in the batched graph
+        r, mono = _edge_monomials(pos.reshape(n, 3).t() @ self.diff, self.config.max_radius, self._degree)
+        q = self.q_mat @ mono  # (Q rows, E)
 
         # radial weights on the pairs (the cubic table), onto the edges, feature-first, one row per term
         n_int = self._n_int

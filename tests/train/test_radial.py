@@ -8,6 +8,7 @@ import torch
 from _nets import (
     CONFIGS,
     F32_BOUND,
+    float64_network,
     node_features,
     onnx_session,
     pair_of,
@@ -19,7 +20,6 @@ from _nets import (
 
 from e3traj.train import (
     DisplacementModel,
-    FixedGraphNetwork,
     build_reference_network,
     reference_flops_per_frame,
     tabulate_radial,
@@ -48,20 +48,8 @@ def test_radial_table_copy_matches_e3nn_and_leaves_the_model_alone(name):
     assert float((out - mlp).abs().max()) <= F32_BOUND * scale
 
 
-def _float64_network(name: str, seed: int) -> FixedGraphNetwork:
-    """A FixedGraphNetwork of ``CONFIGS[name]`` built in float64, with perturbed weights."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        fixed = FixedGraphNetwork(CONFIGS[name])
-        perturb(fixed, seed=seed, amount=0.3)
-    finally:
-        torch.set_default_dtype(previous)
-    return fixed
-
-
 def test_radial_table_error_is_what_it_reports_and_it_refuses_an_unreachable_tolerance():
-    fixed = _float64_network("velocity", seed=21)
+    fixed = float64_network("velocity", seed=21)
     coarse, info = tabulate_radial(fixed, rtol=1e-3, min_intervals=16)
     assert info["intervals"] < 256  # a loose tolerance gives a small table
     gen = torch.Generator().manual_seed(3)
@@ -81,7 +69,7 @@ def test_radial_table_error_is_what_it_reports_and_it_refuses_an_unreachable_tol
 
 
 def test_radial_table_equivariance_float64():
-    fixed = _float64_network("default", seed=22)
+    fixed = float64_network("default", seed=22)
     tab, _ = tabulate_radial(fixed)
     frames = probe_frames(torch.float64)
     rot = rotation(7)

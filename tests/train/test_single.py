@@ -7,21 +7,24 @@ import copy
 import numpy as np
 import pytest
 import torch
-from _nets import CONFIGS, F32_BOUND, node_features, pair_of, perturb, probe_frames, reference_outputs, rotation
+from _nets import (
+    CONFIGS,
+    F32_BOUND,
+    float64_network,
+    node_features,
+    pair_of,
+    perturb,
+    probe_frames,
+    reference_outputs,
+    rotation,
+)
 
 from e3traj.train import DisplacementModel, FixedGraphNetwork, tabulate_radial
 from e3traj.train._single import SingleFrameGraph
 
 
 def _float64_table(name: str, seed: int) -> FixedGraphNetwork:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        fixed = FixedGraphNetwork(CONFIGS[name])
-        perturb(fixed, seed=seed, amount=0.3)
-    finally:
-        torch.set_default_dtype(previous)
-    return tabulate_radial(fixed)[0]
+    return tabulate_radial(float64_network(name, seed))[0]
 
 
 def _frame_by_frame(graph, frames, feats):
