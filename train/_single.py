@@ -5,12 +5,14 @@ per float (about 1 µs per node on the AMD host of issue 21, 0.2 µs on the Inte
 per-product-class broadcasts and neighbour ReduceSums are the right form for many frames and the wrong one for
 one. This form computes the same function for a single frame with every tensor feature-major ``(features, E)``:
 
-* every term ``w[u, c] x[u, a] Q[c, s, a]`` of a layer is one row of a ``(D, E)`` product (all classes at once);
-  the radial weights and ``Q`` reach those rows by one row Gather and by the rows of the ``Q`` matrix, the input
-  channels by lin1's columns (folded into the self-connection's matrix) and one MatMul onto the edges;
-* each layer's neighbour sum is one MatMul against the constant ``(E, n)`` destination matrix, followed by lin2's
-  matrix; the gate is a Sigmoid, a MatMul that routes each gate to its channels, and a Tanh of the odd scalars
-  (the gated rows are ordered after the scalars, the gates last).
+* every term ``w[u, c] x[u, a] Q[c, s, a]`` of a layer is one row of a ``(D, E)`` product (all classes at once;
+  padding terms, zero in lin2's matrix, left out); the radial weights, ``Q`` and the input channels reach those
+  rows by row Gathers: lin1 (one MatMul with the self-connection) and one MatMul onto the edges run on the
+  ``d_in`` input rows, not on the ``D`` term rows;
+* each layer's neighbour sum is one MatMul against the constant ``(E, n)`` destination matrix, before lin2's
+  matrix or after it where that takes fewer multiply-adds (the output layer); the gate is a Sigmoid, a MatMul that
+  routes each gate to its channels, and a Tanh of the odd scalars (the gated rows are ordered after the scalars,
+  the gates last).
 
 All one-hot MatMuls are exact for finite inputs. Shapes are static (batch 1): export writes it as a second ONNX
 file of the bundle, which hosts use for single-start rollouts only (see ``e3traj.runtime``), so every row of a
@@ -24,7 +26,7 @@ import copy
 import numpy as np
 import torch
 
-from ._network import _RADIAL_COEFFS, FixedGraphNetwork
+from ._network import _RADIAL_COEFFS, FixedGraphNetwork, _cubic_lookup
 from ._plan import _edge_monomials, _node_input
 
 __all__ = ["SingleFrameGraph", "scaled_form"]
@@ -125,7 +127,13 @@ class SingleFrameGraph(torch.nn.Module):
             post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
             post = (post * plan.post_coef).detach().numpy()  # (d_out, D)
             s_rows = pre[:, :d_out].T  # (d_out, d_in)
-            spec = {"d_out": d_out, "D": len(widx), "gate": meta.gate, "kept": d_out}
+            live = np.flatnonzero(np.abs(post).sum(0) > 0)  # padding terms (a path with fewer than S) add nothing
+            post = post[:, live]
+            widx, xidx, qidx = ([v[j] for j in live] for v in (widx, xidx, qidx))
+            n_d = len(widx)
+            # the neighbour sum before lin2 ((D, E) @ (E, n), then (d_out, D) @), or after where fewer MACs
+            late = d_out * n_d * n_edges + d_out * n_edges * n < n_d * n_edges * n + d_out * n_d * n
+            spec = {"d_out": d_out, "D": n_d, "gate": meta.gate, "kept": d_out, "late": late}
             order = list(range(d_out))
             if meta.gate:
                 order, route, tanh_rows = _gate_tables(meta, plan.gsel.numpy() if meta.n_g else np.zeros((0, 0)))
@@ -136,11 +144,15 @@ class SingleFrameGraph(torch.nn.Module):
             if self._const_input and layer == 0:
                 const(f"s{layer}", pre[0, :d_out][order][:, None])  # the constant node input's sc output
             else:
-                const(f"pre{layer}", np.concatenate([s_rows[order], pre[:, d_out:][:, xidx].T]))  # (d_out + D, d_in)
+                # sc and lin1 (d_out + d_in, d_in); lin1's rows go onto the edges before they are copied to the terms
+                const(f"pre{layer}", np.concatenate([s_rows[order], pre[:, d_out:].T]))
+                const(f"x_rows{layer}", np.asarray(xidx, dtype=np.int64))
             self._layers.append(spec)
             terms.append((widx, qidx))
             w_row += meta.n_w
-        const("table", net._radial_table.detach().double().reshape(self._n_int, _RADIAL_COEFFS, -1))
+        table = net._radial_table.detach().double().reshape(self._n_int, _RADIAL_COEFFS, -1)
+        for j in range(_RADIAL_COEFFS):
+            const(f"table{j}", table[:, j])
         const("q_mat", c.q_mat.numpy())  # (Q rows, monomials)
         for layer, (widx, qidx) in enumerate(terms):
             const(f"w_rows{layer}", np.asarray(widx, dtype=np.int64))
@@ -159,14 +171,8 @@ class SingleFrameGraph(torch.nn.Module):
         q = self.q_mat @ mono  # (Q rows, E)
 
         # radial weights on the pairs (the cubic table), onto the edges, feature-first, one row per term
-        n_int = self._n_int
-        t = torch.clamp(torch.index_select(r.reshape(-1), 0, self.pair_edge) * (n_int / self.config.max_radius),
-                        min=0.0, max=float(n_int))  # fmt: skip
-        i = torch.clamp(t.to(torch.int64), min=0, max=n_int - 1)
-        f = (t - i.to(pos.dtype))[:, None]
-        f2 = f * f
-        powers = torch.cat([torch.ones_like(f), f, f2, f2 * f], dim=1)[:, None, :]  # (P, 1, 4)
-        w = (powers @ torch.index_select(self.table, 0, i)).reshape(len(self.pair_edge), -1)  # (P, W)
+        coefs = [getattr(self, f"table{j}") for j in range(_RADIAL_COEFFS)]
+        w = _cubic_lookup(coefs, torch.index_select(r.reshape(-1), 0, self.pair_edge), self.config.max_radius)
         w = torch.index_select(w, 0, self.edge_pair).t()  # (W, E)
 
         for layer, spec in enumerate(self._layers):
@@ -177,9 +183,11 @@ class SingleFrameGraph(torch.nn.Module):
             if x is None:
                 s, prod = getattr(self, f"s{layer}"), wq
             else:
-                both = getattr(self, f"pre{layer}") @ x  # (d_out + D, n)
-                s, prod = both[:d_out], (both[d_out:] @ self.onto) * wq
-            y = s + getattr(self, f"post{layer}") @ (prod @ self.gather)  # (d_out, n)
+                both = getattr(self, f"pre{layer}") @ x  # (d_out + d_in, n)
+                xo = torch.index_select(both[d_out:] @ self.onto, 0, getattr(self, f"x_rows{layer}"))  # (D, E)
+                s, prod = both[:d_out], xo * wq
+            post = getattr(self, f"post{layer}")
+            y = s + ((post @ prod) @ self.gather if spec["late"] else post @ (prod @ self.gather))  # (d_out, n)
             if spec["gate"]:
                 kept = y[: spec["kept"]]
                 x = kept * (getattr(self, f"route{layer}") @ torch.sigmoid(y))
