@@ -9,6 +9,7 @@ Prints the medians over the rounds and the ratio new / old. Usage:
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -47,9 +48,11 @@ print(json.dumps(out))
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    ref = args[0] if args else "adcfa0a"
-    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 5
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ref", nargs="?", default="adcfa0a", help="the earlier commit (default adcfa0a)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    args = parser.parse_args()
+    ref, rounds = args.ref, args.rounds
     bundles = [str(ROOT / "artifacts" / "sim-e3nn"), str(ROOT / "artifacts" / "sim-e3nn-history")]
     with tempfile.TemporaryDirectory() as tmp:
         tree, site = Path(tmp) / "tree", Path(tmp) / "site" / "e3traj"
