@@ -65,7 +65,7 @@ class ExportSettings:
     seed: int = 0
     force: bool = False
     radial: str = "table"  # e3nn kinds: the radial MLPs as a cubic table of the edge length ("mlp": as MatMuls)
-    single_frame: bool = True  # e3nn(-velocity) with the table, N <= 16: also the single-frame graph (one-start runs)
+    single_frame: bool = True  # e3nn kinds with the table, N <= 16: also the single-frame graph (one-start runs)
     radial_rtol: float = 1e-6
 
     def __post_init__(self) -> None:

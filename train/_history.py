@@ -20,6 +20,7 @@ arbitrary permutation of the beads, since the head knows which beads are bonded 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -240,6 +241,15 @@ class _HistoryGraph(torch.nn.Module):
         h_vec = self.head(pos, previous_displacements[:, 0])
         d = (previous_displacements / self.input_scale).permute(0, 2, 1, 3).reshape(-1, self.n, 3 * self.history)
         return h_vec + self.gain * self.net(pos, torch.cat([d, h_vec / self.scale], dim=-1)) * self.scale
+
+    def single_frame_form(self) -> torch.nn.Module:
+        """The same function for one frame: the network as :class:`~e3traj.train._single.SingleFrameGraph` (needs
+        the radial table, as export holds it), the head as here. Shapes: ``(1, N, 3)``, ``(1, H, N, 3)``."""
+        from ._single import SingleFrameGraph
+
+        form = copy.deepcopy(self)
+        form.net = SingleFrameGraph(self.net)
+        return form
 
 
 def mean_bond_length(frames: np.ndarray | torch.Tensor) -> float:

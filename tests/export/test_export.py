@@ -265,7 +265,7 @@ def test_every_model_path_through_the_runtime_checker(ckpts, tmp_path, kind):
 def test_a_history_bundle_exports_checks_and_steps_like_torch(tmp_path):
     """e3nn-history: (B, H, 12, 3) input, ar_correction output, the AR coefficients in the manifest, the chain's
     reversal as the promised permutation; the host's step equals the checkpoint's."""
-    from e3traj.runtime import check_bundle
+    from e3traj.runtime import check_bundle, rollout
     from e3traj.train._checkpoint import build_model
     from e3traj.train._train import step_function
 
@@ -288,7 +288,15 @@ def test_a_history_bundle_exports_checks_and_steps_like_torch(tmp_path):
     with Bundle.open(tmp_path / "hb") as b:
         assert b.history == 2 and b.permutation == "chain_reversal"
         np.testing.assert_allclose(b.step(x, past), p.step(x, past), atol=1e-6, rtol=0)
-        assert check_bundle(b).passed
+        report = check_bundle(b)
+        assert report.passed
+        # one start: the single-frame graph (gated at export, checked by check), the checkpoint's step within parity
+        assert b.has_single_frame and manifest["verification"]["single_frame"]["equivariance"]["passed"]
+        assert any(c.case.startswith("single-frame") for c in report.cases)
+        one = rollout(b, x[:1], 1, previous=past[:1], run_starts=1)
+        np.testing.assert_allclose(one.traj[1], p.step(x[:1], past[:1]), atol=1e-6, rtol=0)
+        feed = b.model_inputs(x[:1], past[:1])
+        np.testing.assert_allclose(b.predict_single_frame(feed), b.predict(feed), atol=1e-5, rtol=0)
 
 
 def test_e3nn_bundle_has_a_checked_single_frame_graph(ckpts, tmp_path):
