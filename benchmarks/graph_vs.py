@@ -83,6 +83,13 @@ def main() -> None:
             float(np.abs(sessions["old"].run(None, {name: x})[0] - sessions["new"].run(None, {name: x})[0]).max())
             for x in xs.values()
         )
+        one = {"positions": xs[8].astype(np.float64)}
+        diff_single = float(
+            np.abs(opened["old"].predict_single_frame(one) - opened["new"].predict_single_frame(one)).max()
+        )
+        for b in opened.values():
+            if not rollout(b, start, 200).complete:
+                raise SystemExit(f"{b.path}: the 200-step rollout from the probe frame stopped early; pick another")
 
         cases = {}
         for batch, x in xs.items():
@@ -112,7 +119,8 @@ def main() -> None:
         old, new = statistics.median(times[(case, "old")]), statistics.median(times[(case, "new")])
         print(f"{case:<46}{old * 1e6:>10.1f}{new * 1e6:>10.1f}{new / old:>9.3f}")
     print(f"nodes: batched {n_old[0]} -> {n_new[0]}, single-frame {n_old[1]} -> {n_new[1]}; "
-          f"largest output difference between the bundles' batched graphs {diff:.1e}")  # fmt: skip
+          f"largest output difference between the bundles' batched graphs {diff:.1e}, single-frame graphs "
+          f"{diff_single:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

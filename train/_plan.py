@@ -267,3 +267,22 @@ def _edge_monomials(vec: torch.Tensor, max_radius: float, degree: int) -> tuple[
             cur = (cur[:, None] * unit[None, :]).reshape(3**deg, -1)
             monos.append(cur)
     return r, (torch.cat(monos, dim=0) if len(monos) > 1 else monos[0])
+
+
+def _cubic_lookup(coefs, r: torch.Tensor, max_radius: float) -> torch.Tensor:
+    """The radial table at ``r``: interval ``i = floor(r / h)``, ``f = r / h - i``, ``sum_j f**j c_j[i]`` by Horner's
+    rule (four row Gathers, three Muls and Adds: with them the batched graph took 5-7% less time in onnxruntime at
+    B = 8-64 than with a batched MatMul of the powers, ``benchmarks/graph_vs.py``). ``r`` is clamped to
+    ``[0, max_radius]`` (beyond it the smooth cutoff zeroes the edge) and the index to ``[0, intervals - 1]``, so
+    no value of ``r`` (NaN included) can index outside the table.
+
+    Shapes: coefs: the coefficients of ``1, f, f**2, f**3``, each ``(intervals, W)``; r ``(M,)`` -> ``(M, W)``.
+    """
+    n_int = coefs[0].shape[0]
+    t = torch.clamp(r * (n_int / max_radius), min=0.0, max=float(n_int))
+    i = torch.clamp(t.to(torch.int64), min=0, max=n_int - 1)
+    f = (t - i.to(r.dtype))[:, None]
+    h = torch.index_select(coefs[3], 0, i)
+    for c in coefs[2::-1]:
+        h = h * f + torch.index_select(c, 0, i)
+    return h

@@ -26,8 +26,8 @@ import copy
 import numpy as np
 import torch
 
-from ._network import _RADIAL_COEFFS, FixedGraphNetwork, _cubic_lookup
-from ._plan import _edge_monomials, _node_input
+from ._network import _RADIAL_COEFFS, FixedGraphNetwork
+from ._plan import _cubic_lookup, _edge_monomials, _node_input
 
 __all__ = ["SingleFrameGraph", "scaled_form"]
 
@@ -127,7 +127,10 @@ class SingleFrameGraph(torch.nn.Module):
             post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
             post = (post * plan.post_coef).detach().numpy()  # (d_out, D)
             s_rows = pre[:, :d_out].T  # (d_out, d_in)
-            live = np.flatnonzero(np.abs(post).sum(0) > 0)  # padding terms (a path with fewer than S) add nothing
+            # terms whose column of lin2's matrix is zero add nothing (padding: a path with fewer than S terms)
+            live = np.flatnonzero(np.abs(post).sum(0) > 0)
+            if not len(live):
+                raise NotImplementedError(f"layer {layer} has no term with a weight; no single-frame form")
             post = post[:, live]
             widx, xidx, qidx = ([v[j] for j in live] for v in (widx, xidx, qidx))
             n_d = len(widx)

@@ -9,7 +9,7 @@ from _nets import rotation
 
 from e3traj.runtime import fit_ar, resolve_data, save_trajectory, split_pairs
 from e3traj.runtime._simulate import simulate
-from e3traj.train import E3nnConfig
+from e3traj.train import E3nnConfig, tabulate_radial
 from e3traj.train._checkpoint import build_model, load_checkpoint
 from e3traj.train._history import ChainFeatures, HistoryModel
 from e3traj.train._train import TrainConfig, step_function, train_model
@@ -169,6 +169,13 @@ def test_the_export_form_folds_the_head_and_is_the_model(h):
         torch.testing.assert_close(head, m.head(x, d), rtol=1e-10, atol=1e-14)
         assert float(head.abs().max()) > 1e-3 and float((want - head).abs().max()) > 1e-4  # both parts act
         torch.testing.assert_close(graph(x, d), want, rtol=1e-10, atol=1e-14)
+        # the single-frame form (export writes it with the radial table): the tabulated graph, frame by frame
+        tab = tabulate_radial(m)[0].graph_form()
+        single = tab.single_frame_form()
+        table_out = tab(x, d)
+        got = torch.cat([single(x[i : i + 1], d[i : i + 1]) for i in range(len(x))])
+        assert float((table_out - head).abs().max()) > 1e-4
+        assert float((got - table_out).abs().max()) <= 1e-12 * max(1.0, float(table_out.abs().max()))
 
 
 @pytest.mark.parametrize("n", [3, 64])
