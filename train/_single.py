@@ -14,7 +14,9 @@ one. This form computes the same function for a single frame with every tensor f
   routes each gate to its channels, and a Tanh of the odd scalars (the gated rows are ordered after the scalars,
   the gates last).
 
-All one-hot MatMuls are exact for finite inputs. Shapes are static (batch 1): export writes it as a second ONNX
+Edges are ordered ``[each pair's edge | its reverse]``: the geometry, the monomials and the radial table run on
+the ``n (n - 1) / 2`` pairs, and the reverses' monomials are the pairs' times ``(-1)**degree``. All one-hot
+MatMuls are exact for finite inputs. Shapes are static (batch 1): export writes it as a second ONNX
 file of the bundle, which hosts use for single-start rollouts only (see ``e3traj.runtime``), so every row of a
 batched run, shards included, still goes through the batched graph.
 """
@@ -88,21 +90,28 @@ class SingleFrameGraph(torch.nn.Module):
         self.config = net.config
         n = self.n = net.n_nodes
         c = net.consts
-        src, pair_edge, edge_pair = c.src.numpy(), c.pair_edge.numpy(), c.edge_pair.numpy()
+        src, pair_edge = c.src.numpy(), c.pair_edge.numpy()
         n_edges = len(src)
         dst = np.tile(np.arange(n), n - 1)
         self._const_input = net.config.irreps_in is None
         self._dim_out = net._dim_out
         self._n_int = net._radial_table.shape[0]
         self._degree = net._mono_degree
+        # edges ordered [each unordered pair's edge a -> b | its reverse b -> a]: the geometry and the radial
+        # weights are computed on the pairs only, and a monomial of degree l on the reverse is (-1)**l times its value
+        n_pairs = len(pair_edge)
+        pairs = np.arange(n_pairs)
+        a, b = src[pair_edge], dst[pair_edge]
+        diff = np.zeros((n, n_pairs))  # pos (3, n) @ diff = a - b per pair (source - destination)
+        diff[a, pairs] += 1.0
+        diff[b, pairs] -= 1.0
+        e_src, e_dst = np.concatenate([a, b]), np.concatenate([b, a])
         edges = np.arange(n_edges)
-        diff = np.zeros((n, n_edges))  # pos (3, n) @ diff = src - dst per edge
-        diff[src, edges] += 1.0
-        diff[dst, edges] -= 1.0
         onto = np.zeros((n, n_edges))  # node rows (D, n) @ onto = the source's row on each edge
-        onto[src, edges] = 1.0
+        onto[e_src, edges] = 1.0
         gather = np.zeros((n_edges, n))  # (D, E) @ gather = the sum over each destination's neighbours
-        gather[edges, dst] = 1.0
+        gather[edges, e_dst] = 1.0
+        degree = np.concatenate([np.full(3**k, k) for k in range(net._mono_degree + 1)])
 
         def const(name: str, value) -> None:
             t = torch.as_tensor(np.ascontiguousarray(value))
@@ -111,8 +120,7 @@ class SingleFrameGraph(torch.nn.Module):
         const("diff", diff)
         const("onto", onto)
         const("gather", gather)
-        const("pair_edge", pair_edge.astype(np.int64))
-        const("edge_pair", edge_pair.astype(np.int64))
+        const("mono_sign", (-1.0) ** degree[:, None])  # (monomials, 1): their values on the reversed edges
 
         net64 = copy.deepcopy(net).double()
         with torch.no_grad():
@@ -169,14 +177,15 @@ class SingleFrameGraph(torch.nn.Module):
         x = _node_input(self.config, node_features)
         x = None if x is None else x.reshape(n, -1).t()  # (d_in, n)
 
-        # geometry (3, E) and e3nn's edge attributes, feature-first as in the batched graph
+        # geometry of the pairs (3, P) and e3nn's edge attributes, feature-first as in the batched graph; the
+        # reversed edges' monomials by their parity
         r, mono = _edge_monomials(pos.reshape(n, 3).t() @ self.diff, self.config.max_radius, self._degree)
-        q = self.q_mat @ mono  # (Q rows, E)
+        q = self.q_mat @ torch.cat([mono, mono * self.mono_sign], dim=1)  # (Q rows, E)
 
-        # radial weights on the pairs (the cubic table), onto the edges, feature-first, one row per term
+        # radial weights on the pairs (the cubic table), feature-first, the same on both directions
         coefs = [getattr(self, f"table{j}") for j in range(_RADIAL_COEFFS)]
-        w = _cubic_lookup(coefs, torch.index_select(r.reshape(-1), 0, self.pair_edge), self.config.max_radius)
-        w = torch.index_select(w, 0, self.edge_pair).t()  # (W, E)
+        w = _cubic_lookup(coefs, r.reshape(-1), self.config.max_radius).t()  # (W, P)
+        w = torch.cat([w, w], dim=1)  # (W, E): both directions
 
         for layer, spec in enumerate(self._layers):
             d_out = spec["d_out"]
