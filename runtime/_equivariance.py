@@ -356,7 +356,7 @@ def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4
     graphs = [("", bundle.predict, False)]
     if getattr(bundle, "has_single_frame", False):  # the graph single-start rollouts run: every case again
         graphs.append(("single-frame ", bundle.predict_single_frame, True))
-    report = None
+    parts = []
     for prefix, run, single in graphs:
         part = check_equivariance(
             run,
@@ -370,10 +370,9 @@ def check_bundle(bundle, trials: int = 3, seed: int = 0, tolerance: float = 1e-4
         )
         part.cases = [replace(case, case=prefix + case.case) for case in part.cases]
         part.cases.append(_example_case(bundle, ref, prefix, single))
-        if report is None:
-            report = part
-        else:
-            report.cases += part.cases
+        parts.append(part)
+    report = parts[0]
+    report.cases = [case for part in parts for case in part.cases]
     return report
 
 
@@ -384,7 +383,7 @@ def _example_case(bundle, ref: np.ndarray, prefix: str, single: bool) -> CaseRes
         note = f"the example holds {len(ref)} frame(s), at least {MIN_EXAMPLE_FRAMES} needed; re-export the bundle"
         return CaseResult(prefix + "example", float("nan"), float("nan"), False, 1, atol, "absolute", note)
     problem = _evidence_problem(ref)
-    err, rel = bundle.example_error(single_frame=True) if single else bundle.example_error()
+    err, rel = bundle.example_error(single_frame=single)
     ok = bool(not problem and np.isfinite(err) and err <= atol)
     return CaseResult(prefix + "example", err, rel, ok, 1, atol, criterion="absolute", note=problem)
 

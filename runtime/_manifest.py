@@ -187,6 +187,14 @@ def _parse_manifest(raw: bytes, where: str) -> tuple[dict, str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
+def _check_graph_versions(entry: dict, field: str, where: str) -> None:
+    """A graph's manifest entry (``onnx`` or ``onnx.single_frame``): its opset and IR version, where given, are
+    positive integers."""
+    for key in ("opset", "ir_version"):
+        if key in entry and (not _is_int(entry[key]) or entry[key] < 1):
+            raise InputError(f"{where}: {field}.{key} is {entry[key]!r}; expected a positive integer")
+
+
 def _check_manifest(manifest: dict, where: str) -> None:
     fmt = manifest.get("format")
     if fmt != BUNDLE_FORMAT:
@@ -273,12 +281,8 @@ def _check_manifest(manifest: dict, where: str) -> None:
             raise InputError(
                 f"{where}: onnx.single_frame.file {single['file']!r} is not a listed file of its own; re-export"
             )
-        for key in ("opset", "ir_version"):
-            if key in single and (not _is_int(single[key]) or single[key] < 1):
-                raise InputError(f"{where}: onnx.single_frame.{key} is {single[key]!r}; expected a positive integer")
-    for key in ("opset", "ir_version"):
-        if key in onnx and (not _is_int(onnx[key]) or onnx[key] < 1):
-            raise InputError(f"{where}: onnx.{key} is {onnx[key]!r}; expected a positive integer")
+        _check_graph_versions(single, "onnx.single_frame", where)
+    _check_graph_versions(onnx, "onnx", where)
     model = manifest.get("model", {})
     if not isinstance(model, dict):
         raise InputError(f"{where}: field 'model' is not an object; re-export the bundle")

@@ -95,7 +95,6 @@ class SingleFrameGraph(torch.nn.Module):
         dst = np.tile(np.arange(n), n - 1)
         self._const_input = net.config.irreps_in is None
         self._dim_out = net._dim_out
-        self._n_int = net._radial_table.shape[0]
         self._degree = net._mono_degree
         # edges ordered [each unordered pair's edge a -> b | its reverse b -> a]: the geometry and the radial
         # weights are computed on the pairs only, and a monomial of degree l on the reverse is (-1)**l times its value
@@ -161,7 +160,7 @@ class SingleFrameGraph(torch.nn.Module):
             self._layers.append(spec)
             terms.append((widx, qidx))
             w_row += meta.n_w
-        table = net._radial_table.detach().double().reshape(self._n_int, _RADIAL_COEFFS, -1)
+        table = net._radial_table.detach().double().reshape(len(net._radial_table), _RADIAL_COEFFS, -1)
         for j in range(_RADIAL_COEFFS):
             const(f"table{j}", table[:, j])
         const("q_mat", c.q_mat.numpy())  # (Q rows, monomials)
