@@ -43,6 +43,6 @@ class DisplacementModel(torch.nn.Module):
         scaled as :meth:`forward`; needs the radial table (:func:`~e3traj.train.tabulate_radial`'s copy).
 
         Shapes: ``(1, N, 3)`` in, ``(1, N, 3)`` out."""
-        from ._single import SingleFrameGraph, scaled_form
+        from ._single import SingleFrameGraph
 
-        return scaled_form(SingleFrameGraph(self.net), self.scale)
+        return SingleFrameGraph(self.net, scale=float(self.scale))

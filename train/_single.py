@@ -6,13 +6,16 @@ per-product-class broadcasts and neighbour ReduceSums are the right form for man
 one. This form computes the same function for a single frame with every tensor feature-major ``(features, E)``:
 
 * every term ``w[u, c] x[u, a] Q[c, s, a]`` of a layer is one row of a ``(D, E)`` product (all classes at once;
-  padding terms, zero in lin2's matrix, left out); the radial weights, ``Q`` and the input channels reach those
-  rows by row Gathers: lin1 (one MatMul with the self-connection) and one MatMul onto the edges run on the
-  ``d_in`` input rows, not on the ``D`` term rows;
+  padding terms, zero in lin2's matrix, left out); the radial weights times ``Q`` of all layers' terms are one
+  product of two row Gathers, split per layer, and the input channels reach the terms by a row Gather: lin1 (one
+  MatMul with the self-connection) and one MatMul onto the edges run on the ``d_in`` input rows, not on the
+  ``D`` term rows;
 * each layer's neighbour sum is one MatMul against the constant ``(E, n)`` destination matrix, before lin2's
   matrix or after it where that takes fewer multiply-adds (the output layer); the gate is a Sigmoid, a MatMul that
-  routes each gate to its channels, and a Tanh of the odd scalars (the gated rows are ordered after the scalars,
-  the gates last).
+  routes each scalar's own sigmoid or each gate to its channels and a Mul, on the conv output's rows (the gates'
+  rows come out zero and the next layer's matrix skips them); the odd scalars' Tanh, where a layer has any, is
+  read by the next layer's matrix through a Gemm of its own;
+* a model's scalar output and input scales are folded into the last and first layers' matrices.
 
 Edges are ordered ``[each pair's edge | its reverse]``: the geometry, the monomials and the radial table run on
 the ``n (n - 1) / 2`` pairs, and the reverses' monomials are the pairs' times ``(-1)**degree``. All one-hot
@@ -24,6 +27,7 @@ batched run, shards included, still goes through the batched graph.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -31,7 +35,7 @@ import torch
 from ._network import _RADIAL_COEFFS, FixedGraphNetwork
 from ._plan import _cubic_lookup, _edge_monomials, _node_input
 
-__all__ = ["SingleFrameGraph", "scaled_form"]
+__all__ = ["SingleFrameGraph"]
 
 
 def _terms(meta, w_row: int) -> tuple[list[int], list[int], list[int]]:
@@ -50,13 +54,13 @@ def _terms(meta, w_row: int) -> tuple[list[int], list[int], list[int]]:
     return widx, xidx, qidx
 
 
-def _gate_tables(meta, gsel: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Row order ``[scalars | gated | gates]``, the ``(kept, d_out)`` routing of Sigmoid outputs to the kept rows
-    (a scalar's own sigmoid for SiLU, its gate for a gated row) and the ``(kept, 1)`` mask of the Tanh rows."""
+def _gate_tables(meta, gsel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A gated layer's output ``x = y * (route @ sigmoid(y)) + tanh_rows * tanh(y)`` on the conv output's rows
+    ``[scalars | gates | gated]``: the ``(d_out, d_out)`` routing of Sigmoid outputs (a scalar's own sigmoid for
+    SiLU, its gate for a gated row, nothing for a gate or a Tanh row), the ``(d_out,)`` mask of the Tanh rows, and
+    the ``(d_out - n_g,)`` rows that are the next layer's input channels (the gates' rows are left out)."""
     n_s, n_g, d_out = meta.n_s, meta.n_g, meta.d_out
-    order = list(range(n_s)) + list(range(n_s + n_g, d_out)) + list(range(n_s, n_s + n_g))
-    kept = d_out - n_g
-    route, tanh_rows = np.zeros((kept, d_out)), np.zeros((kept, 1))
+    route, tanh_rows = np.zeros((d_out, d_out)), np.zeros(d_out)
     for a, b, f in meta.segs_s:
         for j in range(a, b):
             if f is torch.nn.functional.silu:
@@ -69,23 +73,33 @@ def _gate_tables(meta, gsel: np.ndarray) -> tuple[list[int], np.ndarray, np.ndar
         if f is not torch.sigmoid:
             raise NotImplementedError(f"gate activation {f!r} has no single-frame form")
     if n_g:
-        route[n_s:, kept:] = gsel.T  # gsel (n_g, n_gated): gate -> gated channel (one-hot, e3nn's coefficients)
-    return order, route, tanh_rows
+        route[n_s + n_g :, n_s : n_s + n_g] = gsel.T  # gsel (n_g, n_gated): gate -> gated channel (one-hot)
+    kept = np.concatenate([np.arange(n_s), np.arange(n_s + n_g, d_out)])
+    return route, tanh_rows, kept
 
 
 class SingleFrameGraph(torch.nn.Module):
     """A frozen single-frame form of a :class:`FixedGraphNetwork` that holds its radial table.
 
+    It computes ``scale * net(pos, node_features / input_scale)``: a model's scalar output and input scales are
+    folded into the first and last layers' matrices (in float64), so they cost no operation.
+
     Shapes: pos ``(1, n, 3)``; node_features ``(1, n, dim(irreps_in))`` iff ``config.irreps_in`` is set; returns
     ``(1, n, dim(irreps_out))``.
     """
 
-    def __init__(self, net: FixedGraphNetwork) -> None:
+    def __init__(self, net: FixedGraphNetwork, scale: float = 1.0, input_scale: float = 1.0) -> None:
         super().__init__()
         if not isinstance(net, FixedGraphNetwork):
             raise ValueError(f"SingleFrameGraph needs a FixedGraphNetwork, got {type(net).__name__}")
         if net._radial_table is None:
             raise ValueError("SingleFrameGraph needs the radial table: pass tabulate_radial's copy")
+        scale, input_scale = float(scale), float(input_scale)
+        for name, value in (("scale", scale), ("input_scale", input_scale)):
+            if not math.isfinite(value) or value == 0:
+                raise ValueError(f"SingleFrameGraph {name} must be finite and non-zero, got {value!r}")
+        if net.config.irreps_in is None and input_scale != 1.0:
+            raise ValueError(f"input_scale={input_scale!r} given, but this network takes no node_features")
         dtype = next(net.parameters()).dtype
         self.config = net.config
         n = self.n = net.n_nodes
@@ -124,8 +138,11 @@ class SingleFrameGraph(torch.nn.Module):
         net64 = copy.deepcopy(net).double()
         with torch.no_grad():
             pres = [p.numpy() for p in net64._pre_matrices(torch.float64)]  # (d_in, d_out + d_in) per layer
+        pres[0] = pres[0] / input_scale  # the node features' rows (no feature: the constant input's, unscaled)
+        last = len(pres) - 1
         terms = []
         self._layers = []
+        prev = None  # the previous layer's gate: (its rows that are input channels, its Tanh rows)
         w_row = 0
         for layer, (conv, plan, meta, pre) in enumerate(zip(net64._convs, net64._plans, net64._metas, pres)):
             d_out = meta.d_out
@@ -134,6 +151,8 @@ class SingleFrameGraph(torch.nn.Module):
             post = torch.index_select(wpost, 0, plan.post_idx.reshape(-1)).reshape(plan.post_idx.shape)
             post = (post * plan.post_coef).detach().numpy()  # (d_out, D)
             s_rows = pre[:, :d_out].T  # (d_out, d_in)
+            if layer == last:
+                post, s_rows = post * scale, s_rows * scale
             # terms whose column of lin2's matrix is zero add nothing (padding: a path with fewer than S terms)
             live = np.flatnonzero(np.abs(post).sum(0) > 0)
             if not len(live):
@@ -143,30 +162,40 @@ class SingleFrameGraph(torch.nn.Module):
             n_d = len(widx)
             # the neighbour sum before lin2 ((D, E) @ (E, n), then (d_out, D) @), or after where fewer MACs
             late = d_out * n_d * n_edges + d_out * n_edges * n < n_d * n_edges * n + d_out * n_d * n
-            spec = {"d_out": d_out, "D": n_d, "gate": meta.gate, "kept": d_out, "late": late}
-            order = list(range(d_out))
-            if meta.gate:
-                order, route, tanh_rows = _gate_tables(meta, plan.gsel.numpy() if meta.n_g else np.zeros((0, 0)))
-                const(f"route{layer}", route)
-                const(f"tanh{layer}", tanh_rows)
-                spec["kept"] = route.shape[0]
-            const(f"post{layer}", post[order])
+            spec = {"d_out": d_out, "D": n_d, "gate": meta.gate, "late": late, "tanh_in": False}
+            const(f"post{layer}", post)
             if self._const_input and layer == 0:
-                const(f"s{layer}", pre[0, :d_out][order][:, None])  # the constant node input's sc output
+                const(f"s{layer}", s_rows[:, :1])  # the constant node input's sc output
             else:
                 # sc and lin1 (d_out + d_in, d_in); lin1's rows go onto the edges before they are copied to the terms
-                const(f"pre{layer}", np.concatenate([s_rows[order], pre[:, d_out:].T]))
+                both = np.concatenate([s_rows, pre[:, d_out:].T])
+                if prev is not None:  # the previous gate's output rows: its gates' rows read nothing, and its Tanh
+                    route_kept, tanh_prev = prev  # rows are read from tanh(y) by a matrix of their own
+                    wide = np.zeros((both.shape[0], len(tanh_prev)))
+                    wide[:, route_kept] = both
+                    both = wide * (1.0 - tanh_prev)
+                    if tanh_prev.any():
+                        const(f"pre_tanh{layer}", wide * tanh_prev)
+                        spec["tanh_in"] = True
+                const(f"pre{layer}", both)
                 const(f"x_rows{layer}", np.asarray(xidx, dtype=np.int64))
+            prev = None
+            if meta.gate:
+                route, tanh_rows, kept = _gate_tables(meta, plan.gsel.numpy() if meta.n_g else np.zeros((0, 0)))
+                const(f"route{layer}", route)
+                prev = (kept, tanh_rows)
             self._layers.append(spec)
             terms.append((widx, qidx))
             w_row += meta.n_w
+        if prev is not None:
+            raise NotImplementedError("the last layer is gated; no single-frame form")
         table = net._radial_table.detach().double().reshape(len(net._radial_table), _RADIAL_COEFFS, -1)
         for j in range(_RADIAL_COEFFS):
             const(f"table{j}", table[:, j])
         const("q_mat", c.q_mat.numpy())  # (Q rows, monomials)
-        for layer, (widx, qidx) in enumerate(terms):
-            const(f"w_rows{layer}", np.asarray(widx, dtype=np.int64))
-            const(f"q_rows{layer}", np.asarray(qidx, dtype=np.int64))
+        # every layer's (D, E) radial weight times Q in one product, split per layer in forward
+        const("w_rows", np.asarray([i for widx, _ in terms for i in widx], dtype=np.int64))
+        const("q_rows", np.asarray([i for _, qidx in terms for i in qidx], dtype=np.int64))
 
     def forward(self, pos: torch.Tensor, node_features: torch.Tensor | None = None) -> torch.Tensor:
         """Shapes: pos ``(1, n, 3)``, node_features ``(1, n, dim(irreps_in))`` -> ``(1, n, dim(irreps_out))``."""
@@ -186,45 +215,24 @@ class SingleFrameGraph(torch.nn.Module):
         w = _cubic_lookup(coefs, r.reshape(-1), self.config.max_radius).t()  # (W, P)
         w = torch.cat([w, w], dim=1)  # (W, E): both directions
 
+        wqs = torch.index_select(w, 0, self.w_rows) * torch.index_select(q, 0, self.q_rows)  # (sum D, E)
+        wqs = torch.split(wqs, [spec["D"] for spec in self._layers])
+        t = None  # tanh(y) of the previous gate, read by this layer's pre_tanh
         for layer, spec in enumerate(self._layers):
-            d_out = spec["d_out"]
-            # (D, E): the radial weight times Q of every term, rows gathered whole
-            wq = torch.index_select(w, 0, getattr(self, f"w_rows{layer}"))
-            wq = wq * torch.index_select(q, 0, getattr(self, f"q_rows{layer}"))
+            d_out, wq = spec["d_out"], wqs[layer]
             if x is None:
                 s, prod = getattr(self, f"s{layer}"), wq
             else:
                 both = getattr(self, f"pre{layer}") @ x  # (d_out + d_in, n)
+                if spec["tanh_in"]:
+                    both = torch.addmm(both, getattr(self, f"pre_tanh{layer}"), t)
                 xo = torch.index_select(both[d_out:] @ self.onto, 0, getattr(self, f"x_rows{layer}"))  # (D, E)
                 s, prod = both[:d_out], xo * wq
             post = getattr(self, f"post{layer}")
             y = s + ((post @ prod) @ self.gather if spec["late"] else post @ (prod @ self.gather))  # (d_out, n)
             if spec["gate"]:
-                kept = y[: spec["kept"]]
-                x = kept * (getattr(self, f"route{layer}") @ torch.sigmoid(y))
-                x = x + torch.tanh(kept * getattr(self, f"tanh{layer}"))
+                x = y * (getattr(self, f"route{layer}") @ torch.sigmoid(y))  # (d_out, n): gate rows zero
+                t = torch.tanh(y)
             else:
                 x = y
         return x.t().reshape(1, n, self._dim_out)
-
-
-class _Scaled(torch.nn.Module):
-    """``graph(pos[, features / input_scale]) * scale``: a model's single-frame form. Shapes: ``(1, n, 3)``."""
-
-    def __init__(self, graph: SingleFrameGraph, scale: torch.Tensor, input_scale: torch.Tensor | None) -> None:
-        super().__init__()
-        self.graph = graph
-        self.register_buffer("scale", scale.detach().clone())
-        self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())
-
-    def forward(self, pos: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        if self.input_scale is None:
-            return self.graph(pos) * self.scale
-        return self.graph(pos, features / self.input_scale) * self.scale
-
-
-def scaled_form(graph: SingleFrameGraph, scale: torch.Tensor, input_scale: torch.Tensor | None = None):
-    """The single-frame form of a model that scales the network's output (and its node features' input).
-
-    Shapes: pos ``(1, n, 3)`` (and the features ``(1, n, 3)`` with ``input_scale``) -> ``(1, n, 3)``."""
-    return _Scaled(graph, scale, input_scale)

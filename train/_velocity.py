@@ -48,6 +48,6 @@ class VelocityModel(torch.nn.Module):
     def single_frame_form(self) -> torch.nn.Module:
         """The same function for one frame in few operations (:class:`~e3traj.train._single.SingleFrameGraph`);
         needs the radial table. Shapes: ``(1, 12, 3)`` twice in, ``(1, 12, 3)`` out."""
-        from ._single import SingleFrameGraph, scaled_form
+        from ._single import SingleFrameGraph
 
-        return scaled_form(SingleFrameGraph(self.net), self.scale, self.input_scale)
+        return SingleFrameGraph(self.net, scale=float(self.scale), input_scale=float(self.input_scale))

@@ -101,6 +101,26 @@ def test_displacement_model_single_frame_form_is_scaled():
     assert float((got - want).abs().max()) <= 1e-6 * max(1.0, float(want.abs().max()))
 
 
+def test_velocity_model_single_frame_form_folds_both_scales():
+    """The output scale and the node features' input scale, folded into the matrices, act as the model's do."""
+    from e3traj.train._velocity import VelocityModel
+
+    config = CONFIGS["velocity"]
+    model = VelocityModel(config, scale=0.05, input_scale=0.02).eval()
+    perturb(model, seed=5)
+    table, _ = tabulate_radial(model)
+    form = table.single_frame_form().eval()
+    frames = probe_frames()
+    prev = 0.02 * node_features(config, frames)
+    with torch.no_grad():
+        want = table(frames, prev)
+    got = _frame_by_frame(form, frames, prev)
+    assert float(want.abs().max()) > 1e-4
+    assert float((got - want).abs().max()) <= 1e-6 * max(1.0, float(want.abs().max()))
+    unscaled = _frame_by_frame(SingleFrameGraph(table.net), frames, prev / 0.02) * 0.05
+    assert float((got - unscaled).abs().max()) <= 1e-6 * max(1.0, float(want.abs().max()))
+
+
 def _with_any_table(config) -> FixedGraphNetwork:
     """A network with a zero radial table of the right shape (the refusals need no accurate one)."""
     fixed = FixedGraphNetwork(config)
@@ -118,6 +138,11 @@ def test_refusals():
         graph(probe_frames()[:2])
     with pytest.raises(ValueError, match="takes no node_features"):
         graph(probe_frames()[:1], torch.zeros(1, 12, 3))
+    for bad in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"scale must be finite and non-zero, got {bad}"):
+            SingleFrameGraph(_with_any_table(CONFIGS["small"]), scale=bad)
+    with pytest.raises(ValueError, match="input_scale=0.5 given, but this network takes no node_features"):
+        SingleFrameGraph(_with_any_table(CONFIGS["small"]), input_scale=0.5)
     velocity = SingleFrameGraph(_with_any_table(CONFIGS["velocity"]))
     with pytest.raises(ValueError, match="node_features of irreps '1x1o' are required"):
         velocity(probe_frames()[:1])
