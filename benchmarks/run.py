@@ -42,7 +42,7 @@ TARGETS = {
     "batch_vs_e3nn": 100.0,
     "rollout_ms": 0.5,
     "single_vs_e3nn": 50.0,
-    "two_thread_ratio": 1.6,
+    "two_thread_ratio": 1.8,  # issue 21 (1.6 before it)
     "open_s": 0.2,
     "single_vs_compile": 5.0,
     "batch_vs_compile": 8.0,
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("B=1 rollout <= 0.5 ms per step", rollout_dt * 1e3, TARGETS["rollout_ms"], "{:.3f} ms"),
         ("B=1 rollout >= 50x e3nn", vs_e3nn[("ONNX runtime rollout step", 1)], TARGETS["single_vs_e3nn"], "{:.0f}x"),
-        ("2 threads >= 1.6x one thread (B=1024)", ratio2, TARGETS["two_thread_ratio"], "{:.2f}x"),
+        ("2 threads >= 1.8x one thread (B=1024)", ratio2, TARGETS["two_thread_ratio"], "{:.2f}x"),
         ("Bundle.open <= 0.2 s", statistics.median(opens), TARGETS["open_s"], "{:.3f} s"),
     ]
     if compiled:  # issue 21: judged against the strongest PyTorch peer, measured in the same rounds
