@@ -337,39 +337,32 @@ def main(argv: list[str] | None = None) -> int:
 
     rollout_dt = per_frame[("ONNX runtime rollout step", 1)]
     big_dt = per_frame[("ONNX runtime Bundle.predict", big)]
+    # (label with {} for the target, measured value, target key, format of both); "<=" in a label: lower is better
     checks = [
-        ("batched B=256 frames/s >= 5,000", 1 / big_dt, TARGETS["batch_fps"], "{:.0f}"),
-        (
-            "batched B=256 >= 40% of roofline (e3nn's work)",
-            1 / big_dt * ref_flops / 1e9 / roofline,
-            TARGETS["roofline_fraction"],
-            "{:.1%}",
-        ),
-        (
-            "batched B=256 >= 100x e3nn per frame",
-            vs_e3nn[("ONNX runtime Bundle.predict", big)],
-            TARGETS["batch_vs_e3nn"],
-            "{:.0f}x",
-        ),
-        ("B=1 rollout <= 0.5 ms per step", rollout_dt * 1e3, TARGETS["rollout_ms"], "{:.3f} ms"),
-        ("B=1 rollout >= 50x e3nn", vs_e3nn[("ONNX runtime rollout step", 1)], TARGETS["single_vs_e3nn"], "{:.0f}x"),
-        ("2 threads >= 1.8x one thread (B=1024)", ratio2, TARGETS["two_thread_ratio"], "{:.2f}x"),
-        ("Bundle.open <= 0.2 s", statistics.median(opens), TARGETS["open_s"], "{:.3f} s"),
-    ]
+        (f"batched B={big} frames/s >= {{}}", 1 / big_dt, "batch_fps", "{:.0f}"),
+        (f"batched B={big} >= {{}} of roofline (e3nn's work)", 1 / big_dt * ref_flops / 1e9 / roofline,
+         "roofline_fraction", "{:.1%}"),
+        (f"batched B={big} >= {{}} e3nn per frame", vs_e3nn[("ONNX runtime Bundle.predict", big)], "batch_vs_e3nn",
+         "{:.0f}x"),
+        ("B=1 rollout <= {} per step", rollout_dt * 1e3, "rollout_ms", "{:.3f} ms"),
+        ("B=1 rollout >= {} e3nn", vs_e3nn[("ONNX runtime rollout step", 1)], "single_vs_e3nn", "{:.0f}x"),
+        ("2 threads >= {} one thread (B=1024)", ratio2, "two_thread_ratio", "{:.2f}x"),
+        ("Bundle.open <= {}", statistics.median(opens), "open_s", "{:.3f} s"),
+    ]  # fmt: skip
     if compiled:  # issue 21: judged against the strongest PyTorch peer, measured in the same rounds
         vs_compile = {
             bs: _ratio(rounds[("torch.compile (inductor)", bs)], rounds[(name, bs)])
             for bs, name in ((1, "ONNX runtime rollout step"), (big, "ONNX runtime Bundle.predict"))
         }
         checks += [
-            ("B=1 rollout >= 5x torch.compile", vs_compile[1], TARGETS["single_vs_compile"], "{:.2f}x"),
-            (f"B={big} >= 8x torch.compile", vs_compile[big], TARGETS["batch_vs_compile"], "{:.2f}x"),
+            ("B=1 rollout >= {} torch.compile", vs_compile[1], "single_vs_compile", "{:.2f}x"),
+            (f"B={big} >= {{}} torch.compile", vs_compile[big], "batch_vs_compile", "{:.2f}x"),
         ]
     print("\ntargets")
-    for label, value, target, fmt in checks:
-        lower_better = "<=" in label
-        ok = value <= target if lower_better else value >= target
-        print(f"  {'MET ' if ok else 'MISS'}  {label:48s} measured {fmt.format(value)}")
+    for label, value, key, fmt in checks:
+        target = TARGETS[key]
+        ok = value <= target if "<=" in label else value >= target
+        print(f"  {'MET ' if ok else 'MISS'}  {label.format(fmt.format(target)):48s} measured {fmt.format(value)}")
     print(
         f"  info  B=256 by the graph's own MatMul work ({flops / 1e6:.3f} MFLOP/frame; "
         f"{mlp_flops / 1e6:.3f} with the MLPs): {1 / big_dt * flops / 1e9 / roofline:.1%} of roofline"
